@@ -1,0 +1,134 @@
+// PYBIND11_MODULE(_C): one m.def per csrc/api.h function. Tensors cross as integer addresses
+// (torch's data_ptr()) plus sizes; every call releases the GIL. fastq::Error becomes
+// fastq._C.NativeError (a RuntimeError). Only fastq/_native.py imports this module.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "api.h"
+#include "common/error.h"
+
+namespace py = pybind11;
+using fastq::DType;
+
+namespace {
+
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+fastq::QuantizeArgs quantize_args(uintptr_t x, int x_dtype, uintptr_t codes, uintptr_t scale, uintptr_t zero_point,
+                                  int64_t rows, int64_t cols, int64_t scale_stride, bool symmetric, bool dynamic,
+                                  int num_threads) {
+  fastq::QuantizeArgs a;
+  a.x = ptr<const void>(x);
+  a.x_dtype = static_cast<DType>(x_dtype);
+  a.codes = ptr<void>(codes);
+  a.scale = ptr<float>(scale);
+  a.zero_point = ptr<int32_t>(zero_point);
+  a.rows = rows;
+  a.cols = cols;
+  a.scale_stride = scale_stride;
+  a.symmetric = symmetric;
+  a.dynamic = dynamic;
+  a.num_threads = num_threads;
+  return a;
+}
+
+fastq::DequantizeArgs dequantize_args(uintptr_t codes, bool symmetric, uintptr_t scale, uintptr_t zero_point,
+                                      uintptr_t y, int y_dtype, int64_t rows, int64_t cols, int64_t scale_stride,
+                                      int num_threads) {
+  fastq::DequantizeArgs a;
+  a.codes = ptr<const void>(codes);
+  a.symmetric = symmetric;
+  a.scale = ptr<const float>(scale);
+  a.zero_point = ptr<const int32_t>(zero_point);
+  a.y = ptr<void>(y);
+  a.y_dtype = static_cast<DType>(y_dtype);
+  a.rows = rows;
+  a.cols = cols;
+  a.scale_stride = scale_stride;
+  a.num_threads = num_threads;
+  return a;
+}
+
+py::dict build_info() {
+  py::dict d;
+#ifdef FASTQ_VERSION
+  d["version"] = FASTQ_VERSION;
+#endif
+  d["compiler"] = FASTQ_COMPILER;
+  d["cpu_isas_compiled"] = std::vector<std::string>{"scalar", "avx2", "avx512"};
+  d["openmp"] = _OPENMP;
+#ifdef FASTQ_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_version"] = FASTQ_CUDA_VERSION;
+  d["cuda_archs"] = FASTQ_CUDA_ARCHS;
+#else
+  d["cuda"] = false;
+#endif
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastq native kernels (torch-free; see csrc/api.h)";
+  static py::exception<fastq::Error> native_error(m, "NativeError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const fastq::Error& e) {
+      py::set_error(native_error, e.what());
+    }
+  });
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("build_info", &build_info);
+  m.def("cpu_isa_detected", &fastq::cpu_isa_detected);
+  m.def("cpu_isa_active", &fastq::cpu_isa_active);
+  m.def("set_cpu_isa", &fastq::set_cpu_isa, nogil);
+  m.def("cpu_isa_name", [](int level) { return std::string(fastq::cpu_isa_name(level)); });
+
+  m.def(
+      "quantize_int8_cpu",
+      [](uintptr_t x, int x_dtype, uintptr_t codes, uintptr_t scale, uintptr_t zero_point, int64_t rows, int64_t cols,
+         int64_t scale_stride, bool symmetric, bool dynamic, int num_threads) {
+        fastq::quantize_int8_cpu(quantize_args(x, x_dtype, codes, scale, zero_point, rows, cols, scale_stride,
+                                               symmetric, dynamic, num_threads));
+      },
+      nogil);
+  m.def(
+      "dequantize_int8_cpu",
+      [](uintptr_t codes, bool symmetric, uintptr_t scale, uintptr_t zero_point, uintptr_t y, int y_dtype,
+         int64_t rows, int64_t cols, int64_t scale_stride, int num_threads) {
+        fastq::dequantize_int8_cpu(
+            dequantize_args(codes, symmetric, scale, zero_point, y, y_dtype, rows, cols, scale_stride, num_threads));
+      },
+      nogil);
+
+#ifdef FASTQ_WITH_CUDA
+  m.def(
+      "quantize_int8_cuda",
+      [](uintptr_t x, int x_dtype, uintptr_t codes, uintptr_t scale, uintptr_t zero_point, int64_t rows, int64_t cols,
+         int64_t scale_stride, bool symmetric, bool dynamic, uintptr_t workspace, uintptr_t stream) {
+        fastq::quantize_int8_cuda(
+            quantize_args(x, x_dtype, codes, scale, zero_point, rows, cols, scale_stride, symmetric, dynamic, 1),
+            ptr<int32_t>(workspace), ptr<void>(stream));
+      },
+      nogil);
+  m.def(
+      "dequantize_int8_cuda",
+      [](uintptr_t codes, bool symmetric, uintptr_t scale, uintptr_t zero_point, uintptr_t y, int y_dtype,
+         int64_t rows, int64_t cols, int64_t scale_stride, uintptr_t stream) {
+        fastq::dequantize_int8_cuda(
+            dequantize_args(codes, symmetric, scale, zero_point, y, y_dtype, rows, cols, scale_stride, 1),
+            ptr<void>(stream));
+      },
+      nogil);
+#endif
+}

@@ -1,0 +1,15 @@
+// Picks the active ISA's kernel table. Compiled with NO ISA flags: nothing here may execute an
+// instruction the machine lacks.
+#include "cpu/kernels.h"
+
+namespace fastq::cpu {
+
+const QuantKernels& quant_kernels() {
+  switch (cpu_isa_active()) {
+    case kAvx512: return quant_kernels_avx512;
+    case kAvx2: return quant_kernels_avx2;
+    default: return quant_kernels_scalar;
+  }
+}
+
+}  // namespace fastq::cpu

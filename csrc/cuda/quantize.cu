@@ -1,0 +1,235 @@
+// CUDA quantize_int8 / dequantize_int8. Same float-op sequence as fastq/ops/reference.py and
+// csrc/cpu/quantize.cpp (see there), written with _rn intrinsics so results are bit-identical.
+// Layout: dynamic rows get one warp each (short rows) or one block each (long rows); a single
+// long row (per-tensor) is reduced grid-wide through the caller's zeroed 4-int workspace.
+#include <cfloat>
+#include <type_traits>
+
+#include "cuda/common.cuh"
+
+namespace fastq {
+namespace {
+
+using cuda::load_elem;
+using cuda::store_elem;
+
+constexpr int kBlock = 256;
+
+struct Acc {
+  uint32_t bits;  // max |x| as float bits (symmetric)
+  float lo, hi;   // min / max (asymmetric)
+  bool nan;
+};
+
+__device__ __forceinline__ Acc acc_init() { return {0u, 0.0f, 0.0f, false}; }
+
+template <DType D>
+__device__ __forceinline__ void acc_add(Acc& a, const void* x, int64_t i) {
+  const float v = load_elem<D>(x, i);
+  a.bits = max(a.bits, __float_as_uint(v) & 0x7fffffffu);
+  a.nan |= v != v;
+  a.lo = fminf(a.lo, v);  // lo starts at 0: the reference clamps lo <= 0 <= hi anyway
+  a.hi = fmaxf(a.hi, v);
+}
+
+__device__ __forceinline__ Acc acc_merge(Acc a, const Acc& b) {
+  a.bits = max(a.bits, b.bits);
+  a.lo = fminf(a.lo, b.lo);
+  a.hi = fmaxf(a.hi, b.hi);
+  a.nan |= b.nan;
+  return a;
+}
+
+__device__ __forceinline__ Acc warp_reduce(Acc a) {
+  for (int off = 16; off > 0; off >>= 1) {
+    Acc b;
+    b.bits = __shfl_xor_sync(0xffffffffu, a.bits, off);
+    b.lo = __shfl_xor_sync(0xffffffffu, a.lo, off);
+    b.hi = __shfl_xor_sync(0xffffffffu, a.hi, off);
+    b.nan = __shfl_xor_sync(0xffffffffu, static_cast<int>(a.nan), off) != 0;
+    a = acc_merge(a, b);
+  }
+  return a;
+}
+
+struct RowScale {
+  float scale, inv;
+  int32_t zp;
+  bool poisoned;
+};
+
+__device__ __forceinline__ RowScale scale_of(const Acc& a, bool symmetric) {
+  if (symmetric) {
+    if (a.bits >= 0x7f800000u) return {__int_as_float(0x7fc00000), 0.0f, 0, true};
+    const float s = fmaxf(__fdiv_rn(__uint_as_float(a.bits), 127.0f), FLT_MIN);
+    return {s, __fdiv_rn(1.0f, s), 0, false};
+  }
+  if (a.nan || isinf(a.lo) || isinf(a.hi)) return {__int_as_float(0x7fc00000), 0.0f, 0, true};
+  const float lo = fminf(a.lo, 0.0f), hi = fmaxf(a.hi, 0.0f);
+  const float s = fmaxf(__fdiv_rn(__fsub_rn(hi, lo), 255.0f), FLT_MIN);
+  const float inv = __fdiv_rn(1.0f, s);
+  const float zp = fminf(fmaxf(rintf(__fmul_rn(-lo, inv)), 0.0f), 255.0f);
+  return {s, inv, static_cast<int32_t>(zp), false};
+}
+
+template <DType D>
+__device__ __forceinline__ void quantize_elem(const QuantizeArgs& a, int64_t i, const RowScale& s) {
+  if (a.symmetric) {
+    int8_t q = 0;
+    if (!s.poisoned) {
+      float v = __fmul_rn(load_elem<D>(a.x, i), s.inv);
+      if (v == v) q = static_cast<int8_t>(__float2int_rn(fminf(fmaxf(v, -127.0f), 127.0f)));
+    }
+    static_cast<int8_t*>(a.codes)[i] = q;
+  } else {
+    uint8_t q = 0;
+    if (!s.poisoned) {
+      const float v = __fmul_rn(load_elem<D>(a.x, i), s.inv);
+      float r = static_cast<float>(s.zp);
+      if (v == v) r = __fadd_rn(rintf(v), r);
+      q = static_cast<uint8_t>(__float2int_rn(fminf(fmaxf(r, 0.0f), 255.0f)));
+    }
+    static_cast<uint8_t*>(a.codes)[i] = q;
+  }
+}
+
+__device__ __forceinline__ void store_scale(const QuantizeArgs& a, int64_t row, const RowScale& s) {
+  a.scale[row] = s.scale;
+  if (!a.symmetric) a.zero_point[row] = s.zp;
+}
+
+// One warp per row.
+template <DType D>
+__global__ void quantize_rows_warp(QuantizeArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kBlock / 32) + threadIdx.x / 32;
+  if (row >= a.rows) return;
+  const int64_t base = row * a.cols;
+  Acc acc = acc_init();
+  for (int64_t c = lane; c < a.cols; c += 32) acc_add<D>(acc, a.x, base + c);
+  const RowScale s = scale_of(warp_reduce(acc), a.symmetric);
+  if (lane == 0) store_scale(a, row, s);
+  for (int64_t c = lane; c < a.cols; c += 32) quantize_elem<D>(a, base + c, s);
+}
+
+__device__ __forceinline__ Acc block_reduce(Acc acc) {
+  __shared__ Acc partial[kBlock / 32];
+  acc = warp_reduce(acc);
+  if ((threadIdx.x & 31) == 0) partial[threadIdx.x / 32] = acc;
+  __syncthreads();
+  Acc total = partial[0];
+  for (int w = 1; w < kBlock / 32; ++w) total = acc_merge(total, partial[w]);
+  return total;
+}
+
+// One block per row.
+template <DType D>
+__global__ void quantize_rows_block(QuantizeArgs a) {
+  const int64_t row = blockIdx.x;
+  const int64_t base = row * a.cols;
+  Acc acc = acc_init();
+  for (int64_t c = threadIdx.x; c < a.cols; c += kBlock) acc_add<D>(acc, a.x, base + c);
+  const RowScale s = scale_of(block_reduce(acc), a.symmetric);
+  if (threadIdx.x == 0) store_scale(a, row, s);
+  for (int64_t c = threadIdx.x; c < a.cols; c += kBlock) quantize_elem<D>(a, base + c, s);
+}
+
+// Map a float to an int whose signed order is the float order (for atomicMin/atomicMax).
+__device__ __forceinline__ int ordered(float f) {
+  const int i = __float_as_int(f);
+  return i >= 0 ? i : i ^ 0x7fffffff;
+}
+__device__ __forceinline__ float unordered(int i) { return __int_as_float(i >= 0 ? i : i ^ 0x7fffffff); }
+
+// Single long row, pass 1: grid-wide reduction into ws = {absmax bits, lo, hi, nan}.
+template <DType D>
+__global__ void reduce_row_grid(QuantizeArgs a, int32_t* ws) {
+  Acc acc = acc_init();
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; i < a.cols;
+       i += static_cast<int64_t>(gridDim.x) * kBlock)
+    acc_add<D>(acc, a.x, i);
+  acc = block_reduce(acc);
+  if (threadIdx.x == 0) {
+    atomicMax(reinterpret_cast<unsigned*>(ws), acc.bits);
+    atomicMin(ws + 1, ordered(acc.lo));
+    atomicMax(ws + 2, ordered(acc.hi));
+    if (acc.nan) atomicOr(ws + 3, 1);
+  }
+}
+
+// Single long row, pass 2: every block derives the same scale from the workspace.
+template <DType D>
+__global__ void quantize_row_grid(QuantizeArgs a, const int32_t* ws) {
+  const Acc acc = {static_cast<uint32_t>(ws[0]), unordered(ws[1]), unordered(ws[2]), ws[3] != 0};
+  const RowScale s = scale_of(acc, a.symmetric);
+  if (blockIdx.x == 0 && threadIdx.x == 0) store_scale(a, 0, s);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; i < a.cols;
+       i += static_cast<int64_t>(gridDim.x) * kBlock)
+    quantize_elem<D>(a, i, s);
+}
+
+// Static scales: elementwise.
+template <DType D>
+__global__ void quantize_static(QuantizeArgs a) {
+  const int64_t n = a.rows * a.cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kBlock) {
+    const int64_t r = (i / a.cols) * a.scale_stride;
+    const float scale = a.scale[r];
+    const RowScale s{scale, __fdiv_rn(1.0f, scale), a.symmetric ? 0 : a.zero_point[r], false};
+    quantize_elem<D>(a, i, s);
+  }
+}
+
+template <DType D>
+__global__ void dequantize_kernel(DequantizeArgs a) {
+  const int64_t n = a.rows * a.cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * kBlock) {
+    const int64_t r = (i / a.cols) * a.scale_stride;
+    const int32_t q = a.symmetric ? static_cast<const int8_t*>(a.codes)[i]
+                                  : static_cast<int32_t>(static_cast<const uint8_t*>(a.codes)[i]) - a.zero_point[r];
+    store_elem<D>(a.y, i, __fmul_rn(static_cast<float>(q), a.scale[r]));
+  }
+}
+
+}  // namespace
+
+void quantize_int8_cuda(const QuantizeArgs& a, int32_t* workspace, void* stream) {
+  FASTQ_CHECK(a.x && a.codes && a.scale, "null pointer");
+  FASTQ_CHECK(a.symmetric || a.zero_point, "asymmetric quantization needs a zero_point buffer");
+  FASTQ_CHECK(!(a.dynamic && a.scale_stride == 0), "dynamic quantization needs a scale per row");
+  if (a.rows == 0 || a.cols == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  cuda::dispatch_dtype(a.x_dtype, [&](auto tag) {
+    constexpr DType D = decltype(tag)::value;
+    if (!a.dynamic) {
+      quantize_static<D><<<cuda::grid_for(a.rows * a.cols, kBlock), kBlock, 0, s>>>(a);
+    } else if (a.rows == 1 && a.cols > 4 * 1024) {
+      FASTQ_CHECK(workspace, "a single-row dynamic quantize needs the workspace");
+      const int grid = cuda::grid_for(a.cols, kBlock, 4096);
+      reduce_row_grid<D><<<grid, kBlock, 0, s>>>(a, workspace);
+      quantize_row_grid<D><<<grid, kBlock, 0, s>>>(a, workspace);
+    } else if (a.cols <= 1024) {
+      const int64_t blocks = (a.rows + kBlock / 32 - 1) / (kBlock / 32);
+      FASTQ_CHECK(blocks <= 0x7fffffff, "too many rows");
+      quantize_rows_warp<D><<<static_cast<unsigned>(blocks), kBlock, 0, s>>>(a);
+    } else {
+      FASTQ_CHECK(a.rows <= 0x7fffffff, "too many rows");
+      quantize_rows_block<D><<<static_cast<unsigned>(a.rows), kBlock, 0, s>>>(a);
+    }
+  });
+  FASTQ_CUDA_CHECK(cudaGetLastError());
+}
+
+void dequantize_int8_cuda(const DequantizeArgs& a, void* stream) {
+  FASTQ_CHECK(a.codes && a.y && a.scale, "null pointer");
+  if (a.rows == 0 || a.cols == 0) return;
+  cuda::dispatch_dtype(a.y_dtype, [&](auto tag) {
+    constexpr DType D = decltype(tag)::value;
+    dequantize_kernel<D><<<cuda::grid_for(a.rows * a.cols, kBlock), kBlock, 0, static_cast<cudaStream_t>(stream)>>>(a);
+  });
+  FASTQ_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace fastq
