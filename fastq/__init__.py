@@ -1,0 +1,30 @@
+"""fastq: PyTorch model compression with native int8 and sparse kernels.
+
+The public surface: ops (``fastq.ops``), native status (``fastq.kernel_for``, ``fastq.cpu_isa``,
+``fastq.set_cpu_isa``) and, as they land, the model-level API (quantize_, prune_, save/load).
+"""
+
+from fastq import _native
+from fastq._native import cpu_isa, detected_cpu_isa, native_calls, set_cpu_isa
+from fastq.ops import PER_ROW, PER_TENSOR, QuantizedInt8, dequantize_int8, kernel_for, quantize_int8
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PER_ROW",
+    "PER_TENSOR",
+    "QuantizedInt8",
+    "__version__",
+    "cpu_isa",
+    "dequantize_int8",
+    "detected_cpu_isa",
+    "kernel_for",
+    "native_calls",
+    "quantize_int8",
+    "set_cpu_isa",
+]
+
+
+def native_available() -> bool:
+    """True when the compiled extension ``fastq._C`` is loaded."""
+    return _native.available()

@@ -1,0 +1,116 @@
+"""The only importer of ``fastq._C``.
+
+Invariants:
+  * ``FASTQ_DISABLE_NATIVE=1``: ``_C`` is never imported; every op runs its PyTorch reference.
+  * ``FASTQ_REQUIRE_NATIVE=1``: a failed import raises (CI sets it, so a broken build fails CI).
+  * otherwise a failed import warns once, with the reason, and the references serve every op.
+  * ``FASTQ_CPU_ISA=scalar|avx2|avx512`` may only lower the detected ISA; ``set_cpu_isa`` likewise.
+  * Native op implementations call ``record(op, device)``, so tests can prove a native kernel ran.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+
+import torch
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+# Codes of the floating dtypes that cross the native seam (csrc/api.h: enum class DType).
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+DISABLED = os.environ.get("FASTQ_DISABLE_NATIVE", "") == "1"
+REQUIRED = os.environ.get("FASTQ_REQUIRE_NATIVE", "") == "1"
+IMPORT_ERROR: str | None = None
+_C = None
+
+if DISABLED and REQUIRED:
+    raise RuntimeError("FASTQ_DISABLE_NATIVE=1 and FASTQ_REQUIRE_NATIVE=1 contradict each other; unset one")
+
+if DISABLED:
+    IMPORT_ERROR = "disabled by FASTQ_DISABLE_NATIVE=1"
+else:
+    try:
+        from fastq import _C  # noqa: F811
+    except ImportError as exc:  # a missing or broken build
+        IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+        if REQUIRED:
+            raise ImportError(
+                f"fastq native extension failed to import ({IMPORT_ERROR}) and FASTQ_REQUIRE_NATIVE=1; "
+                "reinstall with `pip install .` and run `fastq doctor`"
+            ) from exc
+        warnings.warn(
+            f"fastq native extension unavailable ({IMPORT_ERROR}); using the PyTorch reference kernels. "
+            "Run `fastq doctor` for details.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+_env_isa = os.environ.get("FASTQ_CPU_ISA", "")
+if _C is not None and _env_isa:
+    if _env_isa not in ISA_NAMES:
+        warnings.warn(f"FASTQ_CPU_ISA={_env_isa!r} is not one of {ISA_NAMES}; ignored", RuntimeWarning, stacklevel=2)
+    elif ISA_NAMES.index(_env_isa) > _C.cpu_isa_detected():
+        warnings.warn(
+            f"FASTQ_CPU_ISA={_env_isa!r} is above what this CPU supports "
+            f"({ISA_NAMES[_C.cpu_isa_detected()]}); it may only lower the ISA, so it is ignored",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def available() -> bool:
+    """True when the native extension is loaded."""
+    return _C is not None
+
+
+def has(fn_name: str) -> bool:
+    """True when the native extension provides ``fn_name`` (e.g. ``"quantize_int8_cuda"``)."""
+    return _C is not None and hasattr(_C, fn_name)
+
+
+def build_info() -> dict:
+    return dict(_C.build_info()) if _C is not None else {}
+
+
+def detected_cpu_isa() -> str:
+    return ISA_NAMES[_C.cpu_isa_detected()] if _C is not None else "none"
+
+
+def cpu_isa() -> str:
+    """The ISA the native CPU kernels use now."""
+    return ISA_NAMES[_C.cpu_isa_active()] if _C is not None else "none"
+
+
+def set_cpu_isa(name: str) -> None:
+    """Use the ``name`` ISA for the native CPU kernels (may only lower the detected one)."""
+    if _C is None:
+        raise RuntimeError(f"the fastq native extension is not loaded ({IMPORT_ERROR})")
+    if name not in ISA_NAMES:
+        raise ValueError(f"unknown CPU ISA {name!r}; choose one of {ISA_NAMES}")
+    level = ISA_NAMES.index(name)
+    if level > _C.cpu_isa_detected():
+        raise ValueError(f"CPU ISA {name!r} is not supported by this machine (detected {detected_cpu_isa()!r})")
+    _C.set_cpu_isa(level)
+
+
+def num_threads() -> int:
+    """The thread count every native CPU call gets: torch's own setting."""
+    return torch.get_num_threads()
+
+
+def cuda_stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+_calls: collections.Counter = collections.Counter()
+
+
+def record(op: str, device: str) -> None:
+    _calls[(op, device)] += 1
+
+
+def native_calls(op: str, device: str) -> int:
+    """How many times a native kernel of ``op`` ran on ``device`` (``"cpu"``/``"cuda"``)."""
+    return _calls[(op, device)]

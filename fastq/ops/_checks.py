@@ -1,0 +1,164 @@
+"""Argument validation and layouts shared by every kernel of an op (reference, CPU, CUDA, fake).
+
+Invariant: every op implementation calls its ``check_*`` first, so bad input raises a clear
+Python exception (TypeError for dtypes, ValueError for shapes and values) before any native
+code sees a pointer. Checks that read tensor *values* (``check_scale_values``) are skipped by the
+fake implementations, which only know shapes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PER_TENSOR = 0
+PER_ROW = -1
+FLT_MIN = torch.finfo(torch.float32).tiny
+
+
+class QuantLayout(NamedTuple):
+    """How a quantize op sees its input: a contiguous [rows, cols] view, one scale per row."""
+
+    rows: int
+    cols: int
+    scale_shape: tuple  # shape of the scale / zero_point tensors the op returns
+
+
+def _check_float(name: str, t: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+
+
+def _check_same_device(name: str, t: Tensor, ref: Tensor, ref_name: str) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
+
+
+def layout(shape: tuple, group_size: int) -> QuantLayout:
+    """The [rows, cols] view and scale shape for ``group_size`` (0 per tensor, -1 per row, g > 0)."""
+    if len(shape) == 0:
+        raise ValueError("cannot quantize a 0-d tensor; reshape it to at least 1-d")
+    numel = 1
+    for s in shape:
+        numel *= s
+    c = shape[-1]
+    if group_size == PER_TENSOR:
+        return QuantLayout(1, numel, (1,) * len(shape))
+    if group_size == PER_ROW:
+        return QuantLayout(numel // c if c else 0, c, tuple(shape[:-1]) + (1,))
+    if group_size < -1:
+        raise ValueError(f"group_size must be 0 (per tensor), -1 (per row) or positive, got {group_size}")
+    if c % group_size != 0:
+        raise ValueError(f"group_size {group_size} does not divide the last dimension {c}")
+    return QuantLayout(numel // group_size, group_size, tuple(shape[:-1]) + (c // group_size,))
+
+
+def check_quantize(
+    x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor], zero_point: Optional[Tensor]
+) -> QuantLayout:
+    _check_float("x", x)
+    lay = layout(tuple(x.shape), group_size)
+    if scale is None:
+        if zero_point is not None:
+            raise ValueError("zero_point was given without scale; pass both for static quantization or neither")
+        return lay
+    _check_qparams(scale, zero_point, symmetric, lay, x, "x")
+    return lay
+
+
+def _check_qparams(scale: Tensor, zero_point: Optional[Tensor], symmetric: bool, lay: QuantLayout, x: Tensor, x_name: str) -> None:
+    if scale.dtype != torch.float32:
+        raise TypeError(f"scale must be float32, got {scale.dtype}")
+    _check_same_device("scale", scale, x, x_name)
+    if tuple(scale.shape) != lay.scale_shape:
+        raise ValueError(f"scale has shape {tuple(scale.shape)} but {x_name} of shape {tuple(x.shape)} "
+                         f"needs {lay.scale_shape} at this granularity")
+    if symmetric:
+        if zero_point is not None:
+            raise ValueError("symmetric quantization takes no zero_point")
+        return
+    if zero_point is None:
+        raise ValueError("asymmetric static quantization needs a zero_point with the scale")
+    if zero_point.dtype != torch.int32:
+        raise TypeError(f"zero_point must be int32, got {zero_point.dtype}")
+    _check_same_device("zero_point", zero_point, x, x_name)
+    if tuple(zero_point.shape) != lay.scale_shape:
+        raise ValueError(f"zero_point has shape {tuple(zero_point.shape)}, expected {lay.scale_shape}")
+
+
+def check_scale_values(scale: Tensor, zero_point: Optional[Tensor]) -> None:
+    """Static scales must be finite normal floats (so 1/scale is finite); zero points in [0, 255]."""
+    if scale.numel() and not bool(torch.all(torch.isfinite(scale) & (scale >= FLT_MIN))):
+        raise ValueError("scale must be finite and >= 1.18e-38 (the smallest normal float32) everywhere")
+    if zero_point is not None and zero_point.numel():
+        if not bool(torch.all((zero_point >= 0) & (zero_point <= 255))):
+            raise ValueError("zero_point must lie in [0, 255] for uint8 codes")
+
+
+def code_dtype(symmetric: bool) -> torch.dtype:
+    return torch.int8 if symmetric else torch.uint8
+
+
+def check_quantize_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], group_size: int,
+                       symmetric: bool, dynamic: bool) -> QuantLayout:
+    lay = check_quantize(x, group_size, symmetric, None if dynamic else scale, None if dynamic else zero_point)
+    _check_out("codes", codes, tuple(x.shape), code_dtype(symmetric), x)
+    if dynamic:
+        _check_out("scale", scale, lay.scale_shape, torch.float32, x)
+        if not symmetric:
+            if zero_point is None:
+                raise ValueError("asymmetric quantization needs a zero_point buffer")
+            _check_out("zero_point", zero_point, lay.scale_shape, torch.int32, x)
+    return lay
+
+
+def _check_out(name: str, t: Tensor, shape: tuple, dtype: torch.dtype, x: Tensor) -> None:
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    _check_same_device(name, t, x, "x")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (it is written in place)")
+
+
+def dequant_layout(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -> tuple[QuantLayout, bool]:
+    """Validate dequantize arguments; the granularity is read off the scale's shape."""
+    if not isinstance(codes, Tensor) or codes.dtype not in (torch.int8, torch.uint8):
+        got = codes.dtype if isinstance(codes, Tensor) else type(codes).__name__
+        raise TypeError(f"codes must be int8 (symmetric) or uint8 (asymmetric), got {got}")
+    if codes.dim() == 0:
+        raise ValueError("cannot dequantize a 0-d tensor")
+    symmetric = codes.dtype == torch.int8
+    if not isinstance(scale, Tensor):
+        raise TypeError(f"scale must be a torch.Tensor, got {type(scale).__name__}")
+    if scale.dim() != codes.dim():
+        raise ValueError(f"scale must have the same rank as codes ({codes.dim()}), got shape {tuple(scale.shape)}")
+    c = codes.shape[-1]
+    if all(s == 1 for s in scale.shape):
+        group_size = PER_TENSOR
+    elif tuple(scale.shape[:-1]) == tuple(codes.shape[:-1]) and scale.shape[-1] > 0 and c % scale.shape[-1] == 0:
+        group_size = c // scale.shape[-1]
+    else:
+        raise ValueError(f"scale shape {tuple(scale.shape)} fits no granularity of codes {tuple(codes.shape)}: "
+                         f"expected all ones (per tensor) or {tuple(codes.shape[:-1])} + (groups,)")
+    lay = layout(tuple(codes.shape), group_size)
+    _check_qparams(scale, zero_point, symmetric, lay, codes, "codes")
+    return lay, symmetric
+
+
+def check_dequantize(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], dtype: torch.dtype) -> tuple[QuantLayout, bool]:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dequantize output dtype must be float32, float16 or bfloat16, got {dtype}")
+    return dequant_layout(codes, scale, zero_point)
+
+
+def check_dequantize_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> tuple[QuantLayout, bool]:
+    lay_sym = check_dequantize(codes, scale, zero_point, out.dtype)
+    _check_out("out", out, tuple(codes.shape), out.dtype, codes)
+    return lay_sym

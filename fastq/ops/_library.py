@@ -1,0 +1,101 @@
+"""Every fastq op as a torch.library custom op: schema, fake, and kernels.
+
+Invariants: the schema comes from the annotated default implementation below, which validates
+and runs the PyTorch reference (the fallback on every device). A native kernel is registered for
+"cpu"/"cuda" only when fastq._C provides ``<native name>_<device>``. ``kernel_for`` reports
+which one serves an op on a device. No ``from __future__ import annotations`` here: custom_op
+reads these annotations to build the schema.
+"""
+
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from fastq import _native
+from fastq.ops import _checks, native, reference
+
+# op name -> the _C function family that implements it natively (as "<family>_<device>").
+_NATIVE_FAMILY: Dict[str, str] = {}
+_REGISTERED: Dict[Tuple[str, str], bool] = {}
+OPS: Dict[str, object] = {}
+
+
+def _define(name: str, family: str, mutates_args: tuple, fake: Callable) -> Callable:
+    def decorate(default_impl: Callable):
+        op = torch.library.custom_op(f"fastq::{name}", mutates_args=mutates_args)(default_impl)
+        op.register_fake(fake)
+        _NATIVE_FAMILY[name] = family
+        for device in ("cpu", "cuda"):
+            if _native.has(f"{family}_{device}"):
+                op.register_kernel(device)(getattr(native, name))
+                _REGISTERED[(name, device)] = True
+        OPS[name] = op
+        return op
+
+    return decorate
+
+
+def kernel_for(op: str, device: str) -> str:
+    """Which kernel serves ``op`` on ``device``: ``"native:<isa>"`` (CPU), ``"native:cuda"`` or
+    ``"reference"``."""
+    if op not in OPS:
+        raise ValueError(f"unknown fastq op {op!r}; ops are {sorted(OPS)}")
+    device = torch.device(device).type
+    if not _REGISTERED.get((op, device)):
+        return "reference"
+    return f"native:{_native.cpu_isa()}" if device == "cpu" else f"native:{device}"
+
+
+# ---- quantize_int8 ------------------------------------------------------------------------------
+
+def _quantize_int8_fake(x, group_size, symmetric, scale=None, zero_point=None):
+    lay = _checks.check_quantize(x, group_size, symmetric, scale, zero_point)
+    return (x.new_empty(x.shape, dtype=_checks.code_dtype(symmetric)),
+            x.new_empty(lay.scale_shape, dtype=torch.float32),
+            x.new_empty(lay.scale_shape, dtype=torch.int32))
+
+
+@_define("quantize_int8", "quantize_int8", (), _quantize_int8_fake)
+def quantize_int8(x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor] = None,
+                  zero_point: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    _checks.check_quantize(x, group_size, symmetric, scale, zero_point)
+    if scale is not None:
+        _checks.check_scale_values(scale, zero_point)
+    return reference.quantize_int8(x, group_size, symmetric, scale, zero_point)
+
+
+def _quantize_int8_out_fake(x, codes, scale, zero_point, group_size, symmetric, dynamic):
+    _checks.check_quantize_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+
+
+@_define("quantize_int8_out", "quantize_int8", ("codes", "scale", "zero_point"), _quantize_int8_out_fake)
+def quantize_int8_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], group_size: int,
+                      symmetric: bool, dynamic: bool) -> None:
+    _checks.check_quantize_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+    if not dynamic:
+        _checks.check_scale_values(scale, zero_point)
+    reference.quantize_int8_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+
+
+# ---- dequantize_int8 ----------------------------------------------------------------------------
+
+def _dequantize_int8_fake(codes, scale, zero_point, dtype):
+    _checks.check_dequantize(codes, scale, zero_point, dtype)
+    return codes.new_empty(codes.shape, dtype=dtype)
+
+
+@_define("dequantize_int8", "dequantize_int8", (), _dequantize_int8_fake)
+def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    _checks.check_dequantize(codes, scale, zero_point, dtype)
+    return reference.dequantize_int8(codes, scale, zero_point, dtype)
+
+
+def _dequantize_int8_out_fake(codes, scale, zero_point, out):
+    _checks.check_dequantize_out(codes, scale, zero_point, out)
+
+
+@_define("dequantize_int8_out", "dequantize_int8", ("out",), _dequantize_int8_out_fake)
+def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> None:
+    _checks.check_dequantize_out(codes, scale, zero_point, out)
+    reference.dequantize_int8_out(codes, scale, zero_point, out)

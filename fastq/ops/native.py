@@ -1,0 +1,103 @@
+"""Native (fastq._C) implementations of the ops, for "cpu" and "cuda".
+
+Invariants: each implementation validates with ``_checks`` first, makes inputs contiguous (a copy
+when they are not), allocates outputs with torch, passes raw pointers to ``_C``, and calls
+``_native.record`` so tests can prove the native kernel ran. Empty inputs are answered by the
+reference (nothing for a kernel to do). CPU calls get ``torch.get_num_threads()`` threads; CUDA
+calls run on the input's device and current stream.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastq import _native
+from fastq.ops import _checks, reference
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _launch_quantize(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor],
+                     lay: _checks.QuantLayout, symmetric: bool, dynamic: bool) -> None:
+    args = (x.data_ptr(), _native.DTYPE_CODES[x.dtype], codes.data_ptr(), scale.data_ptr(), _ptr(zero_point),
+            lay.rows, lay.cols, 1, symmetric, dynamic)
+    if x.device.type == "cpu":
+        _native._C.quantize_int8_cpu(*args, _native.num_threads())
+    else:
+        workspace = torch.zeros(4, dtype=torch.int32, device=x.device) if dynamic and lay.rows == 1 else None
+        with torch.cuda.device(x.device):
+            _native._C.quantize_int8_cuda(*args, _ptr(workspace), _native.cuda_stream(x))
+
+
+def _launch_dequantize(codes: Tensor, symmetric: bool, scale: Tensor, zero_point: Optional[Tensor], y: Tensor,
+                       lay: _checks.QuantLayout) -> None:
+    args = (codes.data_ptr(), symmetric, scale.data_ptr(), _ptr(zero_point), y.data_ptr(),
+            _native.DTYPE_CODES[y.dtype], lay.rows, lay.cols, 1)
+    if codes.device.type == "cpu":
+        _native._C.dequantize_int8_cpu(*args, _native.num_threads())
+    else:
+        with torch.cuda.device(codes.device):
+            _native._C.dequantize_int8_cuda(*args, _native.cuda_stream(codes))
+
+
+def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
+def quantize_int8(x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor] = None,
+                  zero_point: Optional[Tensor] = None) -> tuple:
+    lay = _checks.check_quantize(x, group_size, symmetric, scale, zero_point)
+    dynamic = scale is None
+    if not dynamic:
+        _checks.check_scale_values(scale, zero_point)
+    if x.numel() == 0:
+        return reference.quantize_int8(x, group_size, symmetric, scale, zero_point)
+    _native.record("quantize_int8", x.device.type)
+    codes = torch.empty(x.shape, dtype=_checks.code_dtype(symmetric), device=x.device)
+    if dynamic:
+        scale_out = torch.empty(lay.scale_shape, dtype=torch.float32, device=x.device)
+        zp_out = torch.zeros(lay.scale_shape, dtype=torch.int32, device=x.device)
+        _launch_quantize(x.contiguous(), codes, scale_out, zp_out, lay, symmetric, True)
+    else:
+        scale_out = scale.contiguous().clone()
+        zp_out = torch.zeros_like(scale_out, dtype=torch.int32) if symmetric else zero_point.contiguous().clone()
+        _launch_quantize(x.contiguous(), codes, scale_out, zp_out, lay, symmetric, False)
+    return codes, scale_out, zp_out
+
+
+def quantize_int8_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], group_size: int,
+                      symmetric: bool, dynamic: bool) -> None:
+    lay = _checks.check_quantize_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+    if not dynamic:
+        _checks.check_scale_values(scale, zero_point)
+    if x.numel() == 0:
+        return reference.quantize_int8_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+    _native.record("quantize_int8_out", x.device.type)
+    if dynamic:
+        zp = zero_point if not symmetric else None
+        _launch_quantize(x.contiguous(), codes, scale, zp, lay, symmetric, True)
+        if symmetric and zero_point is not None:
+            zero_point.zero_()
+    else:
+        _launch_quantize(x.contiguous(), codes, scale.contiguous(), _contig(zero_point), lay, symmetric, False)
+
+
+def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    lay, symmetric = _checks.check_dequantize(codes, scale, zero_point, dtype)
+    if codes.numel() == 0:
+        return reference.dequantize_int8(codes, scale, zero_point, dtype)
+    _native.record("dequantize_int8", codes.device.type)
+    y = torch.empty(codes.shape, dtype=dtype, device=codes.device)
+    _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), y, lay)
+    return y
+
+
+def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> None:
+    lay, symmetric = _checks.check_dequantize_out(codes, scale, zero_point, out)
+    if codes.numel() == 0:
+        return
+    _native.record("dequantize_int8_out", codes.device.type)
+    _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), out, lay)
