@@ -162,3 +162,60 @@ def check_dequantize_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tens
     lay_sym = check_dequantize(codes, scale, zero_point, out.dtype)
     _check_out("out", out, tuple(codes.shape), out.dtype, codes)
     return lay_sym
+
+
+# ---- int8 GEMM family ---------------------------------------------------------------------------
+
+def check_int8_gemm(a: Tensor, b: Tensor) -> None:
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, Tensor) or t.dtype != torch.int8:
+            raise TypeError(f"int8_gemm: {name} must be an int8 tensor, got "
+                            f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"int8_gemm: {name} must be 2-D, got shape {tuple(t.shape)}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"int8_gemm: K mismatch: a is {tuple(a.shape)} and b is {tuple(b.shape)} (b is [N, K])")
+    _check_same_device("b", b, a, "a")
+
+
+def check_int8_pack_weight(w: Tensor) -> None:
+    if not isinstance(w, Tensor) or w.dtype != torch.int8 or w.dim() != 2:
+        raise TypeError("int8_pack_weight: w must be a 2-D int8 tensor [N, K]")
+    if w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"int8_pack_weight: empty weight of shape {tuple(w.shape)}")
+
+
+def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                        scale_2d: bool) -> None:
+    """Shared checks of the packed-weight linear ops; K comes from x's last dimension."""
+    from fastq.ops.reference import packed_sizes
+
+    _check_float(f"{op}: x", x)
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last dimension (K), got shape {tuple(x.shape)}")
+    if n <= 0:
+        raise ValueError(f"{op}: n (output features) must be positive, got {n}")
+    k = x.shape[-1]
+    if w_packed.dtype != torch.int8 or w_packed.dim() != 1:
+        raise TypeError(f"{op}: w_packed must be the 1-D int8 tensor int8_pack_weight returns")
+    expected = packed_sizes(n, k)[2]
+    if w_packed.numel() != expected:
+        raise ValueError(f"{op}: w_packed has {w_packed.numel()} bytes but an [{n}, {k}] weight packs to "
+                         f"{expected}: K mismatch between x (K={k}) and the weight?")
+    if w_scale.dtype != torch.float32:
+        raise TypeError(f"{op}: w_scale must be float32, got {w_scale.dtype}")
+    if scale_2d:
+        if w_scale.dim() != 2 or w_scale.shape[0] != n or w_scale.shape[1] == 0 or k % w_scale.shape[1]:
+            raise ValueError(f"{op}: w_scale must be [n, G] with G dividing K={k}, got {tuple(w_scale.shape)}")
+    elif tuple(w_scale.shape) != (n,):
+        raise ValueError(f"{op}: w_scale must have shape ({n},), got {tuple(w_scale.shape)}")
+    if bias is not None:
+        if bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+            raise ValueError(f"{op}: bias must be float32 of shape ({n},), got {bias.dtype} {tuple(bias.shape)}")
+        _check_same_device(f"{op}: bias", bias, x, "x")
+    _check_same_device(f"{op}: w_packed", w_packed, x, "x")
+    _check_same_device(f"{op}: w_scale", w_scale, x, "x")
+
+
+def check_linear_out(op: str, x: Tensor, n: int, out: Tensor, dtype: torch.dtype) -> None:
+    _check_out(f"{op}: out", out, tuple(x.shape[:-1]) + (n,), dtype, x)

@@ -99,3 +99,74 @@ def _dequantize_int8_out_fake(codes, scale, zero_point, out):
 def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> None:
     _checks.check_dequantize_out(codes, scale, zero_point, out)
     reference.dequantize_int8_out(codes, scale, zero_point, out)
+
+
+# ---- int8 GEMM family ---------------------------------------------------------------------------
+
+def _int8_gemm_fake(a, b):
+    _checks.check_int8_gemm(a, b)
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+
+@_define("int8_gemm", "int8_gemm", (), _int8_gemm_fake)
+def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
+    _checks.check_int8_gemm(a, b)
+    return reference.int8_gemm(a, b)
+
+
+def _int8_pack_weight_fake(w):
+    _checks.check_int8_pack_weight(w)
+    return w.new_empty((reference.packed_sizes(w.shape[0], w.shape[1])[2],), dtype=torch.int8)
+
+
+@_define("int8_pack_weight", "int8_pack_weight", (), _int8_pack_weight_fake)
+def int8_pack_weight(w: Tensor) -> Tensor:
+    _checks.check_int8_pack_weight(w)
+    return reference.int8_pack_weight(w)
+
+
+def _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype):
+    _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype)
+
+
+@_define("int8_linear_dynamic", "int8_linear_dynamic", (), _int8_linear_dynamic_fake)
+def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                        act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    return reference.int8_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
+
+
+def _int8_linear_dynamic_out_fake(x, w_packed, w_scale, bias, n, act_symmetric, out):
+    _checks.check_packed_linear("int8_linear_dynamic_out", x, w_packed, w_scale, bias, n, False)
+    _checks.check_linear_out("int8_linear_dynamic_out", x, n, out, out.dtype)
+
+
+@_define("int8_linear_dynamic_out", "int8_linear_dynamic", ("out",), _int8_linear_dynamic_out_fake)
+def int8_linear_dynamic_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                            act_symmetric: bool, out: Tensor) -> None:
+    _int8_linear_dynamic_out_fake(x, w_packed, w_scale, bias, n, act_symmetric, out)
+    out.copy_(reference.int8_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out.dtype))
+
+
+def _int8_weight_only_linear_fake(x, w_packed, w_scale, bias, n):
+    _checks.check_packed_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, n, True)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,))
+
+
+@_define("int8_weight_only_linear", "int8_weight_only_linear", (), _int8_weight_only_linear_fake)
+def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
+    _checks.check_packed_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, n, True)
+    return reference.int8_weight_only_linear(x, w_packed, w_scale, bias, n)
+
+
+def _int8_weight_only_linear_out_fake(x, w_packed, w_scale, bias, n, out):
+    _checks.check_packed_linear("int8_weight_only_linear_out", x, w_packed, w_scale, bias, n, True)
+    _checks.check_linear_out("int8_weight_only_linear_out", x, n, out, x.dtype)
+
+
+@_define("int8_weight_only_linear_out", "int8_weight_only_linear", ("out",), _int8_weight_only_linear_out_fake)
+def int8_weight_only_linear_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                                out: Tensor) -> None:
+    _int8_weight_only_linear_out_fake(x, w_packed, w_scale, bias, n, out)
+    out.copy_(reference.int8_weight_only_linear(x, w_packed, w_scale, bias, n))

@@ -103,3 +103,86 @@ def quantize_int8_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optio
 def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> None:
     """``dequantize_int8`` writing into ``out`` (whose dtype is the output dtype)."""
     out.copy_(dequantize_int8(codes, scale, zero_point, out.dtype))
+
+
+# ---- int8 GEMM family ---------------------------------------------------------------------------
+# Packed weight layout (ISA-independent; every kernel reads it, the reference unpacks it):
+#   N_pad = ceil(N / 16) * 16, K_pad = ceil(K / 4) * 4, padding filled with 0.
+#   bytes [0, N_pad * K_pad): int8 blocks [N_pad/16][K_pad/4][16][4]: block (nb, kg) holds
+#       w[nb*16 + n, kg*4 + k] at n*4 + k (16 output channels x 4 consecutive k = 64 bytes);
+#   then N_pad int32 (little endian) column sums sum_k w[n, k] (for zero-point corrections).
+PACK_NR = 16
+PACK_KR = 4
+
+
+def packed_sizes(n: int, k: int) -> tuple[int, int, int]:
+    """(N_pad, K_pad, total bytes) of the packed layout for an [n, k] weight."""
+    n_pad = -(-n // PACK_NR) * PACK_NR
+    k_pad = -(-k // PACK_KR) * PACK_KR
+    return n_pad, k_pad, n_pad * k_pad + 4 * n_pad
+
+
+def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
+    """Exact ``a @ b.T`` for int8 ``a`` [M, K] and ``b`` [N, K], as int32 [M, N].
+
+    float64 holds every partial sum exactly (|sum| <= K * 128^2 < 2^53), on any device."""
+    return (a.double() @ b.double().T).to(torch.int32)
+
+
+def int8_pack_weight(w: Tensor) -> Tensor:
+    """Pack an int8 [N, K] weight into the layout above (1-D int8 tensor)."""
+    n, k = w.shape
+    n_pad, k_pad, total = packed_sizes(n, k)
+    padded = torch.zeros(n_pad, k_pad, dtype=torch.int8, device=w.device)
+    padded[:n, :k] = w
+    blocks = padded.reshape(n_pad // PACK_NR, PACK_NR, k_pad // PACK_KR, PACK_KR).permute(0, 2, 1, 3)
+    colsum = padded.to(torch.int32).sum(dim=1, dtype=torch.int32)
+    return torch.cat([blocks.reshape(-1), colsum.view(torch.int8)])
+
+
+def int8_unpack_weight(packed: Tensor, n: int, k: int) -> tuple[Tensor, Tensor]:
+    """Inverse of ``int8_pack_weight``: (w int8 [n, k], column sums int32 [n])."""
+    n_pad, k_pad, _ = packed_sizes(n, k)
+    body = packed[: n_pad * k_pad].reshape(n_pad // PACK_NR, k_pad // PACK_KR, PACK_NR, PACK_KR)
+    w = body.permute(0, 2, 1, 3).reshape(n_pad, k_pad)[:n, :k]
+    colsum = packed[n_pad * k_pad:].view(torch.int32)[:n]
+    return w, colsum
+
+
+def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                        act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    """W8A8 linear: per-token dynamic int8 activations x int8 per-channel weights, fused epilogue.
+
+    ``x`` [*, K] (float32/float16/bfloat16); ``w_packed`` from ``int8_pack_weight`` of an [n, K]
+    weight; ``w_scale`` float32 [n]; ``bias`` float32 [n] or None. Sequence:
+      qa, a_scale, zp = quantize_int8(x, PER_ROW, act_symmetric)      (exactly that op)
+      acc[m, j] = sum_k qa[m, k] * w[j, k] - zp[m] * colsum[j]         (int32, exact)
+      y = float32(acc) * (a_scale[m] * w_scale[j])                     (two float32 roundings)
+      y = y + bias[j]                                                  (when bias is given)
+    then rounded to ``out_dtype``. Native kernels follow this sequence without FMA contraction.
+    """
+    k = x.shape[-1]
+    w, colsum = int8_unpack_weight(w_packed, n, k)
+    qa, a_scale, zp = quantize_int8(x.reshape(-1, k), -1, act_symmetric)
+    acc = (qa.double() @ w.double().T).to(torch.int32) - zp.reshape(-1, 1) * colsum.reshape(1, -1)
+    y = acc.to(torch.float32) * (a_scale.reshape(-1, 1) * w_scale.reshape(1, -1))
+    if bias is not None:
+        y = y + bias
+    return y.to(out_dtype).reshape(*x.shape[:-1], n)
+
+
+def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
+    """Weight-only int8 linear: ``x @ (w * scale).T + bias`` in float32, returned in x's dtype.
+
+    ``w_scale`` float32 [n, G]: G = 1 is per channel, otherwise groups of K // G along K. Float
+    accumulation order is not specified (kernels dequantize in registers and sum in their own
+    order), so native results match this within float32 rounding, not bit for bit.
+    """
+    k = x.shape[-1]
+    w, _ = int8_unpack_weight(w_packed, n, k)
+    groups = w_scale.shape[-1]
+    w_f = (w.float().reshape(n, groups, k // groups) * w_scale.reshape(n, groups, 1)).reshape(n, k)
+    y = x.reshape(-1, k).float() @ w_f.T
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
