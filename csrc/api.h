@@ -51,6 +51,38 @@ void quantize_int8_cuda(const QuantizeArgs& args, int32_t* workspace, void* stre
 void dequantize_int8_cuda(const DequantizeArgs& args, void* stream);
 #endif
 
+// ---- int8 GEMM family (fastq/ops/reference.py: int8_gemm, int8_linear_dynamic, ...) -------------
+// Packed weights use reference.int8_pack_weight's layout: int8 blocks [N_pad/16][K_pad/4][16][4]
+// followed by N_pad int32 column sums.
+struct Int8LinearArgs {
+  const void* x = nullptr;  // [m, k] of x_dtype
+  DType x_dtype = DType::f32;
+  const int8_t* w_packed = nullptr;  // packed [n, k] weight
+  const float* w_scale = nullptr;    // [n] (W8A8) or [n, scale_groups] (weight-only)
+  int64_t scale_groups = 1;          // weight-only: groups along k (1 = per channel)
+  const float* bias = nullptr;       // [n] or nullptr
+  void* y = nullptr;                 // [m, n] of y_dtype
+  DType y_dtype = DType::f32;
+  int64_t m = 0, n = 0, k = 0;
+  bool act_symmetric = true;  // W8A8: int8 (true) or uint8 + zero point (false) activations
+  void* workspace = nullptr;  // caller-allocated scratch of *_workspace_bytes(m, n, k) bytes
+  int64_t workspace_bytes = 0;
+  int num_threads = 1;
+};
+
+// c[m, n] = a[m, k] . b[n, k] (int32, exact); a, b, c contiguous.
+void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int64_t n, int64_t k, int num_threads);
+int64_t int8_linear_dynamic_workspace_bytes_cpu(int64_t m, int64_t n, int64_t k);
+void int8_linear_dynamic_cpu(const Int8LinearArgs& args);
+void int8_weight_only_linear_cpu(const Int8LinearArgs& args);
+
+#ifdef FASTQ_WITH_CUDA
+void int8_gemm_cuda(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int64_t n, int64_t k, void* stream);
+int64_t int8_linear_dynamic_workspace_bytes_cuda(int64_t m, int64_t n, int64_t k);
+void int8_linear_dynamic_cuda(const Int8LinearArgs& args, void* stream);
+void int8_weight_only_linear_cuda(const Int8LinearArgs& args, void* stream);
+#endif
+
 // ---- CPU ISA control --------------------------------------------------------------------------
 // Levels: 0 scalar, 1 avx2 (AVX2+FMA+F16C), 2 avx512 (F/BW/DQ/VL/VNNI).
 int cpu_isa_detected();
