@@ -134,7 +134,7 @@ class PruningScheduler:
             apply_masks_(model)
             return None
         fixed = self.config.is_nm or self.config.criterion == "threshold"
-        cfg = self.config if fixed else dataclasses.replace(self.config, sparsity=target)
+        cfg = self.config if fixed else dataclasses.replace(self.config, sparsity=target, schedule=OneShot())
         report = prune_(model, cfg, self.filter_fn, batch=batch, loss_fn=loss_fn)
         self.current_sparsity = target
         return report
