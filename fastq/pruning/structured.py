@@ -130,14 +130,18 @@ def _check_pair_modules(pair: Pair, modules: Dict[str, nn.Module]) -> None:
     where = f"layer {pair.producer!r}"
     if isinstance(p, nn.Linear):
         if not isinstance(c, nn.Linear) or pair.batchnorm is not None:
-            raise ValueError(f"{where}: a Linear producer pairs with a Linear consumer and no BatchNorm, got {type(c).__name__}")
+            raise ValueError(
+                f"{where}: a Linear producer pairs with a Linear consumer and no BatchNorm, got {type(c).__name__}"
+            )
         if c.in_features != p.out_features:
             raise ValueError(f"{where}: out_features {p.out_features} != {pair.consumer!r}.in_features {c.in_features}")
     elif isinstance(p, nn.Conv2d):
         if not isinstance(c, nn.Conv2d):
             raise ValueError(f"{where}: a Conv2d producer pairs with a Conv2d consumer, got {type(c).__name__}")
         if p.groups != 1 or c.groups != 1:
-            raise ValueError(f"{where}: grouped/depthwise convolutions ({pair.producer!r} or {pair.consumer!r}) are not supported")
+            raise ValueError(
+                f"{where}: grouped/depthwise convolutions ({pair.producer!r} or {pair.consumer!r}) are not supported"
+            )
         if c.in_channels != p.out_channels:
             raise ValueError(f"{where}: out_channels {p.out_channels} != {pair.consumer!r}.in_channels {c.in_channels}")
         if pair.batchnorm is not None:
@@ -180,7 +184,9 @@ def find_pairs(
     if pairs is not None:
         for spec in pairs:
             if isinstance(spec, str) or len(spec) not in (2, 3):
-                raise ValueError(f"pairs entries are (producer, consumer) or (producer, batchnorm, consumer), got {spec!r}")
+                raise ValueError(
+                    f"pairs entries are (producer, consumer) or (producer, batchnorm, consumer), got {spec!r}"
+                )
             pair = Pair(spec[0], spec[-1], spec[1] if len(spec) == 3 else None)
             _check_pair_modules(pair, modules)
             if gm is not None:
@@ -273,7 +279,9 @@ def _check_block(model: nn.Module, name: str, block: nn.Module) -> None:
     try:
         gm = fx.symbolic_trace(block)
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"block {name!r}: cannot trace it with torch.fx ({type(e).__name__}); cannot check its skip path") from None
+        raise ValueError(
+            f"block {name!r}: cannot trace it with torch.fx ({type(e).__name__}); cannot check its skip path"
+        ) from None
     modules = dict(gm.named_modules())
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
@@ -281,7 +289,12 @@ def _check_block(model: nn.Module, name: str, block: nn.Module) -> None:
     x = placeholders[0]
     out = next(n for n in gm.graph.nodes if n.op == "output")
     node = out.args[0]
-    while isinstance(node, fx.Node) and node.args and isinstance(node.args[0], fx.Node) and _is_elementwise(node, node.args[0], modules):
+    while (
+        isinstance(node, fx.Node)
+        and node.args
+        and isinstance(node.args[0], fx.Node)
+        and _is_elementwise(node, node.args[0], modules)
+    ):
         node = node.args[0]
     is_add = isinstance(node, fx.Node) and (
         (node.op == "call_function" and node.target in _ADD_FUNCTIONS)
@@ -381,7 +394,9 @@ def prune_channels_(
                 raise ValueError(f"block {name!r} did not run in the forward pass on example_inputs")
             i, o = shapes[name]
             if i is None or i != o:
-                raise ValueError(f"block {name!r}: input shape {i} != output shape {o}; removing it would break the model")
+                raise ValueError(
+                    f"block {name!r}: input shape {i} != output shape {o}; removing it would break the model"
+                )
 
     # Channels: find, score and select everything before modifying anything.
     plan: List[Tuple[Pair, torch.Tensor]] = []

@@ -58,7 +58,8 @@ def _mlp(seed):
 
 def test_gradual_pruning_in_a_training_loop():
     model = _mlp(0)
-    cfg = PruneConfig(sparsity=0.8, schedule=CubicSchedule(end_step=20, initial_sparsity=0.2, begin_step=2, frequency=4))
+    sch = CubicSchedule(end_step=20, initial_sparsity=0.2, begin_step=2, frequency=4)
+    cfg = PruneConfig(sparsity=0.8, schedule=sch)
     sched = PruningScheduler(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
     x, y = torch.randn(64, 20), torch.randn(64, 4)

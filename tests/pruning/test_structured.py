@@ -214,10 +214,6 @@ def test_block_with_projection_shortcut_is_refused():
 
 
 def test_block_shape_mismatch_is_refused():
-    class Doubler(nn.Module):
-        def forward(self, x):
-            return torch.cat([x, x], 1) + x.repeat(1, 2, 1, 1)
-
     class Widen(nn.Module):  # x + f(x) with broadcasting that changes the shape
         def __init__(self):
             super().__init__()
