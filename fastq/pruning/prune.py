@@ -199,10 +199,19 @@ def select_groups(
 
 
 def _prune_lowest(s: Tensor, k: int) -> Tensor:
+    """Keep-mask pruning the k lowest of ``s`` [n]; among equal scores the lower index goes first.
+
+    Same result as pruning ``argsort(s, stable=True)[:k]``, in O(n) with a selection (kthvalue)
+    instead of a full sort: everything below the k-th value goes, then the first of its ties.
+    """
     keep = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
-    if k > 0:
-        order = torch.argsort(s, stable=True)
-        keep[order[:k]] = False
+    if k <= 0:
+        return keep
+    v = torch.kthvalue(s, k).values
+    below = s < v
+    keep &= ~below
+    ties = torch.nonzero(s == v).flatten()
+    keep[ties[: k - int(below.sum())]] = False
     return keep
 
 
@@ -227,6 +236,8 @@ def compute_masks(
     modules = [m for _, m in layers]
     for name, m in layers:
         check_pattern(name, m, pat)
+        if not bool(torch.isfinite(m.weight.detach()).all()):
+            raise ValueError(f"layer {name!r} has NaN or Inf weights; cannot rank them for pruning")
     if config.criterion == "threshold":
         masks = []
         for name, m in layers:

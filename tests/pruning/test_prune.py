@@ -63,6 +63,21 @@ def test_ties_are_broken_by_index():
     assert torch.equal(m.weight_mask.flatten(), expected)
 
 
+@pytest.mark.parametrize("n", [1, 7, 33, 129, 1000])
+def test_selection_equals_stable_sort_with_many_ties(n):
+    from fastq.pruning.prune import _prune_lowest
+
+    gen = torch.Generator().manual_seed(n)
+    for trial in range(20):
+        s = torch.randint(0, 4, (n,), generator=gen).float()
+        if trial % 2:
+            s[torch.randint(0, n, (n // 3 + 1,), generator=gen)] = float("-inf")  # already-pruned groups
+        for k in sorted({0, 1, n // 2, n - 1, n}):
+            ref = torch.ones(n, dtype=torch.bool)
+            ref[torch.argsort(s, stable=True)[:k]] = False
+            assert torch.equal(_prune_lowest(s, k), ref)
+
+
 @pytest.mark.parametrize("sparsity", [0.1, 0.3, 0.5])
 def test_global_sparsity_is_exact_with_one_threshold(sparsity):
     model = _mlp()
@@ -352,6 +367,35 @@ def test_channels_to_nothing_raises():
         prune_(nn.Linear(4, 2), PruneConfig(sparsity=0.8, pattern="channels"))
 
 
+def test_non_finite_weights_raise():
+    m = nn.Linear(4, 4)
+    with torch.no_grad():
+        m.weight[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        prune_(m, PruneConfig(sparsity=0.5))
+
+
 def test_nothing_selected_raises():
     with pytest.raises(ValueError, match="no nn.Linear or nn.Conv2d"):
         prune_(nn.Sequential(nn.ReLU()), PruneConfig(sparsity=0.5))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "block4x4", "channels"])
+def test_masks_on_cuda(pattern):
+    torch.manual_seed(15)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16)).cuda()
+    cfg = PruneConfig(pattern=pattern) if pattern == "2:4" else PruneConfig(sparsity=0.5, pattern=pattern)
+    cpu = copy.deepcopy(model).cpu()
+    prune_(model, cfg)
+    prune_(cpu, cfg)
+    assert model[0].weight_mask.is_cuda
+    assert torch.equal(model[0].weight_mask.cpu(), cpu[0].weight_mask)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    x = torch.randn(8, 32, device="cuda")
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    assert bool((model[0].weight[~model[0].weight_mask] == 0).all())
