@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fastq.pruning import scores as S
-from fastq.pruning.config import PruneConfig
-from fastq.pruning.masks import MASK
+from fastq.pruning.config import PruneConfig, parse_pattern
+from fastq.pruning.masks import MASK, PATTERN_ATTR
 from fastq.pruning.prune import group_scores, select_groups
 
 _ELEMENTWISE_MODULES = (
@@ -275,6 +275,21 @@ def _shrink(modules: Dict[str, nn.Module], pair: Pair, idx: torch.Tensor) -> Non
         c.in_channels = n
 
 
+def _check_masks_survive(pair: Pair, modules: Dict[str, nn.Module]) -> None:
+    """Refuse to cut through an N:M group or a block of an earlier prune_ mask."""
+    for name, dim in ((pair.producer, 0), (pair.consumer, 1)):
+        m = modules[name]
+        if MASK not in m._buffers:
+            continue
+        pat = parse_pattern(getattr(m, PATTERN_ATTR, "unstructured"))
+        broken = (pat.kind == "block" and (pat.rows if dim == 0 else pat.cols) > 1) or (pat.kind == "nm" and dim == 1)
+        if broken:
+            raise ValueError(
+                f"layer {name!r} carries a {pat.name} mask that removing {'rows' if dim == 0 else 'columns'} "
+                f"would break; run prune_channels_ before prune_ with that pattern"
+            )
+
+
 def _check_block(model: nn.Module, name: str, block: nn.Module) -> None:
     try:
         gm = fx.symbolic_trace(block)
@@ -410,6 +425,8 @@ def prune_channels_(
                 _set_module(probe, name, nn.Identity())
         found, report.skipped = find_pairs(probe, filter_fn, pairs)
         modules = dict(model.named_modules())
+        for pair in found:
+            _check_masks_survive(pair, modules)
         producers = [modules[p.producer] for p in found]
         grads = (
             S.compute_gradients(model, producers, batch, loss_fn) if config.criterion == "taylor" else {}

@@ -354,3 +354,24 @@ def test_minilm_ffn_structured_pruning():
     _zero_consumer_inputs(dense, report, dict(pairs))
     ids = torch.randint(1000, 5000, (2, 16))
     torch.testing.assert_close(model(ids).last_hidden_state, dense(ids).last_hidden_state, rtol=1e-4, atol=1e-4)
+
+
+def test_shrinking_a_masked_model_keeps_its_masks():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    prune_(model, PruneConfig(sparsity=0.5))
+    mask0, mask2 = model[0].weight_mask.clone(), model[2].weight_mask.clone()
+    report = prune_channels_(model, CH)
+    kept = report.kept["0"]
+    assert torch.equal(model[0].weight_mask, mask0[kept]) and torch.equal(model[2].weight_mask, mask2[:, kept])
+    model(torch.randn(3, 8)).sum().backward()  # the masks still apply to the new Parameters
+    assert bool((model[0].weight.grad[~model[0].weight_mask] == 0).all())
+    assert bool((model[2].weight.grad[~model[2].weight_mask] == 0).all())
+
+
+def test_shrinking_through_an_nm_mask_is_refused():
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    prune_(model, PruneConfig(pattern="2:4"))
+    with pytest.raises(ValueError, match=r"layer '2' carries a 2:4 mask"):
+        prune_channels_(model, CH)
+    assert model[0].out_features == 16
