@@ -28,3 +28,10 @@ __all__ = [
 def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
+
+
+# --- pruning (branch `pruning`): prune_, PruneConfig, prune_channels_ ---
+from fastq import pruning  # noqa: E402
+from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
+
+__all__ += ["PruneConfig", "prune_", "prune_channels_", "pruning"]
