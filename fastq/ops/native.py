@@ -122,6 +122,8 @@ def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
     c = torch.empty((m, n), dtype=torch.int32, device=a.device)
     if m == 0 or n == 0:
         return c
+    if k == 0:
+        return c.zero_()
     _native.record("int8_gemm", a.device.type)
     a, b = a.contiguous(), b.contiguous()
     _device_call("int8_gemm", a, a.data_ptr(), b.data_ptr(), c.data_ptr(), m, n, k)
