@@ -2,8 +2,8 @@
 // int8 tiles: vpdpbusd of uint8 activations (int8 code + 128, or the uint8 code itself) with the
 // packed weight, whose 16 x 4 block is exactly one zmm operand; the epilogue removes
 // row_off[m] * colsum[n] exactly in int32. Products are u8 x s8 summed 4 at a time into int32
-// without saturation, so any int8 weight (-128 included) is exact. Tile up to 6 rows x 64 columns
-// (24 zmm accumulators). Epilogue in registers, masked for column tails, same float-op sequence as
+// without saturation, so any int8 weight (-128 included) is exact. Tile up to 4 rows x 64 columns
+// (16 zmm accumulators). Epilogue in registers, masked for column tails, same float-op sequence as
 // gemm_math.h (mul, mul, add; no FMA). Weight-only: int8 -> f32 in registers, FMA.
 #include <immintrin.h>
 
@@ -16,7 +16,9 @@
 namespace fastq::cpu {
 namespace {
 
-constexpr int kMR = 6, kNB = 4;
+// 4 x 4 blocks = 16 zmm accumulators: GCC keeps at most ~1 KiB of vector array in registers
+// (larger tiles get mirrored to the stack every iteration).
+constexpr int kMR = 4, kNB = 4;
 constexpr int kWoMR = 12, kWoNR = 32, kWoDirectMR = 4;
 
 inline int32_t load_i32(const void* p) {
@@ -25,10 +27,14 @@ inline int32_t load_i32(const void* p) {
   return v;
 }
 
+// vpdpbusd in place. GCC copies each accumulator around the intrinsic (and spills the copies)
+// when 24 of them are live; the asm form keeps them in registers.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
+
 inline __mmask16 tail_mask(int valid) { return valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1); }
 
 // Store 16 floats (masked) rounded to d.
-inline void store_y16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
+__attribute__((always_inline)) inline void store_y16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
   switch (d) {
     case DType::f32: _mm512_mask_storeu_ps(static_cast<float*>(y) + i, k, v); break;
     case DType::f16:
@@ -45,7 +51,7 @@ inline void store_y16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
   }
 }
 
-inline void epilogue16(const GemmEpilogue& ep, int64_t m, int64_t n, __m512i v, const int32_t* colsum, int valid) {
+__attribute__((always_inline)) inline void epilogue16(const GemmEpilogue& ep, int64_t m, int64_t n, __m512i v, const int32_t* colsum, int valid) {
   const __mmask16 k = tail_mask(valid);
   if (ep.row_off) {
     const __m512i cs = _mm512_maskz_loadu_epi32(k, colsum);
@@ -64,8 +70,8 @@ inline void epilogue16(const GemmEpilogue& ep, int64_t m, int64_t n, __m512i v, 
 }
 
 template <int MR, int NB>
-void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, const int32_t* colsum, int64_t kq,
-               int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
+__attribute__((noinline)) void dot_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t kq,
+                                        int32_t* res) {
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
@@ -82,9 +88,21 @@ void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride
     }
   }
   for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < NB; ++j) _mm512_store_si512(res + (r * NB + j) * 16, acc[r][j]);
+}
+
+template <int MR, int NB>
+void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, const int32_t* colsum, int64_t kq,
+               int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
+  // The accumulators live in registers for the whole K loop (dot_vnni is kept apart so GCC does
+  // not mirror them to memory every iteration); the finished tile passes once through L1.
+  alignas(64) int32_t res[MR * NB * 16];
+  dot_vnni<MR, NB>(a, lda, w, w_bstride, kq, res);
+  for (int r = 0; r < MR; ++r)
     for (int j = 0; j < NB; ++j) {
       const int valid = n_valid - 16 * j;
-      if (valid > 0) epilogue16(ep, m0 + r, n0 + 16 * j, acc[r][j], colsum + 16 * j, valid);
+      if (valid > 0)
+        epilogue16(ep, m0 + r, n0 + 16 * j, _mm512_load_si512(res + (r * NB + j) * 16), colsum + 16 * j, valid);
     }
 }
 
@@ -106,9 +124,7 @@ void gemm_tile__avx512(const void* act, int64_t lda, int mr, const int8_t* w, in
     case 1: tile_rows<1>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
     case 2: tile_rows<2>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
     case 3: tile_rows<3>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
-    case 4: tile_rows<4>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
-    case 5: tile_rows<5>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
-    default: tile_rows<6>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
+    default: tile_rows<4>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
   }
 }
 
