@@ -2,8 +2,8 @@
 // int8 tiles: vpdpbusd of uint8 activations (int8 code + 128, or the uint8 code itself) with the
 // packed weight, whose 16 x 4 block is exactly one zmm operand; the epilogue removes
 // row_off[m] * colsum[n] exactly in int32. Products are u8 x s8 summed 4 at a time into int32
-// without saturation, so any int8 weight (-128 included) is exact. Tile up to 4 rows x 64 columns
-// (16 zmm accumulators). Epilogue in registers, masked for column tails, same float-op sequence as
+// without saturation, so any int8 weight (-128 included) is exact. Tile up to 6 rows x 64 columns
+// (24 zmm accumulators). Epilogue in registers, masked for column tails, same float-op sequence as
 // gemm_math.h (mul, mul, add; no FMA). Weight-only: int8 -> f32 in registers, FMA.
 #include <immintrin.h>
 
@@ -16,9 +16,7 @@
 namespace fastq::cpu {
 namespace {
 
-// 4 x 4 blocks = 16 zmm accumulators: GCC keeps at most ~1 KiB of vector array in registers
-// (larger tiles get mirrored to the stack every iteration).
-constexpr int kMR = 4, kNB = 4;
+constexpr int kMR = 6, kNB = 4;
 constexpr int kWoMR = 12, kWoNR = 32, kWoDirectMR = 4;
 
 inline int32_t load_i32(const void* p) {
@@ -73,22 +71,22 @@ template <int MR, int NB>
 __attribute__((noinline)) void dot_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t kq,
                                         int32_t* res) {
   __m512i acc[MR][NB];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
   for (int64_t q = 0; q < kq; ++q) {
     __m512i wv[NB];
-    for (int j = 0; j < NB; ++j) {
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) {
       const int8_t* p = w + j * w_bstride + q * kBlockBytes;
       if (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(p) + 2048, _MM_HINT_T0);
       wv[j] = _mm512_loadu_si512(p);
     }
-    for (int r = 0; r < MR; ++r) {
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
       const __m512i ab = _mm512_set1_epi32(load_i32(a + r * lda + q * kKR));
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ab, wv[j]);
+      FASTQ_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ab, wv[j]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) _mm512_store_si512(res + (r * NB + j) * 16, acc[r][j]);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) _mm512_store_si512(res + (r * NB + j) * 16, acc[r][j]);
 }
 
 template <int MR, int NB>
@@ -98,8 +96,8 @@ void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride
   // not mirror them to memory every iteration); the finished tile passes once through L1.
   alignas(64) int32_t res[MR * NB * 16];
   dot_vnni<MR, NB>(a, lda, w, w_bstride, kq, res);
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) {
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) {
       const int valid = n_valid - 16 * j;
       if (valid > 0)
         epilogue16(ep, m0 + r, n0 + 16 * j, _mm512_load_si512(res + (r * NB + j) * 16), colsum + 16 * j, valid);
@@ -124,7 +122,9 @@ void gemm_tile__avx512(const void* act, int64_t lda, int mr, const int8_t* w, in
     case 1: tile_rows<1>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
     case 2: tile_rows<2>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
     case 3: tile_rows<3>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
-    default: tile_rows<4>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
+    case 4: tile_rows<4>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
+    case 5: tile_rows<5>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
+    default: tile_rows<6>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
   }
 }
 
@@ -222,18 +222,23 @@ void wo_dequant_quad__avx512(const int8_t* w, int64_t w_bstride, int nb, const f
 template <int MR>
 void sgemm(const float* a, int64_t lda, const float* panel, int64_t kc, float* c, bool first) {
   __m512 acc[MR][2];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 2; ++j) acc[r][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * kWoNR + 16 * j);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_loadu_ps(panel + k * kWoNR), b1 = _mm512_loadu_ps(panel + k * kWoNR + 16);
-    for (int r = 0; r < MR; ++r) {
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_set1_ps(a[r * lda + k]);
       acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 2; ++j) _mm512_storeu_ps(c + r * kWoNR + 16 * j, acc[r][j]);
+  // Accumulating from zero and adding c afterwards keeps acc out of memory inside the k loop.
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) {
+      __m512 v = acc[r][j];
+      if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(c + r * kWoNR + 16 * j));
+      _mm512_storeu_ps(c + r * kWoNR + 16 * j, v);
+    }
 }
 
 void sgemm_tile__avx512(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
