@@ -103,6 +103,36 @@ void gemm_tile__avx2(const void* act, int64_t lda, int mr, const int8_t* w, int6
   }
 }
 
+// Small-M int8_gemm: 16 k at a time, B sign-extended to int16, vpmaddwd with each row.
+template <int MR>
+void dot_rows_t(const int16_t* a, int64_t lda, const int8_t* b, int64_t kc, int32_t* out) {
+  __m256i acc[MR];
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= kc; k += 16) {
+    const __m256i bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)));
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(bv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k))));
+  }
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc[r]);
+    int32_t s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+    for (int64_t kk = k; kk < kc; ++kk) s += static_cast<int32_t>(a[r * lda + kk]) * b[kk];
+    out[r] = s;
+  }
+}
+
+void dot_rows__avx2(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+  const int16_t* a = static_cast<const int16_t*>(act);
+  switch (mr) {
+    case 1: dot_rows_t<1>(a, lda, b, kc, out); break;
+    case 2: dot_rows_t<2>(a, lda, b, kc, out); break;
+    case 3: dot_rows_t<3>(a, lda, b, kc, out); break;
+    default: dot_rows_t<4>(a, lda, b, kc, out); break;
+  }
+}
+
 // ---- weight-only -------------------------------------------------------------------------------
 
 template <DType D>
@@ -264,7 +294,7 @@ double peak_fp32__avx2(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_avx2 = {
-    kActS16, kMR, kNR, gemm_tile__avx2,
+    kActS16, kMR, kNR, gemm_tile__avx2, dot_rows__avx2,
     1, wo_direct__avx2,
     kWoMR, kWoNR, wo_dequant_quad__avx2, sgemm_tile__avx2,
     {to_f32__avx2<DType::f32>, to_f32__avx2<DType::f16>, to_f32__avx2<DType::bf16>},

@@ -128,6 +128,34 @@ void gemm_tile__avx512(const void* act, int64_t lda, int mr, const int8_t* w, in
   }
 }
 
+// Small-M int8_gemm: 64 k at a time, vpdpbusd of the uint8 rows (code + 128) with B; a vpdpbusd
+// of ones with B gives sum(b), and 128 * sum(b) is taken off exactly. The K tail is a masked load.
+template <int MR>
+void dot_rows_t(const uint8_t* a, int64_t lda, const int8_t* b, int64_t kc, int32_t* out) {
+  __m512i acc[MR];
+  __m512i bsum = _mm512_setzero_si512();
+  const __m512i ones = _mm512_set1_epi8(1);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kc; k += 64) {
+    const __mmask64 km = kc - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (kc - k)) - 1;
+    const __m512i bv = _mm512_maskz_loadu_epi8(km, b + k);
+    bsum = _mm512_dpbusd_epi32(bsum, ones, bv);
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_loadu_si512(a + r * lda + k), bv);
+  }
+  const int32_t sb = _mm512_reduce_add_epi32(bsum);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) out[r] = sub_mul_wrap(_mm512_reduce_add_epi32(acc[r]), 128, sb);
+}
+
+void dot_rows__avx512(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+  const uint8_t* a = static_cast<const uint8_t*>(act);
+  switch (mr) {
+    case 1: dot_rows_t<1>(a, lda, b, kc, out); break;
+    case 2: dot_rows_t<2>(a, lda, b, kc, out); break;
+    case 3: dot_rows_t<3>(a, lda, b, kc, out); break;
+    default: dot_rows_t<4>(a, lda, b, kc, out); break;
+  }
+}
+
 // ---- weight-only -------------------------------------------------------------------------------
 
 template <DType D>
@@ -301,7 +329,7 @@ double peak_fp32__avx512(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_avx512 = {
-    kActU8Offset, kMR, kNB * kNR, gemm_tile__avx512,
+    kActU8Offset, kMR, kNB * kNR, gemm_tile__avx512, dot_rows__avx512,
     kWoDirectMR, wo_direct__avx512,
     kWoMR, kWoNR, wo_dequant_quad__avx512, sgemm_tile__avx512,
     {to_f32__avx512<DType::f32>, to_f32__avx512<DType::f16>, to_f32__avx512<DType::bf16>},
