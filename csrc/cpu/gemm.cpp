@@ -75,7 +75,7 @@ void check_linear(const Int8LinearArgs& a) {
 namespace {
 
 constexpr int64_t kSmallM = 4;
-constexpr int64_t kSmallKC = 2048;  // multiple of 64
+constexpr int64_t kSmallKC = 8192;  // multiple of 64
 
 // M <= 4: packing B would cost more than the product, so each thread reads its B rows directly
 // and dots them with the (converted, zero-padded) rows of A, kSmallKC of K at a time.
