@@ -350,12 +350,17 @@ void int8_weight_only_linear_cpu(const Int8LinearArgs& a) {
             kr.sgemm_tile(ap + r * lda, lda, mr, panel, kc, cbuf + r * nr, k0 == 0);
           }
         }
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t c = 0; c < nv; ++c) {
-            float v = cbuf[i * nr + c];
-            if (a.bias) v += a.bias[n0 + c];
-            cpu::store_out(a.y_dtype, a.y, (r0 + i) * n + n0 + c, v);
+        // Bias and store: straight loops (vectorized by the compiler) for the float32 case.
+        for (int64_t i = 0; i < rows; ++i) {
+          float* crow = cbuf + i * nr;
+          if (a.bias)
+            for (int64_t c = 0; c < nv; ++c) crow[c] += a.bias[n0 + c];
+          if (a.y_dtype == DType::f32) {
+            std::memcpy(static_cast<float*>(a.y) + (r0 + i) * n + n0, crow, nv * sizeof(float));
+          } else {
+            for (int64_t c = 0; c < nv; ++c) cpu::store_out(a.y_dtype, a.y, (r0 + i) * n + n0 + c, crow[c]);
           }
+        }
       }
     }
   });
