@@ -61,10 +61,14 @@ int sm_count() {
   return v;
 }
 
+// Dynamic shared memory above 48 KiB must be opted into; the carveout hint asks for the largest
+// shared-memory split so that two GEMM CTAs (or several streaming CTAs) fit on one SM.
 template <class Kernel>
 void set_smem(Kernel kernel, int bytes) {
   if (bytes > 48 * 1024)
     FASTQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  FASTQ_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
 }
 
 // ---- epilogues ---------------------------------------------------------------------------------
@@ -136,7 +140,7 @@ struct LinearEpi {
 // CTA tile BM x 128 x 64 (BM = 32 * MI), 8 warps as 2 (M) x 4 (N), warp tile (16 * MI) x 32,
 // kStages-deep cp.async pipeline. A (and row-major B) rows sit in shared memory with a 16-byte pad
 // (80-byte pitch: the 8 rows of an ldmatrix hit 8 distinct 16-byte bank groups).
-constexpr int kBN = 128, kBK = 64, kStages = 4;
+constexpr int kBN = 128, kBK = 64, kStages = 4, kRasterGroup = 8;
 constexpr int kRowPitch = kBK + 16;
 constexpr int kBTileBytes = kBN * kRowPitch;  // also holds a packed tile (8 blocks x 1024 bytes)
 static_assert((kBN / 16) * (kBK / 4) * 64 <= kBTileBytes, "packed B tile must fit");
@@ -228,7 +232,18 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_s8_kernel(GemmParams p, Epi 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int wm = (warp >> 2) * 16 * MI, wn = (warp & 3) * 32;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * kBN;
+  // Grouped raster: consecutive CTAs sweep kRasterGroup row tiles for each column tile, so the
+  // weight tiles they share are still in L2 (the grid is num_n x num_m).
+  int64_t tile_m, tile_n;
+  {
+    const int64_t num_n = gridDim.x, num_m = gridDim.y;
+    const int64_t pid = static_cast<int64_t>(blockIdx.y) * num_n + blockIdx.x;
+    const int64_t first = pid / (kRasterGroup * num_n) * kRasterGroup;
+    const int64_t rows = min(num_m - first, static_cast<int64_t>(kRasterGroup));
+    tile_m = first + pid % rows;
+    tile_n = pid % (kRasterGroup * num_n) / rows;
+  }
+  const int64_t m0 = tile_m * BM, n0 = tile_n * kBN;
 
   auto load_stage = [&](int stage, int kt) {
     const uint32_t sa = s0 + stage * kStageBytes, sb = sa + a_tile_bytes<MI>();
@@ -484,6 +499,7 @@ __device__ __forceinline__ void write_row(const ActQuantParams& p, int64_t row, 
   }
   const int64_t base = row * p.k;
   uint8_t* out = p.codes + row * p.lda;
+#pragma unroll 4
   for (int64_t c = first; c < p.lda; c += stride) {
     uint8_t q = 0;
     if (c < p.k) {
@@ -501,6 +517,7 @@ __global__ void __launch_bounds__(kThreads) quantize_act_warp(ActQuantParams p) 
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
   if (row >= p.m) return;
   cuda::Acc acc = cuda::acc_init();
+#pragma unroll 4
   for (int64_t c = lane; c < p.k; c += 32) cuda::acc_add<D>(acc, p.x, row * p.k + c);
   write_row<D>(p, row, cuda::scale_of(cuda::warp_reduce(acc), p.symmetric), lane, 32);
 }
@@ -510,6 +527,7 @@ template <DType D>
 __global__ void __launch_bounds__(kThreads) quantize_act_block(ActQuantParams p) {
   const int64_t row = blockIdx.x;
   cuda::Acc acc = cuda::acc_init();
+#pragma unroll 4  // independent loads in flight: one row is latency-bound at decode sizes
   for (int64_t c = threadIdx.x; c < p.k; c += kThreads) cuda::acc_add<D>(acc, p.x, row * p.k + c);
   write_row<D>(p, row, cuda::scale_of(cuda::block_reduce<kThreads>(acc), p.symmetric), threadIdx.x, kThreads);
 }
