@@ -62,13 +62,20 @@ int sm_count() {
 }
 
 // Dynamic shared memory above 48 KiB must be opted into; the carveout hint asks for the largest
-// shared-memory split so that two GEMM CTAs (or several streaming CTAs) fit on one SM.
+// shared-memory split so that two GEMM CTAs (or several streaming CTAs) fit on one SM. Done once
+// per kernel and device (`done`: one bit per device, a static of the calling instantiation), so
+// steady-state launches (and CUDA-graph captures after a warm-up call) make no attribute calls.
 template <class Kernel>
-void set_smem(Kernel kernel, int bytes) {
+void set_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
+  int dev = 0;
+  FASTQ_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev >= 0 && dev < 64 ? (uint64_t{1} << dev) : 0;
+  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
   if (bytes > 48 * 1024)
     FASTQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   FASTQ_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  done.fetch_or(bit, std::memory_order_release);
 }
 
 // ---- epilogues ---------------------------------------------------------------------------------
@@ -341,7 +348,8 @@ void launch_gemm(const GemmParams& p, const Epi& epi, cudaStream_t stream) {
     const int64_t mtiles = (p.m + BM - 1) / BM;
     FASTQ_CHECK(mtiles <= 65535 && ntiles <= INT32_MAX, "GEMM too large for the grid: m=", p.m, " n=", p.n);
     auto kernel = gemm_s8_kernel<MI, VEC, kPacked, kU8, Epi>;
-    set_smem(kernel, gemm_smem_bytes<MI>());
+    static std::atomic<uint64_t> configured{0};
+    set_smem(kernel, gemm_smem_bytes<MI>(), configured);
     kernel<<<dim3(static_cast<unsigned>(ntiles), static_cast<unsigned>(mtiles)), kThreads, gemm_smem_bytes<MI>(),
              stream>>>(p, epi);
     FASTQ_CUDA_CHECK(cudaGetLastError());
@@ -775,7 +783,8 @@ void int8_linear_dynamic_cuda(const Int8LinearArgs& a, void* stream) {
         const int64_t grid = (nblocks + NBW - 1) / NBW;
         FASTQ_CHECK(grid <= INT32_MAX, "n too large: ", a.n);
         auto kernel = linear_stream_kernel<NBW, kAsym, LinearEpi<YD, kAsym>>;
-        set_smem(kernel, stream_smem_bytes<NBW>());
+        static std::atomic<uint64_t> configured{0};
+        set_smem(kernel, stream_smem_bytes<NBW>(), configured);
         kernel<<<static_cast<unsigned>(grid), kThreads, stream_smem_bytes<NBW>(), s>>>(sp, epi);
         FASTQ_CUDA_CHECK(cudaGetLastError());
       };
