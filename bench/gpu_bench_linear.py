@@ -3,7 +3,8 @@
 Run: ``PYTHONPATH=. python bench/gpu_bench_linear.py [--quick] [--json out.json]``. Prints one
 table per section; exits 0 with a note when no CUDA device is present.
 
-Method (invariants): CUDA events around every call, warm-up first, the median of the timed calls;
+Method (invariants): CUDA events around each sample of `reps` back-to-back calls (replayed from a
+CUDA graph unless --eager, so launch and Python overhead are excluded), warm-up first, medians;
 inputs drawn at random once (never zeros); weights rotated through enough copies that the set
 exceeds twice the L2 cache, so memory-bound cases read DRAM and not L2. Every timed op of a row
 runs in the same process, interleaved round-robin, so ratios are fair. Sections:
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 ISSUE_SHAPES = [(768, 768), (768, 3072), (4096, 4096), (4096, 11008)]  # K x N
 ISSUE_MS = [1, 8, 32, 128, 512]
+GRAPHS = True  # time CUDA-graph replays (kernel time); --eager times Python-dispatched calls
 
 
 def _l2_bytes() -> int:
@@ -41,21 +43,51 @@ def _copies(bytes_each: int, cap_bytes: int = 6 * 2**30) -> int:
     return max(1, min(want, cap_bytes // max(bytes_each, 1)))
 
 
-def time_round_robin(fns: Dict[str, Callable[[int], object]], iters: int, warmup: int) -> Dict[str, float]:
-    """Median milliseconds of each fn(i) (i picks the rotated inputs), interleaved call by call."""
-    for i in range(warmup):
-        for fn in fns.values():
+def _capture(fn: Callable[[int], object], reps: int) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of fn(0), ..., fn(reps - 1): replaying it runs the kernels back to back with no
+    Python or launch overhead in between (kernel time, which is what the roofline speaks to)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(reps):  # warm-up on a side stream, as torch requires before capture
             fn(i)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(reps):
+            fn(i)
+    return graph
+
+
+def time_round_robin(fns: Dict[str, Callable[[int], object]], iters: int, warmup: int, reps: int = 10,
+                     graphs: bool = True) -> Dict[str, float]:
+    """Median milliseconds per fn(i) call (i picks the rotated inputs), the ops interleaved.
+
+    Each sample times ``reps`` consecutive calls between two events (replayed from a CUDA graph
+    when ``graphs``; eager calls otherwise, which include the op's Python dispatch cost)."""
+    runners: Dict[str, Callable[[], None]] = {}
+    for name, fn in fns.items():
+        if graphs:
+            try:
+                graph = _capture(fn, reps)
+                runners[name] = graph.replay
+                continue
+            except RuntimeError as exc:  # an op that cannot be captured: time it eagerly
+                print(f"  ({name}: CUDA graph capture failed, timing eagerly: {exc})")
+        runners[name] = lambda fn=fn: [fn(i) for i in range(reps)]
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
     torch.cuda.synchronize()
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    for i in range(iters):
-        for name, fn in fns.items():
+    times: Dict[str, List[float]] = {k: [] for k in runners}
+    for _ in range(iters):
+        for name, run in runners.items():
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn(warmup + i)
+            run()
             end.record()
             end.synchronize()
-            times[name].append(start.elapsed_time(end))
+            times[name].append(start.elapsed_time(end) / reps)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -85,7 +117,7 @@ def bench_gemm(m: int, k: int, n: int, iters: int, warmup: int) -> dict:
         fns["torch_int_mm"] = lambda i: torch._int_mm(a8, wt8[i % copies])
     except RuntimeError:
         pass  # cuBLASLt int8 needs M > 16 and multiples of 8
-    ms = time_round_robin(fns, iters, warmup)
+    ms = time_round_robin(fns, iters, warmup, reps=max(10, copies), graphs=GRAPHS)
     ops_count = 2.0 * m * n * k
     row = {"m": m, "k": k, "n": n, **{f"{name}_ms": v for name, v in ms.items()}}
     for name, v in ms.items():
@@ -112,7 +144,7 @@ def bench_streaming(m: int, k: int, n: int, iters: int, warmup: int) -> dict:
         "fastq_w8a8": lambda i: ops.int8_linear_dynamic(x, wp[i % copies], ws, None, n, True, torch.float32),
         "bf16_linear": lambda i: F.linear(xbf, wbf[i % len(wbf)]),
     }
-    ms = time_round_robin(fns, iters, warmup)
+    ms = time_round_robin(fns, iters, warmup, reps=max(10, copies, len(wbf)), graphs=GRAPHS)
     return {"m": m, "k": k, "n": n, "fastq_w8a8_ms": ms["fastq_w8a8"], "bf16_linear_ms": ms["bf16_linear"],
             "w8a8_weight_tbps": n * k / (ms["fastq_w8a8"] * 1e-3) / 1e12,
             "bf16_weight_tbps": 2 * n * k / (ms["bf16_linear"] * 1e-3) / 1e12,
@@ -134,7 +166,7 @@ def bench_weight_only(m: int, k: int, n: int, group: int, iters: int, warmup: in
         "fastq_wo": lambda i: ops.int8_weight_only_linear(xbf, wp[i % copies], ws, None, n),
         "bf16_linear": lambda i: F.linear(xbf, wbf[i % len(wbf)]),
     }
-    ms = time_round_robin(fns, iters, warmup)
+    ms = time_round_robin(fns, iters, warmup, reps=max(10, copies, len(wbf)), graphs=GRAPHS)
     return {"m": m, "k": k, "n": n, "group": group, "fastq_wo_ms": ms["fastq_wo"], "bf16_linear_ms": ms["bf16_linear"],
             "wo_weight_tbps": n * k / (ms["fastq_wo"] * 1e-3) / 1e12,
             "speedup_vs_bf16": ms["bf16_linear"] / ms["fastq_wo"]}
@@ -143,7 +175,7 @@ def bench_weight_only(m: int, k: int, n: int, group: int, iters: int, warmup: in
 def bench_copy(iters: int, warmup: int) -> dict:
     src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    ms = time_round_robin({"copy": lambda i: dst.copy_(src)}, iters, warmup)["copy"]
+    ms = time_round_robin({"copy": lambda i: dst.copy_(src)}, iters, warmup, reps=3, graphs=False)["copy"]
     return {"bytes": 2 * src.numel(), "ms": ms, "tbps": 2 * src.numel() / (ms * 1e-3) / 1e12}
 
 
@@ -151,7 +183,10 @@ def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer shapes and iterations")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--eager", action="store_true", help="time eager calls (with Python dispatch), not graphs")
     args = ap.parse_args(argv)
+    global GRAPHS
+    GRAPHS = not args.eager
     if not torch.cuda.is_available():
         print("gpu_bench_linear: skipped (no CUDA device)")
         return 0
