@@ -354,7 +354,9 @@ void launch_gemm(const GemmParams& p, const Epi& epi, cudaStream_t stream) {
              stream>>>(p, epi);
     FASTQ_CUDA_CHECK(cudaGetLastError());
   };
-  if (small) {
+  if constexpr (VEC == 1) {
+    go(ITag<2>{});  // the byte-load fallback is slow anyway, and would spill at 128-row tiles
+  } else if (small) {
     go(ITag<2>{});
   } else {
     go(ITag<4>{});
