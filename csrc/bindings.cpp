@@ -130,6 +130,56 @@ PYBIND11_MODULE(_C, m) {
             ptr<void>(stream));
       },
       nogil);
+
+  // ---- int8 GEMM family, CUDA (csrc/cuda/gemm.cu) ----
+  m.def(
+      "int8_gemm_cuda",
+      [](uintptr_t a, uintptr_t b, uintptr_t c, int64_t m, int64_t n, int64_t k, uintptr_t stream) {
+        fastq::int8_gemm_cuda(ptr<const int8_t>(a), ptr<const int8_t>(b), ptr<int32_t>(c), m, n, k, ptr<void>(stream));
+      },
+      nogil);
+  m.def("int8_linear_dynamic_workspace_bytes_cuda", &fastq::int8_linear_dynamic_workspace_bytes_cuda);
+  m.def(
+      "int8_linear_dynamic_cuda",
+      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
+         int64_t m, int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace, int64_t workspace_bytes,
+         uintptr_t stream) {
+        fastq::Int8LinearArgs a;
+        a.x = ptr<const void>(x);
+        a.x_dtype = static_cast<DType>(x_dtype);
+        a.w_packed = ptr<const int8_t>(w_packed);
+        a.w_scale = ptr<const float>(w_scale);
+        a.bias = ptr<const float>(bias);
+        a.y = ptr<void>(y);
+        a.y_dtype = static_cast<DType>(y_dtype);
+        a.m = m;
+        a.n = n;
+        a.k = k;
+        a.act_symmetric = act_symmetric;
+        a.workspace = ptr<void>(workspace);
+        a.workspace_bytes = workspace_bytes;
+        fastq::int8_linear_dynamic_cuda(a, ptr<void>(stream));
+      },
+      nogil);
+  m.def(
+      "int8_weight_only_linear_cuda",
+      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, int64_t scale_groups, uintptr_t bias,
+         uintptr_t y, int y_dtype, int64_t m, int64_t n, int64_t k, uintptr_t stream) {
+        fastq::Int8LinearArgs a;
+        a.x = ptr<const void>(x);
+        a.x_dtype = static_cast<DType>(x_dtype);
+        a.w_packed = ptr<const int8_t>(w_packed);
+        a.w_scale = ptr<const float>(w_scale);
+        a.scale_groups = scale_groups;
+        a.bias = ptr<const float>(bias);
+        a.y = ptr<void>(y);
+        a.y_dtype = static_cast<DType>(y_dtype);
+        a.m = m;
+        a.n = n;
+        a.k = k;
+        fastq::int8_weight_only_linear_cuda(a, ptr<void>(stream));
+      },
+      nogil);
 #endif
 
   // ---- int8 GEMM family, CPU (csrc/cpu/gemm.cpp) ----

@@ -6,90 +6,28 @@
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/quant_math.cuh"
 
 namespace fastq {
 namespace {
 
 using cuda::load_elem;
 using cuda::store_elem;
+using cuda::Acc;
+using cuda::acc_add;
+using cuda::acc_init;
+using cuda::RowScale;
+using cuda::scale_of;
+using cuda::warp_reduce;
 
 constexpr int kBlock = 256;
-
-struct Acc {
-  uint32_t bits;  // max |x| as float bits (symmetric)
-  float lo, hi;   // min / max (asymmetric)
-  bool nan;
-};
-
-__device__ __forceinline__ Acc acc_init() { return {0u, 0.0f, 0.0f, false}; }
-
-template <DType D>
-__device__ __forceinline__ void acc_add(Acc& a, const void* x, int64_t i) {
-  const float v = load_elem<D>(x, i);
-  a.bits = max(a.bits, __float_as_uint(v) & 0x7fffffffu);
-  a.nan |= v != v;
-  a.lo = fminf(a.lo, v);  // lo starts at 0: the reference clamps lo <= 0 <= hi anyway
-  a.hi = fmaxf(a.hi, v);
-}
-
-__device__ __forceinline__ Acc acc_merge(Acc a, const Acc& b) {
-  a.bits = max(a.bits, b.bits);
-  a.lo = fminf(a.lo, b.lo);
-  a.hi = fmaxf(a.hi, b.hi);
-  a.nan |= b.nan;
-  return a;
-}
-
-__device__ __forceinline__ Acc warp_reduce(Acc a) {
-  for (int off = 16; off > 0; off >>= 1) {
-    Acc b;
-    b.bits = __shfl_xor_sync(0xffffffffu, a.bits, off);
-    b.lo = __shfl_xor_sync(0xffffffffu, a.lo, off);
-    b.hi = __shfl_xor_sync(0xffffffffu, a.hi, off);
-    b.nan = __shfl_xor_sync(0xffffffffu, static_cast<int>(a.nan), off) != 0;
-    a = acc_merge(a, b);
-  }
-  return a;
-}
-
-struct RowScale {
-  float scale, inv;
-  int32_t zp;
-  bool poisoned;
-};
-
-__device__ __forceinline__ RowScale scale_of(const Acc& a, bool symmetric) {
-  if (symmetric) {
-    if (a.bits >= 0x7f800000u) return {__int_as_float(0x7fc00000), 0.0f, 0, true};
-    const float s = fmaxf(__fdiv_rn(__uint_as_float(a.bits), 127.0f), FLT_MIN);
-    return {s, __fdiv_rn(1.0f, s), 0, false};
-  }
-  if (a.nan || isinf(a.lo) || isinf(a.hi)) return {__int_as_float(0x7fc00000), 0.0f, 0, true};
-  const float lo = fminf(a.lo, 0.0f), hi = fmaxf(a.hi, 0.0f);
-  const float s = fmaxf(__fdiv_rn(__fsub_rn(hi, lo), 255.0f), FLT_MIN);
-  const float inv = __fdiv_rn(1.0f, s);
-  const float zp = fminf(fmaxf(rintf(__fmul_rn(-lo, inv)), 0.0f), 255.0f);
-  return {s, inv, static_cast<int32_t>(zp), false};
-}
 
 template <DType D>
 __device__ __forceinline__ void quantize_elem(const QuantizeArgs& a, int64_t i, const RowScale& s) {
   if (a.symmetric) {
-    int8_t q = 0;
-    if (!s.poisoned) {
-      float v = __fmul_rn(load_elem<D>(a.x, i), s.inv);
-      if (v == v) q = static_cast<int8_t>(__float2int_rn(fminf(fmaxf(v, -127.0f), 127.0f)));
-    }
-    static_cast<int8_t*>(a.codes)[i] = q;
+    static_cast<int8_t*>(a.codes)[i] = cuda::quantize_sym(load_elem<D>(a.x, i), s);
   } else {
-    uint8_t q = 0;
-    if (!s.poisoned) {
-      const float v = __fmul_rn(load_elem<D>(a.x, i), s.inv);
-      float r = static_cast<float>(s.zp);
-      if (v == v) r = __fadd_rn(rintf(v), r);
-      q = static_cast<uint8_t>(__float2int_rn(fminf(fmaxf(r, 0.0f), 255.0f)));
-    }
-    static_cast<uint8_t*>(a.codes)[i] = q;
+    static_cast<uint8_t*>(a.codes)[i] = cuda::quantize_asym(load_elem<D>(a.x, i), s);
   }
 }
 
@@ -112,16 +50,6 @@ __global__ void quantize_rows_warp(QuantizeArgs a) {
   for (int64_t c = lane; c < a.cols; c += 32) quantize_elem<D>(a, base + c, s);
 }
 
-__device__ __forceinline__ Acc block_reduce(Acc acc) {
-  __shared__ Acc partial[kBlock / 32];
-  acc = warp_reduce(acc);
-  if ((threadIdx.x & 31) == 0) partial[threadIdx.x / 32] = acc;
-  __syncthreads();
-  Acc total = partial[0];
-  for (int w = 1; w < kBlock / 32; ++w) total = acc_merge(total, partial[w]);
-  return total;
-}
-
 // One block per row.
 template <DType D>
 __global__ void quantize_rows_block(QuantizeArgs a) {
@@ -129,7 +57,7 @@ __global__ void quantize_rows_block(QuantizeArgs a) {
   const int64_t base = row * a.cols;
   Acc acc = acc_init();
   for (int64_t c = threadIdx.x; c < a.cols; c += kBlock) acc_add<D>(acc, a.x, base + c);
-  const RowScale s = scale_of(block_reduce(acc), a.symmetric);
+  const RowScale s = scale_of(cuda::block_reduce<kBlock>(acc), a.symmetric);
   if (threadIdx.x == 0) store_scale(a, row, s);
   for (int64_t c = threadIdx.x; c < a.cols; c += kBlock) quantize_elem<D>(a, base + c, s);
 }
@@ -148,7 +76,7 @@ __global__ void reduce_row_grid(QuantizeArgs a, int32_t* ws) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kBlock) + threadIdx.x; i < a.cols;
        i += static_cast<int64_t>(gridDim.x) * kBlock)
     acc_add<D>(acc, a.x, i);
-  acc = block_reduce(acc);
+  acc = cuda::block_reduce<kBlock>(acc);
   if (threadIdx.x == 0) {
     atomicMax(reinterpret_cast<unsigned*>(ws), acc.bits);
     atomicMin(ws + 1, ordered(acc.lo));
