@@ -42,8 +42,23 @@ def handler_for(module: nn.Module) -> Optional[Handler]:
     return _HANDLERS.get(type(module))
 
 
-register_handler(nn.Linear, QuantLinear.from_float)
-register_handler(nn.Conv2d, QuantConv2d.from_float)
+def _smaller_only(from_float: Handler) -> Handler:
+    """Wrap ``from_float`` so layers whose int8 form is not smaller than fp32 are skipped: tiny K or N
+    (the packed layout pads N to 16 and K to 4, and adds per-channel sums and scales)."""
+
+    def handler(module: nn.Module, config) -> nn.Module:
+        q = from_float(module, config)
+        if q.weight_bytes() >= q.float_weight_bytes():
+            shape = "x".join(map(str, q.weight_shape()))
+            raise UnsupportedLayerError(f"too small to gain from int8: weight {shape} takes {q.weight_bytes()} B "
+                                        f"packed (N padded to 16, K to 4) vs {q.float_weight_bytes()} B in fp32")
+        return q
+
+    return handler
+
+
+register_handler(nn.Linear, _smaller_only(QuantLinear.from_float))
+register_handler(nn.Conv2d, _smaller_only(QuantConv2d.from_float))
 
 
 def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tuple]:
