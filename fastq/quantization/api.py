@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -68,7 +69,7 @@ def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tu
     for entry in skip:
         if isinstance(entry, str):
             if entry not in names and not any(n.startswith(entry + ".") for n in names):
-                close = sorted(n for n in names if n and entry.split(".")[-1] in n)[:5]
+                close = difflib.get_close_matches(entry, sorted(n for n in names if n), n=3)
                 raise ValueError(f"skip entry {entry!r} names no module of the model"
                                  + (f"; did you mean one of {close}?" if close else ""))
             skip_names.append(entry)
