@@ -35,3 +35,9 @@ from fastq import pruning  # noqa: E402
 from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
 
 __all__ += ["PruneConfig", "prune_", "prune_channels_", "pruning"]
+
+# ---- modules and quantization API (branch modules) ----------------------------------------------
+from fastq import nn  # noqa: E402
+from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
+
+__all__ += ["Int8DynamicConfig", "Int8WeightOnlyConfig", "nn", "quantize_", "summary"]
