@@ -28,3 +28,8 @@ __all__ = [
 def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
+
+# ---- save / load (cli branch) -------------------------------------------------------------------
+from fastq.io import LoadError, load, save  # noqa: E402
+
+__all__ += ["LoadError", "load", "save"]
