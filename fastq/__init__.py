@@ -29,6 +29,12 @@ def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
 
+# ---- modules and quantization API (branch modules) ----------------------------------------------
+from fastq import nn  # noqa: E402
+from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
+
+__all__ += ["Int8DynamicConfig", "Int8WeightOnlyConfig", "nn", "quantize_", "summary"]
+
 # ---- save / load (cli branch) -------------------------------------------------------------------
 from fastq.io import LoadError, load, save  # noqa: E402
 
