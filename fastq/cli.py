@@ -591,8 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.verbose:
-        warnings.simplefilter("ignore")  # torch.ao deprecations etc.; `doctor` reports native problems
+    with warnings.catch_warnings():
+        if not args.verbose:
+            warnings.simplefilter("ignore")  # torch.ao deprecations etc.; `doctor` reports native problems
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
