@@ -35,6 +35,11 @@ else:
         from fastq import _C  # noqa: F811
     except ImportError as exc:  # a missing or broken build
         IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+        _here = os.path.dirname(os.path.abspath(__file__))
+        if os.path.exists(os.path.join(os.path.dirname(_here), "CMakeLists.txt")):
+            IMPORT_ERROR += (f" [fastq was imported from the source tree {_here}, which has no compiled _C: "
+                             "run from another directory (or use the `fastq`/`pytest` console scripts) so the "
+                             "installed package is imported]")
         if REQUIRED:
             raise ImportError(
                 f"fastq native extension failed to import ({IMPORT_ERROR}) and FASTQ_REQUIRE_NATIVE=1; "
