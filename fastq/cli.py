@@ -195,11 +195,19 @@ def _token_info(tok, sentences: list[str]) -> str:
     return f"{len(sentences)} sentences x {batch['input_ids'].shape[1]} tokens (padded)"
 
 
-def _plot_quality(rows: list[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise CLIError("--plot needs matplotlib: `pip install matplotlib`") from None
+    matplotlib.use("Agg")  # files only: no display needed
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_quality(rows: list[dict], path: str, title: str) -> None:
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
@@ -514,10 +522,7 @@ def _machine() -> dict:
 
 
 def _plot_bench(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     others = [r for r in rows if not r["impl"].startswith("fastq")]
     labels = [f"{r['op']} {r['shape']}\nvs {r['impl']}" for r in others]
