@@ -172,7 +172,8 @@ def _evaluate(models: dict, tok, sentences: list[str], repeats: int, save_root: 
         t = median(samples[name])
         rows.append({"recipe": name, "layers": layers.get(name, 0), "size MB": sizes[name] / 1e6,
                      "size x": sizes[base] / sizes[name], "latency ms": 1e3 * t, "speedup": t_base / t,
-                     "mean cos": float(cos.mean()), "worst cos": float(cos.min())})
+                     # Cosines as text with 4 decimals: the table's float format would round 0.998 to 1.00.
+                     "mean cos": f"{float(cos.mean()):.4f}", "worst cos": f"{float(cos.min()):.4f}"})
     return rows
 
 
@@ -220,8 +221,8 @@ def _plot_quality(rows: list[dict], path: str, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.scatter(r["latency ms"], r["mean cos"], s=40)
-        ax.annotate(f"{r['recipe']} ({r['size MB']:.0f} MB)", (r["latency ms"], r["mean cos"]),
+        ax.scatter(r["latency ms"], float(r["mean cos"]), s=40)
+        ax.annotate(f"{r['recipe']} ({r['size MB']:.0f} MB)", (r["latency ms"], float(r["mean cos"])),
                     textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("latency per batch (ms, median)")
     ax.set_ylabel("mean cosine to fp32 embeddings")
@@ -252,7 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows = _evaluate(models, tok, sentences, args.repeats, Path(tmp), layers)
     print(_table(rows))
     if args.plot:
-        _plot_quality(rows, args.plot, f"fastq demo: {model_dir.name}")
+        _plot_quality(rows, args.plot, f"fastq demo: {args.model or 'all-MiniLM-L6-v2'}")
     return 0
 
 
@@ -363,7 +364,7 @@ def _linear_cases(op: str):
         import torch.nn.functional as F
         from torch import nn
 
-        from fastq.nn._base import quantize_weight
+        from fastq.nn import quantize_weight
 
         for m, k, n in shapes:
             x = torch.randn(m, k)
