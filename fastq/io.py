@@ -70,7 +70,8 @@ def _architecture(model: nn.Module) -> dict:
 
         # Through JSON text: to_json_string turns dtypes and nested configs into plain values.
         return {"source": "transformers", "model_class": type(model).__name__,
-                "transformers_version": transformers.__version__, "config": json.loads(config.to_json_string(use_diff=False))}
+                "transformers_version": transformers.__version__,
+                "config": json.loads(config.to_json_string(use_diff=False))}
     return {"source": "python", "model_class": f"{type(model).__module__}.{type(model).__qualname__}"}
 
 
