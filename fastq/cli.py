@@ -47,7 +47,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         info = _native.build_info()
         cuda = (f"yes, CUDA {info.get('cuda_version', '?')}, archs {info.get('cuda_archs', '?')}"
                 if info.get("cuda") else "no (CPU-only build)")
-        print(f"build: compiler {info.get('compiler', '?')}; CPU ISAs compiled {', '.join(info.get('cpu_isas_compiled', []))}; "
+        isas = ", ".join(info.get("cpu_isas_compiled", []))
+        print(f"build: compiler {info.get('compiler', '?')}; CPU ISAs compiled {isas}; "
               f"OpenMP {info.get('openmp', 'no')}; CUDA kernels {cuda}")
         print(f"CPU ISA: detected {_native.detected_cpu_isa()}, active {_native.cpu_isa()}")
     else:
@@ -319,7 +320,8 @@ def _quantize_cases(shapes):
 
         fns = {
             "fastq per-token": lambda x=x, c=codes: fastq.quantize_int8(x, PER_ROW, out=c),
-            "torch.quantize_per_tensor (static scale)": lambda x=x, s=scale: torch.quantize_per_tensor(x, s, 0, torch.qint8),
+            "torch.quantize_per_tensor (static scale)":
+                lambda x=x, s=scale: torch.quantize_per_tensor(x, s, 0, torch.qint8),
             "torch expression per-token": plain,
         }
         yield "quantize_int8", f"{m}x{k}", fns, 5 * m * k, None
@@ -436,7 +438,8 @@ def _onnxruntime_linear(lin, x) -> Optional[Callable]:
         initializer=[numpy_helper.from_array(wq, "B"), numpy_helper.from_array(w_scale.numpy(), "bs"),
                      numpy_helper.from_array(np.zeros(n, np.int8), "bz"),
                      numpy_helper.from_array(lin.bias.detach().numpy(), "bias")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     try:
@@ -493,8 +496,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         t_fastq = median(next(iter(samples.values())))  # the fastq candidate comes first
         for impl, ts in samples.items():
             t = median(ts)
-            row = {"op": op, "shape": shape, "impl": impl, "kernel": fastq.kernel_for(op, "cpu") if impl.startswith("fastq") else "",
-                   "time us": 1e6 * t}
+            kernel = fastq.kernel_for(op, "cpu") if impl.startswith("fastq") else ""
+            row = {"op": op, "shape": shape, "impl": impl, "kernel": kernel, "time us": 1e6 * t}
             b = nbytes.get(impl) if isinstance(nbytes, dict) else nbytes
             if b:
                 if b not in copy_gbs:
