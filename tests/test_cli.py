@@ -209,4 +209,6 @@ def test_demo_on_minilm(tmp_path):
     # Weight-only int8 keeps MiniLM's embeddings within cosine 0.99 of fp32 (MODELS.md: ~0.9995).
     assert float(rows["int8-weight-only"]["mean cos"]) > 0.99
     assert float(rows["w8a8"]["mean cos"]) > 0.9
-    assert float(rows["w8a8"]["size x"]) > 2
+    # 10.6M of MiniLM's 22.7M parameters are in its 37 linear layers (the rest is mostly the fp32
+    # word embedding), so int8 linears take the file from ~91 MB to ~59 MB.
+    assert float(rows["w8a8"]["size x"]) > 1.4
