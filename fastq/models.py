@@ -124,11 +124,18 @@ def embed(model, tok, sentences: Sequence[str], batch_size: int = 32, max_length
     Returns:
         float32 [len(sentences), hidden]: masked mean of the last hidden state, L2-normalised.
     """
-    out = []
-    for i in range(0, len(sentences), batch_size):
-        b = tok(list(sentences[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
-                return_tensors="pt")
+    # Batch sentences of similar length (as sentence-transformers does) so little compute goes to
+    # padding; results return in the input order. Padding never changes a sentence's embedding.
+    order = sorted(range(len(sentences)), key=lambda i: len(sentences[i]))
+    chunks = []
+    for i in range(0, len(order), batch_size):
+        b = tok([sentences[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
+                max_length=max_length, return_tensors="pt")
         h = model(**b).last_hidden_state
         m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
-        out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).float())
-    return torch.cat(out)
+        chunks.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).float())
+    if not chunks:
+        return torch.empty(0, model.config.hidden_size)
+    result = torch.empty_like(torch.cat(chunks))
+    result[torch.tensor(order, dtype=torch.long)] = torch.cat(chunks)
+    return result
