@@ -39,3 +39,9 @@ __all__ += ["Int8DynamicConfig", "Int8WeightOnlyConfig", "nn", "quantize_", "sum
 from fastq.io import LoadError, load, save  # noqa: E402
 
 __all__ += ["LoadError", "load", "save"]
+
+# --- pruning (branch `pruning`): prune_, PruneConfig, prune_channels_ ---
+from fastq import pruning  # noqa: E402
+from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
+
+__all__ += ["PruneConfig", "prune_", "prune_channels_", "pruning"]
