@@ -58,6 +58,16 @@ def _swapped_modules(model: nn.Module) -> list[dict]:
     return entries
 
 
+def _pruned_modules(model: nn.Module) -> list[dict]:
+    """Layers carrying a fastq pruning mask (``weight_mask`` buffer): name and pattern."""
+    try:
+        from fastq.pruning.masks import PATTERN_ATTR, is_pruned
+    except ImportError:  # a fastq without pruning
+        return []
+    return [{"name": name, "pattern": str(getattr(m, PATTERN_ATTR, "unstructured"))}
+            for name, m in model.named_modules() if is_pruned(m)]
+
+
 def _architecture(model: nn.Module) -> dict:
     """Where the float skeleton comes from: a transformers config, or the caller (``base_model``)."""
     config = getattr(model, "config", None)
@@ -119,6 +129,7 @@ def save(model: nn.Module, directory: Union[str, os.PathLike]) -> Path:
         "architecture": _architecture(model),
         "float_dtype": _float_dtype(model),
         "modules": _swapped_modules(model),
+        "pruned": _pruned_modules(model),
         "aliases": aliases,
     }
     save_file(tensors, str(out / TENSORS_FILE), metadata={"format": "pt", "fastq_format_version": str(FORMAT_VERSION)})
@@ -155,6 +166,11 @@ def _read_recipe(path: Path) -> dict:
             isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("class"), str)
             and isinstance(m.get("init_kwargs"), dict) for m in modules):
         raise LoadError(f"{path}: \"modules\" must be a list of {{name, class, init_kwargs}} objects")
+    pruned = recipe.get("pruned", [])
+    if not isinstance(pruned, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("pattern"), str)
+            for m in pruned):
+        raise LoadError(f"{path}: \"pruned\" must be a list of {{name, pattern}} objects")
     aliases = recipe.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise LoadError(f"{path}: \"aliases\" must map tensor names to tensor names")
@@ -210,6 +226,21 @@ def _swap(model: nn.Module, entry: dict, types: dict, where: Path) -> None:
     setattr(parent, child, mod)
 
 
+def _attach_mask(model: nn.Module, entry: dict, where: Path) -> None:
+    """Give a pruned layer its (all-keep) mask buffer and hooks; load_state_dict fills the mask."""
+    from fastq.pruning.config import parse_pattern
+    from fastq.pruning.masks import attach_mask_
+
+    try:
+        module = model.get_submodule(entry["name"])
+        pattern = parse_pattern(entry["pattern"]).name
+    except (AttributeError, ValueError) as exc:
+        raise LoadError(f"{where}: pruned layer {entry['name']!r}: {exc}") from None
+    if not isinstance(getattr(module, "weight", None), torch.Tensor):
+        raise LoadError(f"{where}: pruned layer {entry['name']!r} has no weight")
+    attach_mask_(module, torch.ones_like(module.weight, dtype=torch.bool), pattern)
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
@@ -259,6 +290,9 @@ def load(directory: Union[str, os.PathLike],
     types = _module_types()
     for entry in recipe["modules"]:
         _swap(model, entry, types, where / RECIPE_FILE)
+
+    for entry in recipe.get("pruned", []):
+        _attach_mask(model, entry, where / RECIPE_FILE)
 
     tensors = _read_tensors(where / TENSORS_FILE)
     expected = model.state_dict()

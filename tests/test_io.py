@@ -102,6 +102,24 @@ def test_plain_model_and_tied_weights_round_trip(tmp_path):
     assert loaded.head.weight is loaded.emb.weight
 
 
+def test_pruned_model_round_trip_keeps_masks(tmp_path):
+    torch.manual_seed(3)
+    model = mlp().eval()
+    fastq.prune_(model, fastq.PruneConfig(pattern="2:4"))
+    fastq.save(model, tmp_path)
+    loaded = fastq.load(tmp_path, base_model=mlp)
+    x = torch.randn(4, 64)
+    assert torch.equal(loaded(x), model(x))
+    for name in ("0", "2"):
+        assert torch.equal(loaded.get_submodule(name).weight_mask, model.get_submodule(name).weight_mask)
+        assert loaded.get_submodule(name).fastq_prune_pattern == "2:4"
+    # The mask keeps working after loading: a revived pruned weight is zeroed again on forward.
+    with torch.no_grad():
+        loaded[0].weight.add_(1.0)
+    loaded(x)
+    assert torch.equal(loaded[0].weight == 0, ~loaded[0].weight_mask)
+
+
 # ---- bad files: each raises LoadError --------------------------------------------------------------
 
 @pytest.fixture
