@@ -497,7 +497,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for impl, ts in samples.items():
             t = median(ts)
             kernel = fastq.kernel_for(op, "cpu") if impl.startswith("fastq") else ""
-            row = {"op": op, "shape": shape, "impl": impl, "kernel": kernel, "time us": 1e6 * t}
+            row = {"op": op, "shape": shape, "impl": impl, "kernel": kernel, "time us": 1e6 * t,
+                   "fastq x": t / t_fastq}
             b = nbytes.get(impl) if isinstance(nbytes, dict) else nbytes
             if b:
                 if b not in copy_gbs:
@@ -506,7 +507,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 row["% copy"] = 100 * (b / t / 1e9) / copy_gbs[b]
             if flops:
                 row["GOP/s"] = flops / t / 1e9
-            row["fastq x"] = t / t_fastq
             rows.append(row)
     print(_table(rows))
     if args.json:
