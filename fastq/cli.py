@@ -185,11 +185,11 @@ def _quality_sentences(sentences: list[str]) -> list[str]:
     return list(SENTENCES) if len(sentences) < len(SENTENCES) else sentences
 
 
-def _print_header(model_dir: Path, model, batch_info: str) -> None:
+def _print_header(model_dir: Path, model, batch_info: str, sentences: list[str]) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {model_dir} ({type(model).__name__}, {n_params / 1e6:.1f}M params)")
     print(f"latency: one forward pass over {batch_info}; quality: cosine of mean-pooled embeddings to fp32 over "
-          f"{len(_quality_sentences([]))} sentences")
+          f"{len(_quality_sentences(sentences))} sentences")
     print(f"threads: {torch.get_num_threads()}; CPU ISA: {_native.cpu_isa()}; "
           f"linear kernels: w8a8 {_kernel('int8_linear_dynamic')}, weight-only {_kernel('int8_weight_only_linear')}")
 
@@ -244,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_counts(args)
     fp32, tok = _load_transformers(model_dir, args.verbose)
     sentences = _sentences(args.sentences)
-    _print_header(model_dir, fp32, _token_info(tok, sentences))
+    _print_header(model_dir, fp32, _token_info(tok, sentences), sentences)
     models, layers = {"fp32": fp32}, {}
     for name in tqdm(list(recipes()), desc="compress", unit="recipe", disable=None):
         m = copy.deepcopy(fp32)
@@ -268,7 +268,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(recipes())}")
     fp32, tok = _load_transformers(model_dir, args.verbose)
     sentences = _sentences(args.sentences)
-    _print_header(model_dir, fp32, _token_info(tok, sentences))
+    _print_header(model_dir, fp32, _token_info(tok, sentences), sentences)
     model = copy.deepcopy(fp32)
     layers = {args.recipe: _apply_recipe(model, args.recipe)}
     with tempfile.TemporaryDirectory(prefix="fastq-compress-") as tmp:
