@@ -1,7 +1,9 @@
 """fastq: PyTorch model compression with native int8 and sparse kernels.
 
-The public surface: ops (``fastq.ops``), native status (``fastq.kernel_for``, ``fastq.cpu_isa``,
-``fastq.set_cpu_isa``) and, as they land, the model-level API (quantize_, prune_, save/load).
+The public surface: ops (``fastq.ops``: quantize_int8, dequantize_int8, the int8 GEMM family),
+native status (``kernel_for``, ``cpu_isa``, ``set_cpu_isa``, ``native_calls``), quantization
+(``quantize_`` with ``Int8DynamicConfig`` / ``Int8WeightOnlyConfig``, ``summary``), pruning
+(``prune_``, ``PruneConfig``, ``prune_channels_``), and deployment (``save`` / ``load``).
 """
 
 from fastq import _native
@@ -10,34 +12,39 @@ from fastq.ops import PER_ROW, PER_TENSOR, QuantizedInt8, dequantize_int8, kerne
 
 __version__ = "0.1.0"
 
+from fastq import nn, pruning  # noqa: E402
+from fastq.io import LoadError, load, save  # noqa: E402
+from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
+from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
+
 __all__ = [
+    "Int8DynamicConfig",
+    "Int8WeightOnlyConfig",
+    "LoadError",
     "PER_ROW",
     "PER_TENSOR",
+    "PruneConfig",
     "QuantizedInt8",
     "__version__",
     "cpu_isa",
     "dequantize_int8",
     "detected_cpu_isa",
     "kernel_for",
+    "load",
+    "native_available",
     "native_calls",
+    "nn",
+    "prune_",
+    "prune_channels_",
+    "pruning",
+    "quantize_",
     "quantize_int8",
+    "save",
     "set_cpu_isa",
+    "summary",
 ]
 
 
 def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
-
-
-# --- pruning (branch `pruning`): prune_, PruneConfig, prune_channels_ ---
-from fastq import pruning  # noqa: E402
-from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
-
-__all__ += ["PruneConfig", "prune_", "prune_channels_", "pruning"]
-
-# ---- modules and quantization API (branch modules) ----------------------------------------------
-from fastq import nn  # noqa: E402
-from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
-
-__all__ += ["Int8DynamicConfig", "Int8WeightOnlyConfig", "nn", "quantize_", "summary"]

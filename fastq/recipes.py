@@ -1,0 +1,81 @@
+"""Named compression recipes: what `fastq demo` runs and `fastq compress --recipe NAME` applies.
+
+Invariants: a recipe compresses a model in place and reports how many layers it changed (0 means
+the model has nothing it can compress). Adding a recipe is one ``Recipe(...)`` entry in
+``_RECIPES``; an entry whose ``available()`` is False (its API is missing) is hidden everywhere.
+Recipes import fastq lazily, so this table is importable even when optional parts are missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+__all__ = ["RECIPES", "Recipe", "count_fastq_modules", "recipes"]
+
+
+def count_fastq_modules(model: nn.Module) -> int:
+    """Number of fastq.nn modules (swapped-in compressed layers) inside ``model``."""
+    from fastq.nn import MODULE_TYPES
+
+    kinds = tuple(MODULE_TYPES.values())
+    return sum(isinstance(m, kinds) for m in model.modules())
+
+
+def _has(*names: str) -> Callable[[], bool]:
+    def available() -> bool:
+        import fastq
+
+        return all(hasattr(fastq, n) for n in names)
+
+    return available
+
+
+def _quantize(config_name: str, **kwargs) -> Callable[[nn.Module], None]:
+    def apply(model: nn.Module) -> None:
+        import fastq
+
+        fastq.quantize_(model, getattr(fastq, config_name)(**kwargs))
+
+    return apply
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way to compress a model.
+
+    Attributes:
+        name: the CLI name (``--recipe NAME``); lower case, no spaces.
+        description: one line for ``--help`` and the README.
+        apply: compresses the model in place.
+        available: whether this fastq build has the API the recipe needs.
+        changed: how many layers ``apply`` compressed (default: fastq.nn modules in the model).
+    """
+
+    name: str
+    description: str
+    apply: Callable[[nn.Module], None]
+    available: Callable[[], bool] = lambda: True
+    changed: Callable[[nn.Module], int] = count_fastq_modules
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.lower() or " " in self.name:
+            raise ValueError(f"recipe name must be lower case without spaces, got {self.name!r}")
+
+
+_RECIPES = [
+    Recipe("w8a8", "int8 weights per channel x int8 activations per token, quantized at run time (W8A8 dynamic)",
+           _quantize("Int8DynamicConfig"), _has("quantize_", "Int8DynamicConfig")),
+    Recipe("int8-weight-only", "int8 weights per channel, float activations (weight-only)",
+           _quantize("Int8WeightOnlyConfig"), _has("quantize_", "Int8WeightOnlyConfig")),
+    # ---- pruning / sparse recipes: one entry each, appended below ----
+]
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
+
+
+def recipes() -> dict[str, Recipe]:
+    """The recipes this fastq build can run, by name, in table order."""
+    return {name: r for name, r in RECIPES.items() if r.available()}

