@@ -28,3 +28,9 @@ __all__ = [
 def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
+
+# ---- sparse (sparsify_, SparseLinear) ----
+from fastq.nn.sparse import SparseLinear  # noqa: E402
+from fastq.sparsify import sparsify_  # noqa: E402
+
+__all__ += ["SparseLinear", "sparsify_"]
