@@ -354,10 +354,18 @@ def check_sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, 
 
 def check_sparse_row_ptr(op: str, row_ptr: Tensor, entries: int) -> None:
     """Value checks (they read memory, so native kernels only): row_ptr starts at 0, ends at the
-    entry count and never decreases."""
+    entry count and never decreases. Cached on the tensor per (version, entries): a layer's
+    pointers are scanned once, not on every call."""
+    key = (row_ptr._version, entries)
+    if getattr(row_ptr, "_fastq_valid_for", None) == key:
+        return
     if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != entries or bool((row_ptr.diff() < 0).any()):
         raise ValueError(f"{op}: row_ptr is not a valid pointer array over {entries} entries "
                          "(pass what the matching *_pack op returned)")
+    try:
+        row_ptr._fastq_valid_for = key
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def sparse_max_index(idx: Tensor) -> int:

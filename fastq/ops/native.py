@@ -118,7 +118,9 @@ def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: O
     m = x2.shape[0]
     _native.record(op, x.device.type)
     y = torch.empty(m, n, dtype=torch.float32, device=x.device)
-    values, scale, cols, row_ptr, meta, bias = (_contig(t) for t in (values, scale, cols, row_ptr, meta, bias))
+    # packed tensors come contiguous from the *_pack ops; only views need a copy
+    values, scale, cols, row_ptr, meta, bias = (
+        t if t is None or t.is_contiguous() else t.contiguous() for t in (values, scale, cols, row_ptr, meta, bias))
     if x.device.type == "cpu":
         if m >= SPARSE_TRANSPOSE_MIN_M:
             ld = -(-m // 16) * 16
