@@ -176,7 +176,7 @@ def run(quick: bool, threads: int) -> list:
         wm, mask = cache[key]
         x = torch.randn(m, k, generator=gen)
         fns = candidates(wm, mask, x, kind, int8)
-        rounds = (7 if m >= 32 else 15) if quick else (15 if m >= 32 else 41)
+        rounds = (7 if m >= 32 else 31) if quick else (15 if m >= 32 else 61)
         t = time_round_robin(fns, rounds, budget_s=6.0 if quick else 20.0)
         text, check, _ = target_for(kind, m, sp, int8)
         fq = t["fastq_int8"] if int8 else t["fastq"]

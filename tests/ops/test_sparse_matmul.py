@@ -97,22 +97,22 @@ def test_bsr(isa, m, br, bc):
 
 def test_batched_input_and_thread_independence(isa):
     gen = generator("threads")
-    n, k = 96, 200
+    n, k = 1024, 1024  # enough stored weights (> 2 x 2^18 multiply-adds) that 2 threads split the rows
     w = torch.randn(n, k, generator=gen)
-    mask = random_mask(n, k, 0.8, gen)
+    mask = random_mask(n, k, 0.5, gen)
     packed = L.sparse_csr_pack(w, mask)
-    x = torch.randn(2, 5, k, generator=gen)  # [*, K] input
     saved = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        y1 = L.sparse_csr_linear(x, *packed, None, n)
-        torch.set_num_threads(2)
-        y2 = L.sparse_csr_linear(x, *packed, None, n)
-    finally:
-        torch.set_num_threads(saved)
-    assert y1.shape == (2, 5, n)
-    assert torch.equal(y1, y2)  # rows are split across threads, never a row's sum
-    _close(y1, R.sparse_csr_linear(x, *packed, None, n), x, w * mask)
+    for x in (torch.randn(2, 5, k, generator=gen), torch.randn(1, k, generator=gen)):  # [*, K] input
+        try:
+            torch.set_num_threads(1)
+            y1 = L.sparse_csr_linear(x, *packed, None, n)
+            torch.set_num_threads(2)
+            y2 = L.sparse_csr_linear(x, *packed, None, n)
+        finally:
+            torch.set_num_threads(saved)
+        assert y1.shape == tuple(x.shape[:-1]) + (n,)
+        assert torch.equal(y1, y2)  # rows are split across threads, never a row's sum
+        _close(y1, R.sparse_csr_linear(x, *packed, None, n), x, w * mask)
 
 
 def test_nan_policy(isa):
