@@ -3,7 +3,7 @@
 The public surface: ops (``fastq.ops``: quantize_int8, dequantize_int8, the int8 GEMM family),
 native status (``kernel_for``, ``cpu_isa``, ``set_cpu_isa``, ``native_calls``), quantization
 (``quantize_`` with ``Int8DynamicConfig`` / ``Int8WeightOnlyConfig``, ``summary``), pruning
-(``prune_``, ``PruneConfig``, ``prune_channels_``), and deployment (``save`` / ``load``).
+(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), and deployment (``save`` / ``load``).
 """
 
 from fastq import _native
@@ -15,7 +15,9 @@ __version__ = "0.1.0"
 from fastq import nn, pruning  # noqa: E402
 from fastq.io import LoadError, load, save  # noqa: E402
 from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
+from fastq.nn import SparseLinear  # noqa: E402
 from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
+from fastq.sparsify import sparsify_  # noqa: E402
 
 __all__ = [
     "Int8DynamicConfig",
@@ -40,6 +42,8 @@ __all__ = [
     "quantize_",
     "quantize_int8",
     "save",
+    "SparseLinear",
+    "sparsify_",
     "set_cpu_isa",
     "summary",
 ]
@@ -48,3 +52,4 @@ __all__ = [
 def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
+

@@ -1,4 +1,4 @@
-"""fastq.nn: the modules ``quantize_`` swaps in (plain modules with int8 buffers and float32 scales).
+"""fastq.nn: the modules ``quantize_`` and ``sparsify_`` swap in (plain modules with compressed buffers).
 
 Save/load contract (``fastq.save``/``fastq.load`` rely on it): every class in ``MODULE_TYPES`` has
 ``init_kwargs() -> dict`` of JSON-serialisable constructor arguments, and ``cls(**init_kwargs)``
@@ -9,8 +9,9 @@ it. Each also has ``weight_bytes()`` and ``float_weight_bytes()`` (used by ``fas
 from fastq.nn._base import MODES, UnsupportedLayerError, quantize_weight
 from fastq.nn.conv import QuantConv2d
 from fastq.nn.linear import QuantLinear
+from fastq.nn.sparse import SparseLinear
 
 # class name -> class, for rebuilding saved models.
-MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d}
+MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "SparseLinear": SparseLinear}
 
-__all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "UnsupportedLayerError", "quantize_weight"]
+__all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]
