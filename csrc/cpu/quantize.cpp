@@ -28,6 +28,10 @@ constexpr int64_t kMaxThreads = 256;
 constexpr int64_t kSplitRowAt = int64_t{1} << 16;
 // Elements per thread below which threading costs more than it saves.
 constexpr int64_t kGrainElems = int64_t{1} << 14;
+// Calls moving more bytes than this (input + output) use non-temporal stores for the output: it
+// would not survive in the 32 MiB L3 anyway, and streaming skips the read-for-ownership of every
+// output line (for dequantize, whose output is 2-4x its input, that is most of the traffic).
+constexpr int64_t kStreamBytes = int64_t{24} << 20;
 
 struct RowScale {
   float scale, inv;
@@ -58,6 +62,7 @@ struct RowQuantizer {
   const cpu::QuantKernels& k;
   const int d;
   const size_t esz;
+  const bool stream;  // non-temporal stores for the codes
 
   const void* x_at(int64_t i) const { return static_cast<const char*>(a.x) + i * esz; }
 
@@ -65,11 +70,11 @@ struct RowQuantizer {
     if (a.symmetric) {
       int8_t* q = static_cast<int8_t*>(a.codes) + i;
       if (s.poisoned) std::fill(q, q + n, int8_t{0});
-      else k.quant_sym[d](x_at(i), n, s.inv, q);
+      else (stream ? k.quant_sym_stream : k.quant_sym)[d](x_at(i), n, s.inv, q);
     } else {
       uint8_t* q = static_cast<uint8_t*>(a.codes) + i;
       if (s.poisoned) std::fill(q, q + n, uint8_t{0});
-      else k.quant_asym[d](x_at(i), n, s.inv, s.zero_point, q);
+      else (stream ? k.quant_asym_stream : k.quant_asym)[d](x_at(i), n, s.inv, s.zero_point, q);
     }
   }
 
@@ -138,7 +143,9 @@ void quantize_int8_cpu(const QuantizeArgs& a) {
   FASTQ_CHECK(!(a.dynamic && a.scale_stride == 0), "dynamic quantization needs a scale per row");
   if (a.rows == 0 || a.cols == 0) return;
   const int threads = std::max(1, a.num_threads);
-  const RowQuantizer rq{a, cpu::quant_kernels(), static_cast<int>(a.x_dtype), elem_size(a.x_dtype)};
+  const size_t esz = elem_size(a.x_dtype);
+  const bool stream = a.rows * a.cols * static_cast<int64_t>(esz + 1) > kStreamBytes;
+  const RowQuantizer rq{a, cpu::quant_kernels(), static_cast<int>(a.x_dtype), esz, stream};
 
   if (!a.dynamic) {
     // Elementwise: split the flat range, walking row segments so each gets its own scale.
@@ -172,15 +179,18 @@ void dequantize_int8_cpu(const DequantizeArgs& a) {
   const auto& k = cpu::quant_kernels();
   const int d = static_cast<int>(a.y_dtype);
   const size_t esz = elem_size(a.y_dtype);
+  const bool stream = a.rows * a.cols * static_cast<int64_t>(esz + 1) > kStreamBytes;
+  const auto dequant_sym = stream ? k.dequant_sym_stream[d] : k.dequant_sym[d];
+  const auto dequant_asym = stream ? k.dequant_asym_stream[d] : k.dequant_asym[d];
   parallel_for(0, a.rows * a.cols, kGrainElems, std::max(1, a.num_threads), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi;) {
       const int64_t r = i / a.cols, end = std::min(hi, (r + 1) * a.cols);
       const float scale = a.scale[r * a.scale_stride];
       void* y = static_cast<char*>(a.y) + i * esz;
       if (a.symmetric) {
-        k.dequant_sym[d](static_cast<const int8_t*>(a.codes) + i, end - i, scale, y);
+        dequant_sym(static_cast<const int8_t*>(a.codes) + i, end - i, scale, y);
       } else {
-        k.dequant_asym[d](static_cast<const uint8_t*>(a.codes) + i, end - i, scale,
+        dequant_asym(static_cast<const uint8_t*>(a.codes) + i, end - i, scale,
                           a.zero_point[r * a.scale_stride], y);
       }
       i = end;

@@ -529,3 +529,19 @@ def test_cuda_empty_and_zero():
     for symmetric in (True, False):
         got = torch.ops.fastq.quantize_int8(x, PER_ROW, symmetric)
         assert bool(torch.all(got[1] == FLT_MIN))
+
+
+# ---- the streaming-store path (calls moving > 24 MiB use non-temporal stores) ----------------------
+
+def test_large_output_streaming_path(isa):
+    """Odd row length: every row's codes start unaligned, so the aligned-body peeling is exercised."""
+    if isa == "scalar":
+        pytest.skip("the scalar kernels have no streaming variant")
+    gen = generator("stream")
+    x = torch.randn(1283, 4099, generator=gen)  # 5.3M elements: 26 MB moved
+    for symmetric in (True, False):
+        want = reference.quantize_int8(x, PER_ROW, symmetric)
+        assert_same_quant(run_out(x, PER_ROW, symmetric, None, None, gen), want, "stream dynamic")
+        scale, zp = static_qparams(x, PER_ROW, symmetric, gen)
+        want = reference.quantize_int8(x, PER_ROW, symmetric, scale, zp)
+        assert_same_quant(run_functional(x, PER_ROW, symmetric, scale, zp), want, "stream static")
