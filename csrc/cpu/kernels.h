@@ -28,6 +28,10 @@ struct QuantKernels {
   void (*quant_asym_stream[3])(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q);
   void (*dequant_sym_stream[3])(const int8_t* q, int64_t n, float scale, void* y);
   void (*dequant_asym_stream[3])(const uint8_t* q, int64_t n, float scale, int32_t zp, void* y);
+  // quant_sym for a dynamic row that is not poisoned: every x is finite and |x * inv_scale| <=
+  // 127 (+ rounding), so the NaN and clamp steps are no-ops and are skipped. Same results.
+  void (*quant_sym_dyn[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
+  void (*quant_sym_dyn_stream[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
 };
 
 extern const QuantKernels quant_kernels_scalar;

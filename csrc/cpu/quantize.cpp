@@ -70,6 +70,7 @@ struct RowQuantizer {
     if (a.symmetric) {
       int8_t* q = static_cast<int8_t*>(a.codes) + i;
       if (s.poisoned) std::fill(q, q + n, int8_t{0});
+      else if (a.dynamic) (stream ? k.quant_sym_dyn_stream : k.quant_sym_dyn)[d](x_at(i), n, s.inv, q);
       else (stream ? k.quant_sym_stream : k.quant_sym)[d](x_at(i), n, s.inv, q);
     } else {
       uint8_t* q = static_cast<uint8_t*>(a.codes) + i;

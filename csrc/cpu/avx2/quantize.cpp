@@ -175,6 +175,23 @@ void quant_sym__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
   if (Stream) _mm_sfence();
 }
 
+// Dynamic, not poisoned: x finite and |x * inv| <= 127 (+ rounding), so no NaN or clamp step;
+// the saturating packs keep the codes in range regardless.
+template <DType D, bool Stream>
+void quant_sym_dyn__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
+  const __m256 inv = _mm256_set1_ps(inv_scale);
+  const auto cvt = [&](int64_t j) {
+    return _mm256_cvtps_epi32(
+        _mm256_round_ps(_mm256_mul_ps(load8<D>(x, j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  };
+  int64_t i = 0;
+  if (Stream)
+    for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
+  for (; i + 32 <= n; i += 32) store32<Stream>(q + i, pack_s8(cvt(i), cvt(i + 8), cvt(i + 16), cvt(i + 24)));
+  for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
+  if (Stream) _mm_sfence();
+}
+
 template <DType D, bool Stream>
 void quant_asym__avx2(const void* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* q) {
   const __m256 inv = _mm256_set1_ps(inv_scale), zp = _mm256_set1_ps(static_cast<float>(zero_point));
@@ -236,6 +253,7 @@ const QuantKernels quant_kernels_avx2 = {
     FASTQ_BY_DTYPE_S(dequant_sym__avx2, false), FASTQ_BY_DTYPE_S(dequant_asym__avx2, false),
     FASTQ_BY_DTYPE_S(quant_sym__avx2, true),    FASTQ_BY_DTYPE_S(quant_asym__avx2, true),
     FASTQ_BY_DTYPE_S(dequant_sym__avx2, true),  FASTQ_BY_DTYPE_S(dequant_asym__avx2, true),
+    FASTQ_BY_DTYPE_S(quant_sym_dyn__avx2, false), FASTQ_BY_DTYPE_S(quant_sym_dyn__avx2, true),
 };
 #undef FASTQ_BY_DTYPE_S
 #undef FASTQ_BY_DTYPE

@@ -74,16 +74,28 @@ uint32_t absmax_bits__avx512(const void* x, int64_t n) {
 
 template <DType D>
 bool minmax__avx512(const void* x, int64_t n, float* mn, float* mx) {
-  __m512 lo = _mm512_set1_ps(*mn), hi = _mm512_set1_ps(*mx);
+  // Four independent accumulator pairs (min/max are exact, so the order is free; a NaN is
+  // reported through the flag, which poisons the row whatever lo/hi became).
+  __m512 lo0 = _mm512_set1_ps(*mn), hi0 = _mm512_set1_ps(*mx), lo1 = lo0, hi1 = hi0, lo2 = lo0, hi2 = hi0,
+         lo3 = lo0, hi3 = hi0;
   __mmask16 nan = 0;
   int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512 a = load16<D>(x, i), b = load16<D>(x, i + 16), c = load16<D>(x, i + 32), d = load16<D>(x, i + 48);
+    nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
+    lo0 = _mm512_min_ps(lo0, a), hi0 = _mm512_max_ps(hi0, a);
+    lo1 = _mm512_min_ps(lo1, b), hi1 = _mm512_max_ps(hi1, b);
+    lo2 = _mm512_min_ps(lo2, c), hi2 = _mm512_max_ps(hi2, c);
+    lo3 = _mm512_min_ps(lo3, d), hi3 = _mm512_max_ps(hi3, d);
+  }
   for (; i + 16 <= n; i += 16) {
     const __m512 v = load16<D>(x, i);
     nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    lo = _mm512_min_ps(lo, v);  // a NaN in v leaves lo unchanged
-    hi = _mm512_max_ps(hi, v);
+    lo0 = _mm512_min_ps(lo0, v);
+    hi0 = _mm512_max_ps(hi0, v);
   }
-  float a = _mm512_reduce_min_ps(lo), b = _mm512_reduce_max_ps(hi);
+  float a = _mm512_reduce_min_ps(_mm512_min_ps(_mm512_min_ps(lo0, lo1), _mm512_min_ps(lo2, lo3)));
+  float b = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(hi0, hi1), _mm512_max_ps(hi2, hi3)));
   bool any_nan = nan != 0;
   for (; i < n; ++i) {
     const float v = load_elem<D>(x, i);
@@ -147,6 +159,25 @@ void quant_sym__avx512(const void* x, int64_t n, float inv_scale, int8_t* q) {
   }
   for (; i + 16 <= n; i += 16)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(quant_sym16(load16<D>(x, i), inv)));
+  for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
+  if (Stream) _mm_sfence();
+}
+
+// Dynamic, not poisoned: x finite and |x * inv| <= 127 (+ rounding), so no NaN or clamp step;
+// the saturating packs keep the codes in range regardless.
+template <DType D, bool Stream>
+void quant_sym_dyn__avx512(const void* x, int64_t n, float inv_scale, int8_t* q) {
+  const __m512 inv = _mm512_set1_ps(inv_scale);
+  const auto cvt = [&](int64_t j) { return _mm512_cvt_roundps_epi32(_mm512_mul_ps(load16<D>(x, j), inv), kRne); };
+  int64_t i = 0;
+  if (Stream)
+    for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
+  for (; i + 64 <= n; i += 64) {
+    const __m512i ab = _mm512_packs_epi32(cvt(i), cvt(i + 16));
+    const __m512i cd = _mm512_packs_epi32(cvt(i + 32), cvt(i + 48));
+    store64<Stream>(q + i, pack64(ab, cd, false));
+  }
+  for (; i + 16 <= n; i += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(cvt(i)));
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
   if (Stream) _mm_sfence();
 }
@@ -224,6 +255,7 @@ const QuantKernels quant_kernels_avx512 = {
     FASTQ_BY_DTYPE_S(dequant_sym__avx512, false), FASTQ_BY_DTYPE_S(dequant_asym__avx512, false),
     FASTQ_BY_DTYPE_S(quant_sym__avx512, true),    FASTQ_BY_DTYPE_S(quant_asym__avx512, true),
     FASTQ_BY_DTYPE_S(dequant_sym__avx512, true),  FASTQ_BY_DTYPE_S(dequant_asym__avx512, true),
+    FASTQ_BY_DTYPE_S(quant_sym_dyn__avx512, false), FASTQ_BY_DTYPE_S(quant_sym_dyn__avx512, true),
 };
 #undef FASTQ_BY_DTYPE_S
 #undef FASTQ_BY_DTYPE

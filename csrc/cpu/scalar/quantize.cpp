@@ -61,6 +61,7 @@ const QuantKernels quant_kernels_scalar = {
     // No portable non-temporal store: the streaming entries are the plain loops.
     FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_asym__scalar),
     FASTQ_BY_DTYPE(dequant_sym__scalar), FASTQ_BY_DTYPE(dequant_asym__scalar),
+    FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_sym__scalar),
 };
 #undef FASTQ_BY_DTYPE
 
