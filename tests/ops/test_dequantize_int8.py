@@ -129,7 +129,7 @@ def test_native_matches_reference(isa, shape, group_size):
             assert_bits_equal(run_out(codes, scale, zp, dtype), want, what + " out=")
 
 
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("threads", [2], indirect=True)
 @pytest.mark.parametrize("shape, group_size", [_case((157, 211), PER_ROW), _case((1, 70001), PER_TENSOR),
                                                _case((4, 20480), 128)])
 def test_multithreaded(isa, threads, shape, group_size):
@@ -258,7 +258,6 @@ def test_bad_input_raises_before_native(fn, exc, match):
 
 @needs_native
 @pytest.mark.parametrize("shape, group_size, symmetric, dtype", [
-    pytest.param((5, 64), PER_ROW, True, torch.float32, id="row-sym-f32"),
     pytest.param((5, 64), 32, False, torch.bfloat16, id="g32-asym-bf16"),
     pytest.param((2, 3, 48), PER_TENSOR, False, torch.float16, id="3d-tensor-asym-f16"),
 ])

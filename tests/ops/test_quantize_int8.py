@@ -195,7 +195,7 @@ def threads(request):
     torch.set_num_threads(saved)
 
 
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("threads", [2], indirect=True)
 @pytest.mark.parametrize("shape, group_size", [
     _case((2, 33001), PER_TENSOR, "split-"),   # one row of 66002: reduced by all threads
     _case((1, 65537), PER_ROW, "split-"),      # a single long row
@@ -428,10 +428,8 @@ def test_bad_input_public_wrapper():
 # ---- torch.library integration --------------------------------------------------------------------
 
 OPCHECK_CASES = [
-    pytest.param((5, 64), PER_ROW, True, False, id="row-sym-dynamic"),
     pytest.param((5, 64), 32, False, False, id="g32-asym-dynamic"),
-    pytest.param((3, 40), PER_TENSOR, True, True, id="tensor-sym-static"),
-    pytest.param((2, 3, 48), 16, False, True, id="3d-g16-asym-static"),
+    pytest.param((2, 3, 48), PER_TENSOR, True, True, id="3d-tensor-sym-static"),
 ]
 
 
