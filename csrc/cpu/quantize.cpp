@@ -144,7 +144,18 @@ struct RowQuantizer {
     }
     const RowScale s = scale_of(acc);
     store_scale(r, s);
-    parallel_for(base, base + n, kGrainElems, nt, [&](int64_t lo, int64_t hi) { write(lo, hi - lo, s); });
+    // Each thread writes the chunk it reduced, from its end backwards: the most recently read
+    // part of the chunk is still in L2/L3, so part of this second pass does not reach DRAM.
+    constexpr int64_t kBackBlock = int64_t{1} << 14;
+    parallel_for(0, nt, 1, nt, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t b = base + n * t / nt;
+        for (int64_t e = base + n * (t + 1) / nt; e > b; e -= kBackBlock) {
+          const int64_t start = std::max(b, e - kBackBlock);
+          write(start, e - start, s);
+        }
+      }
+    });
   }
 };
 
@@ -175,7 +186,8 @@ void quantize_int8_cpu(const QuantizeArgs& a) {
     });
     return;
   }
-  if (a.rows >= threads || a.cols < kSplitRowAt) {
+  // One long row (per tensor) takes the split path even on one thread, for its backward write.
+  if (a.cols < kSplitRowAt || (a.rows >= threads && a.rows > 1)) {
     const int64_t grain = std::max<int64_t>(1, kGrainElems / a.cols);
     parallel_for(0, a.rows, grain, threads, [&](int64_t lo, int64_t hi) {
       rq.dynamic_rows(lo, hi);
