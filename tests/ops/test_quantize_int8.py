@@ -546,3 +546,14 @@ def test_large_output_streaming_path(isa):
     # Per tensor: one long row, reduced and written by all threads (each chunk starts unaligned).
     want = reference.quantize_int8(x, PER_TENSOR, True)
     assert_same_quant(run_functional(x, PER_TENSOR, True, None, None), want, "stream per-tensor")
+
+
+@pytest.mark.parametrize("threads", [1], indirect=True)
+def test_single_thread_long_row(isa, threads):
+    """A long single row takes the split path (backward write) even on one thread."""
+    gen = generator("long-row-1t")
+    for dtype in (torch.float32, torch.float16):
+        x = make_input((70001,), dtype, True, gen)
+        for symmetric in (True, False):
+            want = reference.quantize_int8(x, PER_TENSOR, symmetric)
+            assert_same_quant(run_functional(x, PER_TENSOR, symmetric, None, None), want, f"{dtype}")
