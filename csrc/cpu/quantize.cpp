@@ -8,6 +8,8 @@
 //               scale = max((hi - lo) / 255, FLT_MIN)                   inv = 1 / scale
 //               zero_point = clamp(round_half_even(-lo * inv), 0, 255)
 //   A row holding NaN or +-Inf is "poisoned": scale = NaN, zero_point = 0, codes = 0.
+#include <xmmintrin.h>  // _mm_sfence: SSE, part of the x86-64 baseline
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -32,6 +34,13 @@ constexpr int64_t kGrainElems = int64_t{1} << 14;
 // would not survive in the 32 MiB L3 anyway, and streaming skips the read-for-ownership of every
 // output line (for dequantize, whose output is 2-4x its input, that is most of the traffic).
 constexpr int64_t kStreamBytes = int64_t{24} << 20;
+// ... and only when rows are long enough that most of each row is whole aligned 64-byte lines
+// (short groups would go through the unaligned head loop instead).
+constexpr int64_t kStreamMinCols = 1024;
+
+bool use_stream(int64_t rows, int64_t cols, size_t float_bytes) {
+  return cols >= kStreamMinCols && rows * cols * static_cast<int64_t>(float_bytes + 1) > kStreamBytes;
+}
 
 struct RowScale {
   float scale, inv;
@@ -65,6 +74,10 @@ struct RowQuantizer {
   const bool stream;  // non-temporal stores for the codes
 
   const void* x_at(int64_t i) const { return static_cast<const char*>(a.x) + i * esz; }
+  // After a thread's last streaming store: make its codes visible before the region ends.
+  void fence() const {
+    if (stream) _mm_sfence();
+  }
 
   void write(int64_t i, int64_t n, const RowScale& s) const {
     if (a.symmetric) {
@@ -155,6 +168,7 @@ struct RowQuantizer {
           write(start, e - start, s);
         }
       }
+      fence();
     });
   }
 };
@@ -170,7 +184,7 @@ void quantize_int8_cpu(const QuantizeArgs& a) {
   if (a.rows == 0 || a.cols == 0) return;
   const int threads = std::max(1, a.num_threads);
   const size_t esz = elem_size(a.x_dtype);
-  const bool stream = a.rows * a.cols * static_cast<int64_t>(esz + 1) > kStreamBytes;
+  const bool stream = use_stream(a.rows, a.cols, esz);
   const RowQuantizer rq{a, cpu::quant_kernels(), static_cast<int>(a.x_dtype), esz, stream};
 
   if (!a.dynamic) {
@@ -183,6 +197,7 @@ void quantize_int8_cpu(const QuantizeArgs& a) {
         rq.write(i, end - i, RowScale{scale, 1.0f / scale, zp, false});
         i = end;
       }
+      rq.fence();
     });
     return;
   }
@@ -191,6 +206,7 @@ void quantize_int8_cpu(const QuantizeArgs& a) {
     const int64_t grain = std::max<int64_t>(1, kGrainElems / a.cols);
     parallel_for(0, a.rows, grain, threads, [&](int64_t lo, int64_t hi) {
       rq.dynamic_rows(lo, hi);
+      rq.fence();
     });
   } else {
     for (int64_t r = 0; r < a.rows; ++r) rq.dynamic_row_split(r, threads);
@@ -206,7 +222,7 @@ void dequantize_int8_cpu(const DequantizeArgs& a) {
   const auto& k = cpu::quant_kernels();
   const int d = static_cast<int>(a.y_dtype);
   const size_t esz = elem_size(a.y_dtype);
-  const bool stream = a.rows * a.cols * static_cast<int64_t>(esz + 1) > kStreamBytes;
+  const bool stream = use_stream(a.rows, a.cols, esz);
   const auto dequant_sym = stream ? k.dequant_sym_stream[d] : k.dequant_sym[d];
   const auto dequant_asym = stream ? k.dequant_asym_stream[d] : k.dequant_asym[d];
   parallel_for(0, a.rows * a.cols, kGrainElems, std::max(1, a.num_threads), [&](int64_t lo, int64_t hi) {
@@ -222,6 +238,7 @@ void dequantize_int8_cpu(const DequantizeArgs& a) {
       }
       i = end;
     }
+    if (stream) _mm_sfence();
   });
 }
 

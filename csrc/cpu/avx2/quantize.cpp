@@ -1,7 +1,7 @@
 // AVX2 (+FMA, F16C) quantize/dequantize micro-kernels, 32 elements per main-loop step.
 // Same float-op sequence as quant_math.h (x * inv_scale, NaN -> 0 / zero point, clamp, round
 // half to even); tails use the scalar element functions, so results match bit for bit. The
-// *_stream variants use non-temporal stores for the 64-byte-aligned body and end with an sfence.
+// *_stream variants use non-temporal stores for the 64-byte-aligned body; the driver fences.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -172,7 +172,6 @@ void quant_sym__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
     store32<Stream>(q + i, r);
   }
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
-  if (Stream) _mm_sfence();
 }
 
 // Dynamic, not poisoned: x finite and |x * inv| <= 127 (+ rounding), so no NaN or clamp step;
@@ -189,7 +188,6 @@ void quant_sym_dyn__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
     for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
   for (; i + 32 <= n; i += 32) store32<Stream>(q + i, pack_s8(cvt(i), cvt(i + 8), cvt(i + 16), cvt(i + 24)));
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
-  if (Stream) _mm_sfence();
 }
 
 template <DType D, bool Stream>
@@ -205,7 +203,6 @@ void quant_asym__avx2(const void* x, int64_t n, float inv_scale, int32_t zero_po
     store32<Stream>(q + i, r);
   }
   for (; i < n; ++i) q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
-  if (Stream) _mm_sfence();
 }
 
 template <DType D, bool Stream>
@@ -222,7 +219,6 @@ void dequant_sym__avx2(const int8_t* q, int64_t n, float scale, void* y) {
     else store8<D>(y, i, v);
   }
   for (; i < n; ++i) store_elem<D>(y, i, static_cast<float>(q[i]) * scale);
-  if (Stream) _mm_sfence();
 }
 
 template <DType D, bool Stream>
@@ -240,7 +236,6 @@ void dequant_asym__avx2(const uint8_t* q, int64_t n, float scale, int32_t zero_p
     else store8<D>(y, i, v);
   }
   for (; i < n; ++i) store_elem<D>(y, i, static_cast<float>(static_cast<int32_t>(q[i]) - zero_point) * scale);
-  if (Stream) _mm_sfence();
 }
 
 }  // namespace

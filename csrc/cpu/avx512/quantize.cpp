@@ -1,6 +1,6 @@
 // AVX-512 (F/BW/DQ/VL) quantize/dequantize micro-kernels, 64 elements per main-loop step.
 // Same float-op sequence as quant_math.h; tails use the scalar element functions. The *_stream
-// variants use non-temporal stores for the 64-byte-aligned body and end with an sfence.
+// variants use non-temporal stores for the 64-byte-aligned body; the driver fences.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -160,7 +160,6 @@ void quant_sym__avx512(const void* x, int64_t n, float inv_scale, int8_t* q) {
   for (; i + 16 <= n; i += 16)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(quant_sym16(load16<D>(x, i), inv)));
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
-  if (Stream) _mm_sfence();
 }
 
 // Dynamic, not poisoned: x finite and |x * inv| <= 127 (+ rounding), so no NaN or clamp step;
@@ -179,7 +178,6 @@ void quant_sym_dyn__avx512(const void* x, int64_t n, float inv_scale, int8_t* q)
   }
   for (; i + 16 <= n; i += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(cvt(i)));
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
-  if (Stream) _mm_sfence();
 }
 
 template <DType D, bool Stream>
@@ -199,7 +197,6 @@ void quant_asym__avx512(const void* x, int64_t n, float inv_scale, int32_t zero_
   for (; i + 16 <= n; i += 16)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtusepi32_epi8(quant_asym16(load16<D>(x, i), inv, zp)));
   for (; i < n; ++i) q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
-  if (Stream) _mm_sfence();
 }
 
 // 16 results: a 64-byte (f32) or 32-byte (f16/bf16) store, streamed when asked (aligned by the caller).
@@ -226,7 +223,6 @@ void dequant_sym__avx512(const int8_t* q, int64_t n, float scale, void* y) {
     store16_out<D, Stream>(y, i, _mm512_mul_ps(_mm512_cvtepi32_ps(c), s));
   }
   for (; i < n; ++i) store_elem<D>(y, i, static_cast<float>(q[i]) * scale);
-  if (Stream) _mm_sfence();
 }
 
 template <DType D, bool Stream>
@@ -242,7 +238,6 @@ void dequant_asym__avx512(const uint8_t* q, int64_t n, float scale, int32_t zero
     store16_out<D, Stream>(y, i, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, zp)), s));
   }
   for (; i < n; ++i) store_elem<D>(y, i, static_cast<float>(static_cast<int32_t>(q[i]) - zero_point) * scale);
-  if (Stream) _mm_sfence();
 }
 
 }  // namespace
