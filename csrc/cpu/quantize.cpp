@@ -34,12 +34,15 @@ constexpr int64_t kGrainElems = int64_t{1} << 14;
 // would not survive in the 32 MiB L3 anyway, and streaming skips the read-for-ownership of every
 // output line (for dequantize, whose output is 2-4x its input, that is most of the traffic).
 constexpr int64_t kStreamBytes = int64_t{24} << 20;
-// ... and only when rows are long enough that most of each row is whole aligned 64-byte lines
-// (short groups would go through the unaligned head loop instead).
+// ... and only when each row's output is mostly whole aligned 64-byte lines: long rows, or rows
+// (groups) whose output is a multiple of 64 bytes starting on a line. Short or misaligned groups
+// would go through the unaligned head loop instead.
 constexpr int64_t kStreamMinCols = 1024;
 
-bool use_stream(int64_t rows, int64_t cols, size_t float_bytes) {
-  return cols >= kStreamMinCols && rows * cols * static_cast<int64_t>(float_bytes + 1) > kStreamBytes;
+bool use_stream(int64_t rows, int64_t cols, size_t float_bytes, const void* out, size_t out_bytes) {
+  if (rows * cols * static_cast<int64_t>(float_bytes + 1) <= kStreamBytes) return false;
+  const bool lines = (cols * static_cast<int64_t>(out_bytes)) % 64 == 0 && reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  return cols >= kStreamMinCols || lines;
 }
 
 struct RowScale {
@@ -184,7 +187,7 @@ void quantize_int8_cpu(const QuantizeArgs& a) {
   if (a.rows == 0 || a.cols == 0) return;
   const int threads = std::max(1, a.num_threads);
   const size_t esz = elem_size(a.x_dtype);
-  const bool stream = use_stream(a.rows, a.cols, esz);
+  const bool stream = use_stream(a.rows, a.cols, esz, a.codes, 1);
   const RowQuantizer rq{a, cpu::quant_kernels(), static_cast<int>(a.x_dtype), esz, stream};
 
   if (!a.dynamic) {
@@ -222,7 +225,7 @@ void dequantize_int8_cpu(const DequantizeArgs& a) {
   const auto& k = cpu::quant_kernels();
   const int d = static_cast<int>(a.y_dtype);
   const size_t esz = elem_size(a.y_dtype);
-  const bool stream = use_stream(a.rows, a.cols, esz);
+  const bool stream = use_stream(a.rows, a.cols, esz, a.y, esz);
   const auto dequant_sym = stream ? k.dequant_sym_stream[d] : k.dequant_sym[d];
   const auto dequant_asym = stream ? k.dequant_asym_stream[d] : k.dequant_asym[d];
   parallel_for(0, a.rows * a.cols, kGrainElems, std::max(1, a.num_threads), [&](int64_t lo, int64_t hi) {

@@ -292,7 +292,8 @@ def test_large_output_streaming_path(isa):
     """Outputs of calls moving > 24 MiB are written with non-temporal stores; odd rows misalign them."""
     if isa == "scalar":
         pytest.skip("the scalar kernels have no streaming variant")
-    for shape, dtype, symmetric in (((1283, 4099), torch.float32, False), ((2100, 4099), torch.bfloat16, True)):
+    for shape, dtype, symmetric in (((1283, 4099), torch.float32, False), ((2100, 4099), torch.bfloat16, True),
+                                    ((40960, 128), torch.float32, True)):
         codes, scale, zp = make_qtensor(shape, PER_ROW, symmetric, generator("stream", shape, symmetric))
         want = reference.dequantize_int8(codes, scale, zp, dtype)
         assert_bits_equal(run_out(codes, scale, zp, dtype), want, f"stream {dtype}")

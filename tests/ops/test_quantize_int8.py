@@ -546,6 +546,16 @@ def test_large_output_streaming_path(isa):
     # Per tensor: one long row, reduced and written by all threads (each chunk starts unaligned).
     want = reference.quantize_int8(x, PER_TENSOR, True)
     assert_same_quant(run_functional(x, PER_TENSOR, True, None, None), want, "stream per-tensor")
+    # Groups of 128 stream when their codes are whole aligned lines; a misaligned out buffer does not.
+    xg = torch.randn(1280, 4096, generator=gen)
+    for symmetric in (True, False):
+        want = reference.quantize_int8(xg, 128, symmetric)
+        assert_same_quant(run_functional(xg, 128, symmetric, None, None), want, "stream g128")
+        scale, zp = static_qparams(xg, 128, symmetric, gen)
+        want = reference.quantize_int8(xg, 128, symmetric, scale, zp)
+        codes = torch.empty(xg.numel() + 1, dtype=want[0].dtype)[1:].view(xg.shape)
+        torch.ops.fastq.quantize_int8_out(xg, codes, scale, zp, 128, symmetric, False)
+        assert_bits_equal(codes, want[0], "misaligned g128 static")
 
 
 @pytest.mark.parametrize("threads", [1], indirect=True)
