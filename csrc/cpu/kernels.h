@@ -34,6 +34,9 @@ struct QuantKernels {
   // 127 (+ rounding), so the NaN and clamp steps are no-ops and are skipped. Same results.
   void (*quant_sym_dyn[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
   void (*quant_sym_dyn_stream[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
+  // quant_asym for a dynamic row that is not poisoned: x finite, so the NaN step is skipped.
+  void (*quant_asym_dyn[3])(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q);
+  void (*quant_asym_dyn_stream[3])(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q);
 };
 
 extern const QuantKernels quant_kernels_scalar;

@@ -91,6 +91,7 @@ struct RowQuantizer {
     } else {
       uint8_t* q = static_cast<uint8_t*>(a.codes) + i;
       if (s.poisoned) std::fill(q, q + n, uint8_t{0});
+      else if (a.dynamic) (stream ? k.quant_asym_dyn_stream : k.quant_asym_dyn)[d](x_at(i), n, s.inv, s.zero_point, q);
       else (stream ? k.quant_asym_stream : k.quant_asym)[d](x_at(i), n, s.inv, s.zero_point, q);
     }
   }

@@ -190,19 +190,34 @@ void quant_sym_dyn__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
 }
 
-template <DType D, bool Stream>
+// round(x * inv) + zp for a dynamic row that is not poisoned (x finite, |x * inv| <= ~256), in
+// integers: exact, as the float sum is. Not clamped: pack_u8's saturating packs do the clamp.
+inline __m256i quant_asym8_finite(__m256 x, __m256 inv, __m256i zp) {
+  const __m256 r = _mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
+}
+
+template <DType D, bool Stream, bool Finite>
 void quant_asym__avx2(const void* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* q) {
   const __m256 inv = _mm256_set1_ps(inv_scale), zp = _mm256_set1_ps(static_cast<float>(zero_point));
+  const __m256i zpi = _mm256_set1_epi32(zero_point);
+  const auto quant = [&](int64_t j) {
+    return Finite ? quant_asym8_finite(load8<D>(x, j), inv, zpi) : quant_asym8(load8<D>(x, j), inv, zp);
+  };
   int64_t i = 0;
   if (Stream)
     for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i)
       q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
-  for (; i + 32 <= n; i += 32) {
-    const __m256i r = pack_u8(quant_asym8(load8<D>(x, i), inv, zp), quant_asym8(load8<D>(x, i + 8), inv, zp),
-                              quant_asym8(load8<D>(x, i + 16), inv, zp), quant_asym8(load8<D>(x, i + 24), inv, zp));
-    store32<Stream>(q + i, r);
-  }
+  for (; i + 32 <= n; i += 32) store32<Stream>(q + i, pack_u8(quant(i), quant(i + 8), quant(i + 16), quant(i + 24)));
   for (; i < n; ++i) q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
+}
+template <DType D, bool Stream>
+void quant_asym_any__avx2(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  quant_asym__avx2<D, Stream, false>(x, n, inv_scale, zp, q);
+}
+template <DType D, bool Stream>
+void quant_asym_dyn__avx2(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  quant_asym__avx2<D, Stream, true>(x, n, inv_scale, zp, q);
 }
 
 template <DType D, bool Stream>
@@ -244,11 +259,12 @@ void dequant_asym__avx2(const uint8_t* q, int64_t n, float scale, int32_t zero_p
 #define FASTQ_BY_DTYPE_S(fn, s) {fn<DType::f32, s>, fn<DType::f16, s>, fn<DType::bf16, s>}
 const QuantKernels quant_kernels_avx2 = {
     FASTQ_BY_DTYPE(absmax_bits__avx2), FASTQ_BY_DTYPE(minmax__avx2),
-    FASTQ_BY_DTYPE_S(quant_sym__avx2, false),   FASTQ_BY_DTYPE_S(quant_asym__avx2, false),
+    FASTQ_BY_DTYPE_S(quant_sym__avx2, false),   FASTQ_BY_DTYPE_S(quant_asym_any__avx2, false),
     FASTQ_BY_DTYPE_S(dequant_sym__avx2, false), FASTQ_BY_DTYPE_S(dequant_asym__avx2, false),
-    FASTQ_BY_DTYPE_S(quant_sym__avx2, true),    FASTQ_BY_DTYPE_S(quant_asym__avx2, true),
+    FASTQ_BY_DTYPE_S(quant_sym__avx2, true),    FASTQ_BY_DTYPE_S(quant_asym_any__avx2, true),
     FASTQ_BY_DTYPE_S(dequant_sym__avx2, true),  FASTQ_BY_DTYPE_S(dequant_asym__avx2, true),
     FASTQ_BY_DTYPE_S(quant_sym_dyn__avx2, false), FASTQ_BY_DTYPE_S(quant_sym_dyn__avx2, true),
+    FASTQ_BY_DTYPE_S(quant_asym_dyn__avx2, false), FASTQ_BY_DTYPE_S(quant_asym_dyn__avx2, true),
 };
 #undef FASTQ_BY_DTYPE_S
 #undef FASTQ_BY_DTYPE

@@ -180,23 +180,43 @@ void quant_sym_dyn__avx512(const void* x, int64_t n, float inv_scale, int8_t* q)
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
 }
 
-template <DType D, bool Stream>
+// round(x * inv) + zp for a dynamic row that is not poisoned (x finite, |x * inv| <= ~256), in
+// integers: exact, as the float sum is. NOT clamped: callers saturate (packs/packus, or max 0 then
+// the unsigned-saturating narrow), which is exactly the clamp to [0, 255].
+inline __m512i quant_asym16_finite(__m512 x, __m512 inv, __m512i zp) {
+  return _mm512_add_epi32(_mm512_cvt_roundps_epi32(_mm512_mul_ps(x, inv), kRne), zp);
+}
+
+template <DType D, bool Stream, bool Finite>
 void quant_asym__avx512(const void* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* q) {
   const __m512 inv = _mm512_set1_ps(inv_scale), zp = _mm512_set1_ps(static_cast<float>(zero_point));
+  const __m512i zpi = _mm512_set1_epi32(zero_point);
+  const auto quant = [&](int64_t j) {
+    return Finite ? _mm512_max_epi32(quant_asym16_finite(load16<D>(x, j), inv, zpi), _mm512_setzero_si512())
+                  : quant_asym16(load16<D>(x, j), inv, zp);
+  };
+  const auto quant_packed = [&](int64_t j) {  // the packs saturate, so no max with 0 is needed
+    return Finite ? quant_asym16_finite(load16<D>(x, j), inv, zpi) : quant_asym16(load16<D>(x, j), inv, zp);
+  };
   int64_t i = 0;
   if (Stream)
     for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i)
       q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
   for (; i + 64 <= n; i += 64) {
-    const __m512i ab =
-        _mm512_packs_epi32(quant_asym16(load16<D>(x, i), inv, zp), quant_asym16(load16<D>(x, i + 16), inv, zp));
-    const __m512i cd =
-        _mm512_packs_epi32(quant_asym16(load16<D>(x, i + 32), inv, zp), quant_asym16(load16<D>(x, i + 48), inv, zp));
+    const __m512i ab = _mm512_packs_epi32(quant_packed(i), quant_packed(i + 16));
+    const __m512i cd = _mm512_packs_epi32(quant_packed(i + 32), quant_packed(i + 48));
     store64<Stream>(q + i, pack64(ab, cd, true));
   }
-  for (; i + 16 <= n; i += 16)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtusepi32_epi8(quant_asym16(load16<D>(x, i), inv, zp)));
+  for (; i + 16 <= n; i += 16) _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtusepi32_epi8(quant(i)));
   for (; i < n; ++i) q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
+}
+template <DType D, bool Stream>
+void quant_asym_any__avx512(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  quant_asym__avx512<D, Stream, false>(x, n, inv_scale, zp, q);
+}
+template <DType D, bool Stream>
+void quant_asym_dyn__avx512(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  quant_asym__avx512<D, Stream, true>(x, n, inv_scale, zp, q);
 }
 
 // 16 results: a 64-byte (f32) or 32-byte (f16/bf16) store, streamed when asked (aligned by the caller).
@@ -246,11 +266,12 @@ void dequant_asym__avx512(const uint8_t* q, int64_t n, float scale, int32_t zero
 #define FASTQ_BY_DTYPE_S(fn, s) {fn<DType::f32, s>, fn<DType::f16, s>, fn<DType::bf16, s>}
 const QuantKernels quant_kernels_avx512 = {
     FASTQ_BY_DTYPE(absmax_bits__avx512), FASTQ_BY_DTYPE(minmax__avx512),
-    FASTQ_BY_DTYPE_S(quant_sym__avx512, false),   FASTQ_BY_DTYPE_S(quant_asym__avx512, false),
+    FASTQ_BY_DTYPE_S(quant_sym__avx512, false),   FASTQ_BY_DTYPE_S(quant_asym_any__avx512, false),
     FASTQ_BY_DTYPE_S(dequant_sym__avx512, false), FASTQ_BY_DTYPE_S(dequant_asym__avx512, false),
-    FASTQ_BY_DTYPE_S(quant_sym__avx512, true),    FASTQ_BY_DTYPE_S(quant_asym__avx512, true),
+    FASTQ_BY_DTYPE_S(quant_sym__avx512, true),    FASTQ_BY_DTYPE_S(quant_asym_any__avx512, true),
     FASTQ_BY_DTYPE_S(dequant_sym__avx512, true),  FASTQ_BY_DTYPE_S(dequant_asym__avx512, true),
     FASTQ_BY_DTYPE_S(quant_sym_dyn__avx512, false), FASTQ_BY_DTYPE_S(quant_sym_dyn__avx512, true),
+    FASTQ_BY_DTYPE_S(quant_asym_dyn__avx512, false), FASTQ_BY_DTYPE_S(quant_asym_dyn__avx512, true),
 };
 #undef FASTQ_BY_DTYPE_S
 #undef FASTQ_BY_DTYPE

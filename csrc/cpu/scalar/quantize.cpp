@@ -62,6 +62,7 @@ const QuantKernels quant_kernels_scalar = {
     FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_asym__scalar),
     FASTQ_BY_DTYPE(dequant_sym__scalar), FASTQ_BY_DTYPE(dequant_asym__scalar),
     FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_sym__scalar),
+    FASTQ_BY_DTYPE(quant_asym__scalar),  FASTQ_BY_DTYPE(quant_asym__scalar),
 };
 #undef FASTQ_BY_DTYPE
 
