@@ -78,8 +78,8 @@ def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor] =
 # ADInplaceOrView wrappers, default filling), which is the whole time budget of a 1M-element
 # quantize. In plain eager calls on ordinary tensors, the wrappers above call the registered native
 # kernel directly: the very function the op would reach, so results, validation and native_calls
-# are identical. Anything else (torch.compile, fake/functional/batched tensors, dispatch modes,
-# autograd, devices without a native kernel) goes through the op.
+# are identical. Anything else (torch.compile, jit tracing, fake/functional/batched tensors,
+# dispatch or function modes, autograd, devices without a native kernel) goes through the op.
 
 def _plain(t: Optional[Tensor]) -> bool:
     return t is None or (type(t) is Tensor and not t.requires_grad and not torch._is_functional_tensor(t)
@@ -94,6 +94,6 @@ def _dispatch(name: str, *tensors: Optional[Tensor]):
     if (isinstance(first, Tensor) and _library._REGISTERED.get((name, first.device.type))
             and all(_plain(t) for t in tensors) and not torch.compiler.is_compiling()
             and torch.utils._python_dispatch._get_current_dispatch_mode() is None
-            and not torch._C._is_torch_function_mode_enabled()):
+            and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None):
         return getattr(native, name)
     return getattr(_library, name)

@@ -567,3 +567,21 @@ def test_single_thread_long_row(isa, threads):
         for symmetric in (True, False):
             want = reference.quantize_int8(x, PER_TENSOR, symmetric)
             assert_same_quant(run_functional(x, PER_TENSOR, symmetric, None, None), want, f"{dtype}")
+
+
+@needs_native
+def test_public_wrapper_routes_through_op_when_traced():
+    """The public wrapper's eager fast path steps aside under dispatch modes (here FakeTensorMode):
+    the op's fake implementation answers and no native kernel runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    before = fastq.native_calls("quantize_int8", "cpu")
+    with FakeTensorMode():
+        x = torch.empty(4, 64)
+        q = fastq.quantize_int8(x, 32, False)
+        assert q.codes.dtype == torch.uint8 and tuple(q.scale.shape) == (4, 2)
+    assert fastq.native_calls("quantize_int8", "cpu") == before
+    # With requires_grad the op path runs too (same numbers, still native).
+    x = torch.randn(4, 64, requires_grad=True)
+    q = fastq.quantize_int8(x, PER_ROW)
+    assert_same_quant(q, reference.quantize_int8(x.detach(), PER_ROW, True), "requires_grad")
