@@ -144,36 +144,40 @@ struct RowQuantizer {
     }
   }
 
-  // One long row over all threads: partial reductions, combined in a fixed order.
+  // One long row over all threads, in ONE parallel region (a fork/join is costly when the machine
+  // is busy): each thread reduces its chunk, all meet at a barrier, each combines the partials in
+  // the same fixed order (so all derive the same scale), then writes its own chunk backwards: the
+  // most recently read part of the chunk is still in L2/L3, so part of this pass skips DRAM.
   void dynamic_row_split(int64_t r, int threads) const {
-    const int nt = static_cast<int>(std::min<int64_t>(threads, kMaxThreads));
-    Acc partial[kMaxThreads];
     const int64_t base = r * a.cols, n = a.cols;
-    parallel_for(0, nt, 1, nt, [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) reduce(base + n * t / nt, n * (t + 1) / nt - n * t / nt, partial[t]);
-    });
-    Acc acc;
-    for (int t = 0; t < nt; ++t) {
-      acc.bits = std::max(acc.bits, partial[t].bits);
-      acc.lo = std::min(acc.lo, partial[t].lo);
-      acc.hi = std::max(acc.hi, partial[t].hi);
-      acc.nan |= partial[t].nan;
-    }
-    const RowScale s = scale_of(acc);
-    store_scale(r, s);
-    // Each thread writes the chunk it reduced, from its end backwards: the most recently read
-    // part of the chunk is still in L2/L3, so part of this second pass does not reach DRAM.
-    constexpr int64_t kBackBlock = int64_t{1} << 14;
-    parallel_for(0, nt, 1, nt, [&](int64_t lo, int64_t hi) {
-      for (int64_t t = lo; t < hi; ++t) {
-        const int64_t b = base + n * t / nt;
-        for (int64_t e = base + n * (t + 1) / nt; e > b; e -= kBackBlock) {
-          const int64_t start = std::max(b, e - kBackBlock);
-          write(start, e - start, s);
-        }
+    Acc partial[kMaxThreads];
+    const auto run = [&](int t, int nt) {
+      const int64_t b = base + n * t / nt, end = base + n * (t + 1) / nt;
+      reduce(b, end - b, partial[t]);
+#pragma omp barrier
+      Acc acc;
+      for (int u = 0; u < nt; ++u) {
+        acc.bits = std::max(acc.bits, partial[u].bits);
+        acc.lo = std::min(acc.lo, partial[u].lo);
+        acc.hi = std::max(acc.hi, partial[u].hi);
+        acc.nan |= partial[u].nan;
+      }
+      const RowScale s = scale_of(acc);
+      if (t == 0) store_scale(r, s);
+      constexpr int64_t kBackBlock = int64_t{1} << 14;
+      for (int64_t e = end; e > b; e -= kBackBlock) {
+        const int64_t start = std::max(b, e - kBackBlock);
+        write(start, e - start, s);
       }
       fence();
-    });
+    };
+    const int want = static_cast<int>(std::min<int64_t>(threads, kMaxThreads));
+    if (want == 1) {
+      run(0, 1);
+      return;
+    }
+#pragma omp parallel num_threads(want)
+    run(omp_get_thread_num(), omp_get_num_threads());
   }
 };
 
