@@ -8,6 +8,11 @@
 //               scale = max((hi - lo) / 255, FLT_MIN)                   inv = 1 / scale
 //               zero_point = clamp(round_half_even(-lo * inv), 0, 255)
 //   A row holding NaN or +-Inf is "poisoned": scale = NaN, zero_point = 0, codes = 0.
+//
+// Work split (none of it changes a result): dynamic rows in ~16 KiB blocks per thread; one long
+// row (per tensor) reduced by all threads in one region, then written backwards per thread; static
+// and dequantize split the flat range. Large calls write through non-temporal stores (kStreamBytes)
+// and every thread that streamed fences before its region ends.
 #include <xmmintrin.h>  // _mm_sfence: SSE, part of the x86-64 baseline
 
 #include <algorithm>
