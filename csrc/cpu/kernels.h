@@ -22,6 +22,21 @@ struct QuantKernels {
   // Indexed by the output dtype.
   void (*dequant_sym[3])(const int8_t* q, int64_t n, float scale, void* y);
   void (*dequant_asym[3])(const uint8_t* q, int64_t n, float scale, int32_t zp, void* y);
+  // The same four with non-temporal stores for the 64-byte-aligned body: for outputs too large to
+  // stay in cache, they skip the read-for-ownership of every output line. Same results. They do
+  // not fence (a fence per short row is expensive): the calling thread must _mm_sfence() once
+  // after its last call, before other threads read the output.
+  void (*quant_sym_stream[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
+  void (*quant_asym_stream[3])(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q);
+  void (*dequant_sym_stream[3])(const int8_t* q, int64_t n, float scale, void* y);
+  void (*dequant_asym_stream[3])(const uint8_t* q, int64_t n, float scale, int32_t zp, void* y);
+  // quant_sym for a dynamic row that is not poisoned: every x is finite and |x * inv_scale| <=
+  // 127 (+ rounding), so the NaN and clamp steps are no-ops and are skipped. Same results.
+  void (*quant_sym_dyn[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
+  void (*quant_sym_dyn_stream[3])(const void* x, int64_t n, float inv_scale, int8_t* q);
+  // quant_asym for a dynamic row that is not poisoned: x finite, so the NaN step is skipped.
+  void (*quant_asym_dyn[3])(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q);
+  void (*quant_asym_dyn_stream[3])(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q);
 };
 
 extern const QuantKernels quant_kernels_scalar;

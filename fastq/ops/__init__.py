@@ -42,7 +42,8 @@ def quantize_int8(x: Tensor, group_size: int = PER_ROW, symmetric: bool = True, 
         ``QuantizedInt8(codes, scale, zero_point)``. Rows holding NaN/Inf get a NaN scale (dynamic).
     """
     if out is None:
-        return QuantizedInt8(*_library.quantize_int8(x, group_size, symmetric, scale, zero_point))
+        return QuantizedInt8(*_dispatch("quantize_int8", x, scale, zero_point)(x, group_size, symmetric, scale,
+                                                                               zero_point))
     dynamic = scale is None
     if dynamic:
         from fastq.ops._checks import check_quantize
@@ -50,7 +51,7 @@ def quantize_int8(x: Tensor, group_size: int = PER_ROW, symmetric: bool = True, 
         lay = check_quantize(x, group_size, symmetric, None, None)
         scale = torch.empty(lay.scale_shape, dtype=torch.float32, device=x.device)
         zero_point = torch.zeros(lay.scale_shape, dtype=torch.int32, device=x.device)
-    _library.quantize_int8_out(x, out, scale, zero_point, group_size, symmetric, dynamic)
+    _dispatch("quantize_int8_out", x, out, scale, zero_point)(x, out, scale, zero_point, group_size, symmetric, dynamic)
     if zero_point is None:
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     return QuantizedInt8(out, scale, zero_point)
@@ -67,6 +68,32 @@ def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor] =
         if zero_point.numel() and bool(torch.all(zero_point == 0)):
             zero_point = None  # the zeros quantize_int8 returns for symmetric codes
     if out is None:
-        return _library.dequantize_int8(codes, scale, zero_point, dtype)
-    _library.dequantize_int8_out(codes, scale, zero_point, out)
+        return _dispatch("dequantize_int8", codes, scale, zero_point)(codes, scale, zero_point, dtype)
+    _dispatch("dequantize_int8_out", codes, scale, zero_point, out)(codes, scale, zero_point, out)
     return out
+
+
+# ---- eager fast path of the quantize/dequantize wrappers ------------------------------------------
+# A torch.library op call costs tens of microseconds of Python dispatch (autograd and
+# ADInplaceOrView wrappers, default filling), which is the whole time budget of a 1M-element
+# quantize. In plain eager calls on ordinary tensors, the wrappers above call the registered native
+# kernel directly: the very function the op would reach, so results, validation and native_calls
+# are identical. Anything else (torch.compile, jit tracing, fake/functional/batched tensors,
+# dispatch or function modes, autograd, devices without a native kernel) goes through the op.
+
+def _plain(t: Optional[Tensor]) -> bool:
+    return t is None or (type(t) is Tensor and not t.requires_grad and not torch._is_functional_tensor(t)
+                         and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def _dispatch(name: str, *tensors: Optional[Tensor]):
+    """The callable serving op ``name`` for these arguments: its native kernel or the op itself."""
+    from fastq.ops import native
+
+    first = tensors[0]
+    if (isinstance(first, Tensor) and _library._REGISTERED.get((name, first.device.type))
+            and all(_plain(t) for t in tensors) and not torch.compiler.is_compiling()
+            and torch.utils._python_dispatch._get_current_dispatch_mode() is None
+            and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None):
+        return getattr(native, name)
+    return getattr(_library, name)

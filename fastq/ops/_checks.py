@@ -97,11 +97,20 @@ def _check_qparams(scale: Tensor, zero_point: Optional[Tensor], symmetric: bool,
 
 def check_scale_values(scale: Tensor, zero_point: Optional[Tensor]) -> None:
     """Static scales must be finite normal floats (so 1/scale is finite); zero points in [0, 255]."""
-    if scale.numel() and not bool(torch.all(torch.isfinite(scale) & (scale >= FLT_MIN))):
+    # One fused pass (aminmax propagates NaN, and NaN fails both comparisons).
+    if scale.numel() and not _in_range(scale, FLT_MIN, torch.finfo(torch.float32).max):
         raise ValueError("scale must be finite and >= 1.18e-38 (the smallest normal float32) everywhere")
     if zero_point is not None and zero_point.numel():
-        if not bool(torch.all((zero_point >= 0) & (zero_point <= 255))):
+        if not _in_range(zero_point, 0, 255):
             raise ValueError("zero_point must lie in [0, 255] for uint8 codes")
+
+
+def _in_range(t: Tensor, lo, hi) -> bool:
+    if t.numel() == 1:  # per-tensor: a plain comparison is several times cheaper than a reduction
+        v = t.item()
+        return lo <= v <= hi  # False for NaN
+    mn, mx = torch.aminmax(t)
+    return bool(mn >= lo) and bool(mx <= hi)
 
 
 def code_dtype(symmetric: bool) -> torch.dtype:

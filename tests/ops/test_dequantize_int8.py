@@ -129,7 +129,7 @@ def test_native_matches_reference(isa, shape, group_size):
             assert_bits_equal(run_out(codes, scale, zp, dtype), want, what + " out=")
 
 
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("threads", [2], indirect=True)
 @pytest.mark.parametrize("shape, group_size", [_case((157, 211), PER_ROW), _case((1, 70001), PER_TENSOR),
                                                _case((4, 20480), 128)])
 def test_multithreaded(isa, threads, shape, group_size):
@@ -258,7 +258,6 @@ def test_bad_input_raises_before_native(fn, exc, match):
 
 @needs_native
 @pytest.mark.parametrize("shape, group_size, symmetric, dtype", [
-    pytest.param((5, 64), PER_ROW, True, torch.float32, id="row-sym-f32"),
     pytest.param((5, 64), 32, False, torch.bfloat16, id="g32-asym-bf16"),
     pytest.param((2, 3, 48), PER_TENSOR, False, torch.float16, id="3d-tensor-asym-f16"),
 ])
@@ -287,3 +286,14 @@ def test_cuda_matches_reference(shape, group_size):
             want = reference.dequantize_int8(codes, scale, zp, dtype)
             assert_bits_equal(run_functional(to(codes), to(scale), to(zp), dtype, "cuda"), want, f"cuda {dtype}")
             assert_bits_equal(run_out(to(codes), to(scale), to(zp), dtype, "cuda"), want, f"cuda {dtype} out=")
+
+
+def test_large_output_streaming_path(isa):
+    """Outputs of calls moving > 24 MiB are written with non-temporal stores; odd rows misalign them."""
+    if isa == "scalar":
+        pytest.skip("the scalar kernels have no streaming variant")
+    for shape, dtype, symmetric in (((1283, 4099), torch.float32, False), ((2100, 4099), torch.bfloat16, True),
+                                    ((40960, 128), torch.float32, True)):
+        codes, scale, zp = make_qtensor(shape, PER_ROW, symmetric, generator("stream", shape, symmetric))
+        want = reference.dequantize_int8(codes, scale, zp, dtype)
+        assert_bits_equal(run_out(codes, scale, zp, dtype), want, f"stream {dtype}")

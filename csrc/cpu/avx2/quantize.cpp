@@ -1,6 +1,7 @@
 // AVX2 (+FMA, F16C) quantize/dequantize micro-kernels, 32 elements per main-loop step.
 // Same float-op sequence as quant_math.h (x * inv_scale, NaN -> 0 / zero point, clamp, round
-// half to even); tails use the scalar element functions, so results match bit for bit.
+// half to even); tails use the scalar element functions, so results match bit for bit. The
+// *_stream variants use non-temporal stores for the 64-byte-aligned body; the driver fences.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -11,6 +12,42 @@
 
 namespace fastq::cpu {
 namespace {
+
+// 8 floats -> 8 f16/bf16 bit patterns.
+template <DType D>
+inline __m128i half8(__m256 v);
+template <>
+inline __m128i half8<DType::f16>(__m256 v) {
+  return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+template <>
+inline __m128i half8<DType::bf16>(__m256 v) {
+  const __m256i b = bf16_bits(v);
+  // packus works per 128-bit lane: [b0..3, b0..3 | b4..7, b4..7]; take the low 64 bits of each lane.
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(b, b), 0x08));
+}
+
+// Streaming version (p + i aligned by the caller).
+template <DType D>
+inline void stream8(void* p, int64_t i, __m256 v) {
+  if constexpr (D == DType::f32) {
+    _mm256_stream_ps(static_cast<float*>(p) + i, v);
+  } else {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p) + i), half8<D>(v));
+  }
+}
+
+// Elements to handle one by one so that `p` reaches a 64-byte boundary (streaming stores need it).
+inline int64_t head_to_align64(const void* p, size_t elem_bytes, int64_t n) {
+  const int64_t bytes = static_cast<int64_t>((64 - (reinterpret_cast<uintptr_t>(p) & 63)) & 63);
+  return std::min<int64_t>(n, bytes / static_cast<int64_t>(elem_bytes));
+}
+
+template <bool Stream>
+inline void store32(void* p, __m256i v) {
+  if (Stream) _mm256_stream_si256(static_cast<__m256i*>(p), v);
+  else _mm256_storeu_si256(static_cast<__m256i*>(p), v);
+}
 
 inline __m256i abs_bits(__m256 v) {
   return _mm256_and_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x7fffffff));
@@ -90,49 +127,95 @@ inline __m256i pack_u8(__m256i a, __m256i b, __m256i c, __m256i d) {
   return _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-template <DType D>
+template <DType D, bool Stream>
 void quant_sym__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
   const __m256 inv = _mm256_set1_ps(inv_scale);
   int64_t i = 0;
+  if (Stream)
+    for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
   for (; i + 32 <= n; i += 32) {
     const __m256i r = pack_s8(quant_sym8(load8<D>(x, i), inv), quant_sym8(load8<D>(x, i + 8), inv),
                               quant_sym8(load8<D>(x, i + 16), inv), quant_sym8(load8<D>(x, i + 24), inv));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), r);
+    store32<Stream>(q + i, r);
   }
   for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
 }
 
-template <DType D>
-void quant_asym__avx2(const void* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* q) {
-  const __m256 inv = _mm256_set1_ps(inv_scale), zp = _mm256_set1_ps(static_cast<float>(zero_point));
+// Dynamic, not poisoned: x finite and |x * inv| <= 127 (+ rounding), so no NaN or clamp step;
+// the saturating packs keep the codes in range regardless.
+template <DType D, bool Stream>
+void quant_sym_dyn__avx2(const void* x, int64_t n, float inv_scale, int8_t* q) {
+  const __m256 inv = _mm256_set1_ps(inv_scale);
+  const auto cvt = [&](int64_t j) {
+    return _mm256_cvtps_epi32(
+        _mm256_round_ps(_mm256_mul_ps(load8<D>(x, j), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  };
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
-    const __m256i r = pack_u8(quant_asym8(load8<D>(x, i), inv, zp), quant_asym8(load8<D>(x, i + 8), inv, zp),
-                              quant_asym8(load8<D>(x, i + 16), inv, zp), quant_asym8(load8<D>(x, i + 24), inv, zp));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), r);
-  }
-  for (; i < n; ++i) q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
+  if (Stream)
+    for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
+  for (; i + 32 <= n; i += 32) store32<Stream>(q + i, pack_s8(cvt(i), cvt(i + 8), cvt(i + 16), cvt(i + 24)));
+  for (; i < n; ++i) q[i] = quantize_sym_elem(load_elem<D>(x, i), inv_scale);
 }
 
-template <DType D>
+// round(x * inv) + zp for a dynamic row that is not poisoned (x finite, |x * inv| <= ~256), in
+// integers: exact, as the float sum is. Not clamped: pack_u8's saturating packs do the clamp.
+inline __m256i quant_asym8_finite(__m256 x, __m256 inv, __m256i zp) {
+  const __m256 r = _mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm256_add_epi32(_mm256_cvtps_epi32(r), zp);
+}
+
+template <DType D, bool Stream, bool Finite>
+void quant_asym__avx2(const void* x, int64_t n, float inv_scale, int32_t zero_point, uint8_t* q) {
+  const __m256 inv = _mm256_set1_ps(inv_scale), zp = _mm256_set1_ps(static_cast<float>(zero_point));
+  const __m256i zpi = _mm256_set1_epi32(zero_point);
+  const auto quant = [&](int64_t j) {
+    return Finite ? quant_asym8_finite(load8<D>(x, j), inv, zpi) : quant_asym8(load8<D>(x, j), inv, zp);
+  };
+  int64_t i = 0;
+  if (Stream)
+    for (const int64_t h = head_to_align64(q, 1, n); i < h; ++i)
+      q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
+  for (; i + 32 <= n; i += 32) store32<Stream>(q + i, pack_u8(quant(i), quant(i + 8), quant(i + 16), quant(i + 24)));
+  for (; i < n; ++i) q[i] = quantize_asym_elem(load_elem<D>(x, i), inv_scale, zero_point);
+}
+template <DType D, bool Stream>
+void quant_asym_any__avx2(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  quant_asym__avx2<D, Stream, false>(x, n, inv_scale, zp, q);
+}
+template <DType D, bool Stream>
+void quant_asym_dyn__avx2(const void* x, int64_t n, float inv_scale, int32_t zp, uint8_t* q) {
+  quant_asym__avx2<D, Stream, true>(x, n, inv_scale, zp, q);
+}
+
+template <DType D, bool Stream>
 void dequant_sym__avx2(const int8_t* q, int64_t n, float scale, void* y) {
   const __m256 s = _mm256_set1_ps(scale);
   int64_t i = 0;
+  if (Stream)
+    for (const int64_t h = head_to_align64(y, D == DType::f32 ? 4 : 2, n); i < h; ++i)
+      store_elem<D>(y, i, static_cast<float>(q[i]) * scale);
   for (; i + 8 <= n; i += 8) {
     const __m256i c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
-    store8<D>(y, i, _mm256_mul_ps(_mm256_cvtepi32_ps(c), s));
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), s);
+    if (Stream) stream8<D>(y, i, v);
+    else store8<D>(y, i, v);
   }
   for (; i < n; ++i) store_elem<D>(y, i, static_cast<float>(q[i]) * scale);
 }
 
-template <DType D>
+template <DType D, bool Stream>
 void dequant_asym__avx2(const uint8_t* q, int64_t n, float scale, int32_t zero_point, void* y) {
   const __m256 s = _mm256_set1_ps(scale);
   const __m256i zp = _mm256_set1_epi32(zero_point);
   int64_t i = 0;
+  if (Stream)
+    for (const int64_t h = head_to_align64(y, D == DType::f32 ? 4 : 2, n); i < h; ++i)
+      store_elem<D>(y, i, static_cast<float>(static_cast<int32_t>(q[i]) - zero_point) * scale);
   for (; i + 8 <= n; i += 8) {
     const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i)));
-    store8<D>(y, i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, zp)), s));
+    const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, zp)), s);
+    if (Stream) stream8<D>(y, i, v);
+    else store8<D>(y, i, v);
   }
   for (; i < n; ++i) store_elem<D>(y, i, static_cast<float>(static_cast<int32_t>(q[i]) - zero_point) * scale);
 }
@@ -140,11 +223,17 @@ void dequant_asym__avx2(const uint8_t* q, int64_t n, float scale, int32_t zero_p
 }  // namespace
 
 #define FASTQ_BY_DTYPE(fn) {fn<DType::f32>, fn<DType::f16>, fn<DType::bf16>}
+#define FASTQ_BY_DTYPE_S(fn, s) {fn<DType::f32, s>, fn<DType::f16, s>, fn<DType::bf16, s>}
 const QuantKernels quant_kernels_avx2 = {
     FASTQ_BY_DTYPE(absmax_bits__avx2), FASTQ_BY_DTYPE(minmax__avx2),
-    FASTQ_BY_DTYPE(quant_sym__avx2),   FASTQ_BY_DTYPE(quant_asym__avx2),
-    FASTQ_BY_DTYPE(dequant_sym__avx2), FASTQ_BY_DTYPE(dequant_asym__avx2),
+    FASTQ_BY_DTYPE_S(quant_sym__avx2, false),   FASTQ_BY_DTYPE_S(quant_asym_any__avx2, false),
+    FASTQ_BY_DTYPE_S(dequant_sym__avx2, false), FASTQ_BY_DTYPE_S(dequant_asym__avx2, false),
+    FASTQ_BY_DTYPE_S(quant_sym__avx2, true),    FASTQ_BY_DTYPE_S(quant_asym_any__avx2, true),
+    FASTQ_BY_DTYPE_S(dequant_sym__avx2, true),  FASTQ_BY_DTYPE_S(dequant_asym__avx2, true),
+    FASTQ_BY_DTYPE_S(quant_sym_dyn__avx2, false), FASTQ_BY_DTYPE_S(quant_sym_dyn__avx2, true),
+    FASTQ_BY_DTYPE_S(quant_asym_dyn__avx2, false), FASTQ_BY_DTYPE_S(quant_asym_dyn__avx2, true),
 };
+#undef FASTQ_BY_DTYPE_S
 #undef FASTQ_BY_DTYPE
 
 }  // namespace fastq::cpu

@@ -58,6 +58,11 @@ const QuantKernels quant_kernels_scalar = {
     FASTQ_BY_DTYPE(absmax_bits__scalar), FASTQ_BY_DTYPE(minmax__scalar),
     FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_asym__scalar),
     FASTQ_BY_DTYPE(dequant_sym__scalar), FASTQ_BY_DTYPE(dequant_asym__scalar),
+    // No portable non-temporal store: the streaming entries are the plain loops.
+    FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_asym__scalar),
+    FASTQ_BY_DTYPE(dequant_sym__scalar), FASTQ_BY_DTYPE(dequant_asym__scalar),
+    FASTQ_BY_DTYPE(quant_sym__scalar),   FASTQ_BY_DTYPE(quant_sym__scalar),
+    FASTQ_BY_DTYPE(quant_asym__scalar),  FASTQ_BY_DTYPE(quant_asym__scalar),
 };
 #undef FASTQ_BY_DTYPE
 
