@@ -20,7 +20,9 @@ import torch
 import fastq
 from fastq import _native
 
-ROOT = Path(__file__).resolve().parents[1]
+# The directory holding the fastq package under test (installed or a source tree with a built _C),
+# so subprocesses import the same fastq as this process.
+ROOT = Path(fastq.__file__).resolve().parent.parent
 ISAS = _native.ISA_NAMES
 needs_native = pytest.mark.skipif(not fastq.native_available(), reason="fastq._C is not built")
 
