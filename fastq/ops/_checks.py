@@ -50,7 +50,11 @@ def layout(shape: tuple, group_size: int) -> QuantLayout:
     if group_size == PER_TENSOR:
         return QuantLayout(1, numel, (1,) * len(shape))
     if group_size == PER_ROW:
-        return QuantLayout(numel // c if c else 0, c, tuple(shape[:-1]) + (1,))
+        # numel // c would lose the rows of an empty last dimension: count them directly.
+        rows = 1
+        for s in shape[:-1]:
+            rows *= s
+        return QuantLayout(rows, c, tuple(shape[:-1]) + (1,))
     if group_size < -1:
         raise ValueError(f"group_size must be 0 (per tensor), -1 (per row) or positive, got {group_size}")
     if c % group_size != 0:
@@ -142,8 +146,12 @@ def dequant_layout(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor]) -
     c = codes.shape[-1]
     if all(s == 1 for s in scale.shape):
         group_size = PER_TENSOR
+    elif tuple(scale.shape[:-1]) == tuple(codes.shape[:-1]) and scale.shape[-1] == 1:
+        group_size = PER_ROW  # also right when c == 0 (c // 1 would read as PER_TENSOR)
     elif tuple(scale.shape[:-1]) == tuple(codes.shape[:-1]) and scale.shape[-1] > 0 and c % scale.shape[-1] == 0:
         group_size = c // scale.shape[-1]
+    elif tuple(scale.shape[:-1]) == tuple(codes.shape[:-1]) and scale.shape[-1] == 0 and c == 0:
+        group_size = 1  # groups of an empty last dimension: any group size gives no scales
     else:
         raise ValueError(f"scale shape {tuple(scale.shape)} fits no granularity of codes {tuple(codes.shape)}: "
                          f"expected all ones (per tensor) or {tuple(codes.shape[:-1])} + (groups,)")

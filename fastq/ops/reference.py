@@ -59,6 +59,8 @@ def quantize_int8(
             scale = _poison(torch.clamp_min((hi - lo) / 255, FLT_MIN), finite)
             zp = torch.clamp(torch.round(-lo * (1.0 / scale)), 0, 255)
             zero_point = torch.where(finite, zp, torch.zeros_like(zp)).to(torch.int32)
+    elif symmetric:
+        zero_point = torch.zeros(lay.scale_shape, dtype=torch.int32, device=x.device)  # returned, never read
     scale_rows = scale.reshape(-1).expand(lay.rows)
     v = rows * (1.0 / scale_rows)[:, None]
     if symmetric:
