@@ -413,11 +413,13 @@ def peaks() -> dict[str, Optional[float]]:
     return out
 
 
-def run(shapes, ms, *, budget_s: float, max_rounds: int, e2e: bool, log=print) -> dict:
+def run(shapes, ms, *, budget_s: float, max_rounds: int, e2e: bool, machine: bool = True, log=print) -> dict:
+    """Build, check and time every candidate on every (K, N) x M; ``machine``: also measure the
+    register-only peaks and the copy bandwidth (a few seconds)."""
     torch.set_num_threads(THREADS)
     result: dict = {"rows": [], "accuracy": {}, "unavailable": {}, "e2e": None, "meta": meta()}
-    result["meta"]["peaks"] = peaks()
-    result["meta"]["copy_gbs"] = copy_bandwidth_gbs(128 << 20, rounds=5, warmup=1)
+    result["meta"]["peaks"] = peaks() if machine else {"int8_gops": None, "fp32_gflops": None}
+    result["meta"]["copy_gbs"] = copy_bandwidth_gbs(128 << 20, rounds=5, warmup=1) if machine else None
     with torch.no_grad():
         for k, n in shapes:
             t0 = time.perf_counter()
@@ -444,8 +446,9 @@ def run(shapes, ms, *, budget_s: float, max_rounds: int, e2e: bool, log=print) -
             del fwds, model
         result["meta"]["loadavg_after_layers"] = _loadavg()
         # A peak is the best the machine can do: keep the higher of two measurements (start, here).
-        result["meta"]["peaks"] = {key: None if v is None else max(v, result["meta"]["peaks"][key])
-                                   for key, v in peaks().items()}
+        if machine:
+            result["meta"]["peaks"] = {key: None if v is None else max(v, result["meta"]["peaks"][key] or 0.0)
+                                       for key, v in peaks().items()}
         if e2e:
             result["e2e"] = run_e2e(budget_s, max_rounds)
             log("# end to end done")
@@ -631,7 +634,8 @@ def notes(result: dict) -> list[str]:
            else "not available (fastq._C lacks cpu_peak_int8_gops / cpu_peak_fp32_gflops)"),
         f"{m['cpus']} CPUs; load average (1/5/15 min) at start {m['loadavg_at_start']}, after the layer rows "
         f"{m.get('loadavg_after_layers')}: a load above the CPU count stalls multi-threaded calls at their barriers.",
-        f"memory copy bandwidth (read + write, 128 MiB buffers): {m['copy_gbs']:.1f} GB/s",
+        "memory copy bandwidth (read + write, 128 MiB buffers): "
+        + (f"{m['copy_gbs']:.1f} GB/s" if m["copy_gbs"] else "not measured"),
         "candidates: fp32 = F.linear; ao-* = torch.ao quantize_dynamic (qint8) under that quantized engine; "
         "torchao-* = torchao quantize_ with Int8DynamicActivationInt8WeightConfig / Int8WeightOnlyConfig; "
         "ort-dqmm = onnxruntime com.microsoft DynamicQuantizeMatMul, int8 per-column weights, spinning off; "
@@ -670,15 +674,29 @@ def to_json(result: dict) -> dict:
     }
 
 
+def _parse_shape(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--shape expects KxN such as 4096x11008, got {text!r}") from None
+    return k, n
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help=f"shapes {QUICK_SHAPES}, M in {QUICK_M} (about 2 min)")
     p.add_argument("--json", type=Path, help="also write every sample and the notes to this JSON file")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end MLP stack")
     p.add_argument("--threads", type=int, default=THREADS, help=f"threads for every candidate (default {THREADS})")
+    p.add_argument("--shape", action="append", metavar="KxN", help="only these K x N (repeatable), e.g. 4096x11008")
+    p.add_argument("--m", type=int, nargs="+", help="only these row counts M")
     args = p.parse_args(argv)
     set_threads(args.threads)
     shapes, ms = (QUICK_SHAPES, QUICK_M) if args.quick else (LINEAR_SHAPES, LINEAR_M)
+    if args.shape:
+        shapes = [_parse_shape(s) for s in args.shape]
+    if args.m:
+        ms = args.m
     budget, max_rounds = (4.0, 15) if args.quick else (8.0, 25)
     t0 = time.perf_counter()
     result = run(shapes, ms, budget_s=budget, max_rounds=max_rounds, e2e=not args.no_e2e,
