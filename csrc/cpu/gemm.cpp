@@ -72,6 +72,48 @@ void check_linear(const Int8LinearArgs& a) {
 
 // ---- int8_gemm ----------------------------------------------------------------------------------
 
+namespace {
+
+constexpr int64_t kSmallM = 4;
+constexpr int64_t kSmallKC = 2048;  // multiple of 64
+
+// M <= 4: packing B would cost more than the product, so each thread reads its B rows directly
+// and dots them with the (converted, zero-padded) rows of A, kSmallKC of K at a time.
+void int8_gemm_small_m(const cpu::GemmKernels& kr, const int8_t* a, const int8_t* b, int32_t* c, int64_t m,
+                       int64_t n, int64_t k, int num_threads) {
+  const bool u8 = kr.act_format == cpu::kActU8Offset;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / k);
+  parallel_for(0, n, grain, std::max(1, num_threads), [&](int64_t n_lo, int64_t n_hi) {
+    alignas(64) int16_t ap[kSmallM * kSmallKC];
+    for (int64_t k0 = 0; k0 < k; k0 += kSmallKC) {
+      const int64_t kc = std::min(kSmallKC, k - k0), kcp = round_up(kc, 64);
+      for (int64_t r = 0; r < m; ++r) {
+        const int8_t* src = a + r * k + k0;
+        if (u8) {
+          uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + r * kcp;
+          for (int64_t kk = 0; kk < kc; ++kk) d8[kk] = static_cast<uint8_t>(src[kk]) ^ 0x80u;
+          for (int64_t kk = kc; kk < kcp; ++kk) d8[kk] = 0;
+        } else {
+          int16_t* d16 = ap + r * kcp;
+          for (int64_t kk = 0; kk < kc; ++kk) d16[kk] = src[kk];
+          for (int64_t kk = kc; kk < kcp; ++kk) d16[kk] = 0;
+        }
+      }
+      for (int64_t j = n_lo; j < n_hi; ++j) {
+        int32_t out[kSmallM];
+        kr.dot_rows(ap, kcp, static_cast<int>(m), b + j * k + k0, kc, out);
+        for (int64_t r = 0; r < m; ++r) {
+          int32_t* dst = c + r * n + j;
+          *dst = k0 == 0 ? out[r] : static_cast<int32_t>(static_cast<uint32_t>(*dst) + static_cast<uint32_t>(out[r]));
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+
 void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int64_t n, int64_t k, int num_threads) {
   FASTQ_CHECK(a && b && c, "null pointer");
   FASTQ_CHECK(m >= 0 && n >= 0 && k >= 0, "negative size");
@@ -82,6 +124,10 @@ void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int6
   }
   const cpu::GemmKernels& kr = cpu::gemm_kernels();
   const bool u8 = kr.act_format == cpu::kActU8Offset;
+  if (m <= kSmallM) {
+    int8_gemm_small_m(kr, a, b, c, m, n, k, num_threads);
+    return;
+  }
   const int64_t nr = kr.nr;
   run_grid(num_threads, ceil_div(n, nr), ceil_div(m, kGemmMB), [&](int64_t p0, int64_t p1, int64_t b0, int64_t b1) {
     alignas(64) int8_t bp[kMaxNR * kGemmKC];
@@ -93,30 +139,43 @@ void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int6
       const int64_t n0 = p * nr, nv = std::min(nr, n - n0), nblk = ceil_div(nv, kNR);
       for (int64_t k0 = 0; k0 < k; k0 += kGemmKC) {
         const int64_t kc = std::min(kGemmKC, k - k0), kcp = round_up(kc, kKR);
-        // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart).
+        // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart): each
+        // column's 4 consecutive k move as one 4-byte word; the column sum is a plain row sum.
+        const int64_t kc4 = kc / kKR * kKR;
         for (int64_t j = 0; j < nblk; ++j) {
           for (int c16 = 0; c16 < kNR; ++c16) {
             const int64_t col = n0 + j * kNR + c16;
-            int32_t s = 0;
             int8_t* dst = bp + j * kcp * kNR + c16 * kKR;
-            for (int64_t kk = 0; kk < kcp; ++kk) {
-              const int8_t v = (col < n && kk < kc) ? b[col * k + k0 + kk] : int8_t{0};
-              dst[(kk / kKR) * cpu::kBlockBytes + kk % kKR] = v;
-              s += v;
+            if (col >= n) {
+              for (int64_t q = 0; q < kcp / kKR; ++q) std::memset(dst + q * cpu::kBlockBytes, 0, kKR);
+              colsum[j * kNR + c16] = 0;
+              continue;
             }
+            const int8_t* src = b + col * k + k0;
+            int32_t s = 0;
+            for (int64_t kk = 0; kk < kc; ++kk) s += src[kk];
             colsum[j * kNR + c16] = s;
+            for (int64_t kk = 0; kk < kc4; kk += kKR) std::memcpy(dst + kk * kNR, src + kk, kKR);
+            if (kc4 < kcp) {
+              int8_t tail[kKR] = {0, 0, 0, 0};
+              std::memcpy(tail, src + kc4, kc - kc4);
+              std::memcpy(dst + kc4 * kNR, tail, kKR);
+            }
           }
         }
         for (int64_t blk = b0; blk < b1; ++blk) {
           const int64_t r0 = blk * kGemmMB, rows = std::min(kGemmMB, m - r0);
           for (int64_t i = 0; i < rows; ++i) {
             const int8_t* src = a + (r0 + i) * k + k0;
+            // Straight loops the compiler vectorizes, then the zero pad.
             if (u8) {
               uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + i * kcp;
-              for (int64_t kk = 0; kk < kcp; ++kk) d8[kk] = kk < kc ? static_cast<uint8_t>(src[kk] ^ 0x80) : 0;
+              for (int64_t kk = 0; kk < kc; ++kk) d8[kk] = static_cast<uint8_t>(src[kk]) ^ 0x80u;
+              for (int64_t kk = kc; kk < kcp; ++kk) d8[kk] = 0;
             } else {
               int16_t* d16 = ap + i * kcp;
-              for (int64_t kk = 0; kk < kcp; ++kk) d16[kk] = kk < kc ? src[kk] : 0;
+              for (int64_t kk = 0; kk < kc; ++kk) d16[kk] = src[kk];
+              for (int64_t kk = kc; kk < kcp; ++kk) d16[kk] = 0;
             }
           }
           cpu::GemmEpilogue ep;

@@ -65,6 +65,10 @@ struct GemmKernels {
   // apart; colsum at the panel's first column; kq = K_pad / 4. Accumulates, then the epilogue.
   void (*gemm_tile)(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
                     const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0);
+  // int8_gemm, small M (B unpacked): out[r] = sum_k act[r][k] * b[k] for r < mr (<= 4), k < kc;
+  // act in act_format (zero padded to a multiple of 64), uint8 rows include the +128 offset,
+  // which this function removes (out is the true int8 dot product).
+  void (*dot_rows)(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out);
   // Weight-only, small M: rows [m0, m0 + mr) (mr <= wo_direct_max_m) x 16-column blocks [nb0, nb1),
   // dequantizing in registers. Needs (K / scale_groups) % 4 == 0.
   int wo_direct_max_m;

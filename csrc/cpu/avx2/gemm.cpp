@@ -1,7 +1,7 @@
 // AVX2 (+FMA, F16C) int8 GEMM family micro-kernels.
 // int8 tiles: int16 activations (code - zero point) x int8 weights sign-extended to int16, summed
 // by vpmaddwd into int32 pairs: exact for any int8/uint8 codes (no vpmaddubsw saturation, no 7-bit
-// activations). Tile 3 rows x 16 columns (12 accumulators of [column x 2 partial sums]).
+// activations). Tile 4 rows x 8 columns (half a packed block; 8 accumulators).
 // Epilogue in registers, same float-op sequence as gemm_math.h (mul, mul, add; no FMA); column
 // tails go through the scalar epilogue_elem. Weight-only: int8 -> f32 in registers, FMA.
 #include <immintrin.h>
@@ -15,7 +15,7 @@
 namespace fastq::cpu {
 namespace {
 
-constexpr int kMR = 3;
+constexpr int kMR = 4;
 constexpr int kWoMR = 6, kWoNR = 16;
 
 inline int64_t load_i64(const void* p) {
@@ -57,27 +57,29 @@ inline void epilogue8(const GemmEpilogue& ep, int64_t m, int64_t n, __m256i raw,
   store_y8(ep.y_dtype, ep.y, m * ep.ldy + n, f);
 }
 
+// MR rows x 8 columns (half h of a 16-column block): 2 * MR accumulators of [column x 2 partial
+// sums], 2 weight and MR activation registers, which fits the 16 ymm registers for MR = 4.
 template <int MR>
-void tile_s16(const int16_t* a, int64_t lda, const int8_t* w, const int32_t* colsum, int64_t kq, int n_valid,
+void tile_s16(const int16_t* a, int64_t lda, const int8_t* w, int h, const int32_t* colsum, int64_t kq, int n_valid,
               const GemmEpilogue& ep, int64_t m0, int64_t n0) {
-  __m256i acc[MR][4];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 4; ++j) acc[r][j] = _mm256_setzero_si256();
+  __m256i acc[MR][2];
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) acc[r][j] = _mm256_setzero_si256();
+  const int8_t* wh = w + 32 * h;
   for (int64_t q = 0; q < kq; ++q) {
-    __m256i ab[MR];
-    for (int r = 0; r < MR; ++r) ab[r] = _mm256_set1_epi64x(load_i64(a + r * lda + q * kKR));
-    const int8_t* blk = w + q * kBlockBytes;
-    for (int j = 0; j < 4; ++j) {
-      const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16 * j)));
-      for (int r = 0; r < MR; ++r) acc[r][j] = _mm256_add_epi32(acc[r][j], _mm256_madd_epi16(wv, ab[r]));
+    const int8_t* blk = wh + q * kBlockBytes;
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16)));
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
+      const __m256i ab = _mm256_set1_epi64x(load_i64(a + r * lda + q * kKR));
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(w0, ab));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(w1, ab));
     }
   }
-  for (int r = 0; r < MR; ++r) {
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
     // [c0 c0' c1 c1' | c2 c2' c3 c3'] pairs -> 8 column sums in order.
-    const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
-    const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][2], acc[r][3]), 0xD8);
-    epilogue8(ep, m0 + r, n0, lo, colsum, n_valid < 8 ? n_valid : 8);
-    if (n_valid > 8) epilogue8(ep, m0 + r, n0 + 8, hi, colsum + 8, n_valid - 8 < 8 ? n_valid - 8 : 8);
+    const __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[r][0], acc[r][1]), 0xD8);
+    epilogue8(ep, m0 + r, n0 + 8 * h, v, colsum + 8 * h, n_valid < 8 ? n_valid : 8);
   }
 }
 
@@ -85,13 +87,49 @@ void gemm_tile__avx2(const void* act, int64_t lda, int mr, const int8_t* w, int6
                      const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
   const int16_t* a = static_cast<const int16_t*>(act);
   for (int nb = 0; nb * kNR < n_valid; ++nb) {
-    const int nv = n_valid - nb * kNR < kNR ? n_valid - nb * kNR : kNR;
     const int8_t* wb = w + nb * w_bstride;
-    switch (mr) {
-      case 1: tile_s16<1>(a, lda, wb, colsum + nb * kNR, kq, nv, ep, m0, n0 + nb * kNR); break;
-      case 2: tile_s16<2>(a, lda, wb, colsum + nb * kNR, kq, nv, ep, m0, n0 + nb * kNR); break;
-      default: tile_s16<3>(a, lda, wb, colsum + nb * kNR, kq, nv, ep, m0, n0 + nb * kNR); break;
+    for (int h = 0; h < 2; ++h) {
+      const int nv = n_valid - nb * kNR - 8 * h;
+      if (nv <= 0) break;
+      const int32_t* cs = colsum + nb * kNR;
+      const int64_t n1 = n0 + nb * kNR;
+      switch (mr) {
+        case 1: tile_s16<1>(a, lda, wb, h, cs, kq, nv, ep, m0, n1); break;
+        case 2: tile_s16<2>(a, lda, wb, h, cs, kq, nv, ep, m0, n1); break;
+        case 3: tile_s16<3>(a, lda, wb, h, cs, kq, nv, ep, m0, n1); break;
+        default: tile_s16<4>(a, lda, wb, h, cs, kq, nv, ep, m0, n1); break;
+      }
     }
+  }
+}
+
+// Small-M int8_gemm: 16 k at a time, B sign-extended to int16, vpmaddwd with each row.
+template <int MR>
+void dot_rows_t(const int16_t* a, int64_t lda, const int8_t* b, int64_t kc, int32_t* out) {
+  __m256i acc[MR];
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= kc; k += 16) {
+    const __m256i bv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k)));
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(bv, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + r * lda + k))));
+  }
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
+    alignas(32) int32_t t[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), acc[r]);
+    int32_t s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+    for (int64_t kk = k; kk < kc; ++kk) s += static_cast<int32_t>(a[r * lda + kk]) * b[kk];
+    out[r] = s;
+  }
+}
+
+void dot_rows__avx2(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+  const int16_t* a = static_cast<const int16_t*>(act);
+  switch (mr) {
+    case 1: dot_rows_t<1>(a, lda, b, kc, out); break;
+    case 2: dot_rows_t<2>(a, lda, b, kc, out); break;
+    case 3: dot_rows_t<3>(a, lda, b, kc, out); break;
+    default: dot_rows_t<4>(a, lda, b, kc, out); break;
   }
 }
 
@@ -183,18 +221,23 @@ void wo_dequant_quad__avx2(const int8_t* w, int64_t, int nb, const float* const 
 template <int MR>
 void sgemm(const float* a, int64_t lda, const float* panel, int64_t kc, float* c, bool first) {
   __m256 acc[MR][2];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 2; ++j) acc[r][j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(c + r * kWoNR + 8 * j);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) acc[r][j] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_loadu_ps(panel + k * kWoNR), b1 = _mm256_loadu_ps(panel + k * kWoNR + 8);
-    for (int r = 0; r < MR; ++r) {
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
       const __m256 x = _mm256_broadcast_ss(a + r * lda + k);
       acc[r][0] = _mm256_fmadd_ps(x, b0, acc[r][0]);
       acc[r][1] = _mm256_fmadd_ps(x, b1, acc[r][1]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 2; ++j) _mm256_storeu_ps(c + r * kWoNR + 8 * j, acc[r][j]);
+  // Accumulating from zero and adding c afterwards keeps acc out of memory inside the k loop.
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) {
+      __m256 v = acc[r][j];
+      if (!first) v = _mm256_add_ps(v, _mm256_loadu_ps(c + r * kWoNR + 8 * j));
+      _mm256_storeu_ps(c + r * kWoNR + 8 * j, v);
+    }
 }
 
 void sgemm_tile__avx2(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
@@ -251,7 +294,7 @@ double peak_fp32__avx2(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_avx2 = {
-    kActS16, kMR, kNR, gemm_tile__avx2,
+    kActS16, kMR, kNR, gemm_tile__avx2, dot_rows__avx2,
     1, wo_direct__avx2,
     kWoMR, kWoNR, wo_dequant_quad__avx2, sgemm_tile__avx2,
     {to_f32__avx2<DType::f32>, to_f32__avx2<DType::f16>, to_f32__avx2<DType::bf16>},

@@ -25,10 +25,14 @@ inline int32_t load_i32(const void* p) {
   return v;
 }
 
+// vpdpbusd in place. GCC copies each accumulator around the intrinsic (and spills the copies)
+// when 24 of them are live; the asm form keeps them in registers.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
+
 inline __mmask16 tail_mask(int valid) { return valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1); }
 
 // Store 16 floats (masked) rounded to d.
-inline void store_y16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
+__attribute__((always_inline)) inline void store_y16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
   switch (d) {
     case DType::f32: _mm512_mask_storeu_ps(static_cast<float*>(y) + i, k, v); break;
     case DType::f16:
@@ -45,7 +49,7 @@ inline void store_y16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
   }
 }
 
-inline void epilogue16(const GemmEpilogue& ep, int64_t m, int64_t n, __m512i v, const int32_t* colsum, int valid) {
+__attribute__((always_inline)) inline void epilogue16(const GemmEpilogue& ep, int64_t m, int64_t n, __m512i v, const int32_t* colsum, int valid) {
   const __mmask16 k = tail_mask(valid);
   if (ep.row_off) {
     const __m512i cs = _mm512_maskz_loadu_epi32(k, colsum);
@@ -64,27 +68,39 @@ inline void epilogue16(const GemmEpilogue& ep, int64_t m, int64_t n, __m512i v, 
 }
 
 template <int MR, int NB>
-void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, const int32_t* colsum, int64_t kq,
-               int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
+__attribute__((noinline)) void dot_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t kq,
+                                        int32_t* res) {
   __m512i acc[MR][NB];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
   for (int64_t q = 0; q < kq; ++q) {
     __m512i wv[NB];
-    for (int j = 0; j < NB; ++j) {
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) {
       const int8_t* p = w + j * w_bstride + q * kBlockBytes;
       if (MR <= 2) _mm_prefetch(reinterpret_cast<const char*>(p) + 2048, _MM_HINT_T0);
       wv[j] = _mm512_loadu_si512(p);
     }
-    for (int r = 0; r < MR; ++r) {
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
       const __m512i ab = _mm512_set1_epi32(load_i32(a + r * lda + q * kKR));
-      for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ab, wv[j]);
+      FASTQ_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ab, wv[j]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NB; ++j) {
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) _mm512_store_si512(res + (r * NB + j) * 16, acc[r][j]);
+}
+
+template <int MR, int NB>
+void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, const int32_t* colsum, int64_t kq,
+               int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
+  // The accumulators live in registers for the whole K loop (dot_vnni is kept apart so GCC does
+  // not mirror them to memory every iteration); the finished tile passes once through L1.
+  alignas(64) int32_t res[MR * NB * 16];
+  dot_vnni<MR, NB>(a, lda, w, w_bstride, kq, res);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < NB; ++j) {
       const int valid = n_valid - 16 * j;
-      if (valid > 0) epilogue16(ep, m0 + r, n0 + 16 * j, acc[r][j], colsum + 16 * j, valid);
+      if (valid > 0)
+        epilogue16(ep, m0 + r, n0 + 16 * j, _mm512_load_si512(res + (r * NB + j) * 16), colsum + 16 * j, valid);
     }
 }
 
@@ -109,6 +125,34 @@ void gemm_tile__avx512(const void* act, int64_t lda, int mr, const int8_t* w, in
     case 4: tile_rows<4>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
     case 5: tile_rows<5>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
     default: tile_rows<6>(a, lda, w, w_bstride, colsum, kq, n_valid, ep, m0, n0); break;
+  }
+}
+
+// Small-M int8_gemm: 64 k at a time, vpdpbusd of the uint8 rows (code + 128) with B; a vpdpbusd
+// of ones with B gives sum(b), and 128 * sum(b) is taken off exactly. The K tail is a masked load.
+template <int MR>
+void dot_rows_t(const uint8_t* a, int64_t lda, const int8_t* b, int64_t kc, int32_t* out) {
+  __m512i acc[MR];
+  __m512i bsum = _mm512_setzero_si512();
+  const __m512i ones = _mm512_set1_epi8(1);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < kc; k += 64) {
+    const __mmask64 km = kc - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (kc - k)) - 1;
+    const __m512i bv = _mm512_maskz_loadu_epi8(km, b + k);
+    bsum = _mm512_dpbusd_epi32(bsum, ones, bv);
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_loadu_si512(a + r * lda + k), bv);
+  }
+  const int32_t sb = _mm512_reduce_add_epi32(bsum);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r) out[r] = sub_mul_wrap(_mm512_reduce_add_epi32(acc[r]), 128, sb);
+}
+
+void dot_rows__avx512(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+  const uint8_t* a = static_cast<const uint8_t*>(act);
+  switch (mr) {
+    case 1: dot_rows_t<1>(a, lda, b, kc, out); break;
+    case 2: dot_rows_t<2>(a, lda, b, kc, out); break;
+    case 3: dot_rows_t<3>(a, lda, b, kc, out); break;
+    default: dot_rows_t<4>(a, lda, b, kc, out); break;
   }
 }
 
@@ -206,18 +250,23 @@ void wo_dequant_quad__avx512(const int8_t* w, int64_t w_bstride, int nb, const f
 template <int MR>
 void sgemm(const float* a, int64_t lda, const float* panel, int64_t kc, float* c, bool first) {
   __m512 acc[MR][2];
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 2; ++j) acc[r][j] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * kWoNR + 16 * j);
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_loadu_ps(panel + k * kWoNR), b1 = _mm512_loadu_ps(panel + k * kWoNR + 16);
-    for (int r = 0; r < MR; ++r) {
+    FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
       const __m512 x = _mm512_set1_ps(a[r * lda + k]);
       acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
       acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < 2; ++j) _mm512_storeu_ps(c + r * kWoNR + 16 * j, acc[r][j]);
+  // Accumulating from zero and adding c afterwards keeps acc out of memory inside the k loop.
+  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
+    FASTQ_UNROLL for (int j = 0; j < 2; ++j) {
+      __m512 v = acc[r][j];
+      if (!first) v = _mm512_add_ps(v, _mm512_loadu_ps(c + r * kWoNR + 16 * j));
+      _mm512_storeu_ps(c + r * kWoNR + 16 * j, v);
+    }
 }
 
 void sgemm_tile__avx512(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
@@ -280,7 +329,7 @@ double peak_fp32__avx512(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_avx512 = {
-    kActU8Offset, kMR, kNB * kNR, gemm_tile__avx512,
+    kActU8Offset, kMR, kNB * kNR, gemm_tile__avx512, dot_rows__avx512,
     kWoDirectMR, wo_direct__avx512,
     kWoMR, kWoNR, wo_dequant_quad__avx512, sgemm_tile__avx512,
     {to_f32__avx512<DType::f32>, to_f32__avx512<DType::f16>, to_f32__avx512<DType::bf16>},

@@ -36,6 +36,15 @@ void gemm_tile__scalar(const void* act, int64_t lda, int mr, const int8_t* w, in
   }
 }
 
+void dot_rows__scalar(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+  const int16_t* a = static_cast<const int16_t*>(act);
+  for (int r = 0; r < mr; ++r) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < kc; ++k) s += static_cast<int32_t>(a[r * lda + k]) * b[k];
+    out[r] = s;
+  }
+}
+
 void wo_direct__scalar(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
   const int64_t k_pad = (a.k + kKR - 1) / kKR * kKR, gs = a.k / a.scale_groups;
   for (int64_t nb = nb0; nb < nb1; ++nb) {
@@ -108,7 +117,7 @@ double peak_fp32__scalar(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_scalar = {
-    kActS16, kMR, kNR, gemm_tile__scalar,
+    kActS16, kMR, kNR, gemm_tile__scalar, dot_rows__scalar,
     4, wo_direct__scalar,
     kWoMR, kWoNR, wo_dequant_quad__scalar, sgemm_tile__scalar,
     {to_f32__scalar<DType::f32>, to_f32__scalar<DType::f16>, to_f32__scalar<DType::bf16>},
