@@ -72,7 +72,7 @@ class QuantConv2d(Int8GemmModule):
 
         Raises:
             UnsupportedLayerError: grouped/depthwise convolution, group size not dividing
-                C*kh*kw, a weight with NaN/Inf, or a layer too small to gain from int8.
+                C*kh*kw, or a weight with NaN/Inf.
         """
         if not isinstance(module, nn.Conv2d):
             raise TypeError(f"QuantConv2d.from_float expects an nn.Conv2d, got {type(module).__name__}")
@@ -81,10 +81,6 @@ class QuantConv2d(Int8GemmModule):
         kwargs = mode_args(config)
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                 module.dilation, module.bias is not None, module.padding_mode, **kwargs)
-        if q.weight_bytes() >= q.float_weight_bytes():
-            raise UnsupportedLayerError(
-                f"too small to gain from int8: [{q.out_channels}, {q._k}] packs to {q.weight_bytes()} B "
-                f"vs {q.float_weight_bytes()} B in fp32")
         q._set_weight(module.weight.reshape(module.out_channels, -1), module.bias)
         return q
 

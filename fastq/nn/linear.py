@@ -12,7 +12,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from fastq.nn._base import W8A8, Int8GemmModule, UnsupportedLayerError, mode_args
+from fastq.nn._base import W8A8, Int8GemmModule, mode_args
 
 
 class QuantLinear(Int8GemmModule):
@@ -42,16 +42,12 @@ class QuantLinear(Int8GemmModule):
 
         Raises:
             UnsupportedLayerError: the layer cannot be quantized (group size not dividing K, a
-                weight with NaN/Inf, or an int8 layout that would not be smaller than the float one).
+                weight with NaN/Inf).
         """
         if not isinstance(module, nn.Linear):
             raise TypeError(f"QuantLinear.from_float expects an nn.Linear, got {type(module).__name__}")
         kwargs = mode_args(config)
         q = cls(module.in_features, module.out_features, module.bias is not None, **kwargs)
-        if q.weight_bytes() >= q.float_weight_bytes():
-            raise UnsupportedLayerError(
-                f"too small to gain from int8: [{module.out_features}, {module.in_features}] packs to "
-                f"{q.weight_bytes()} B (N padded to 16, K to 4) vs {q.float_weight_bytes()} B in fp32")
         q._set_weight(module.weight, module.bias)
         return q
 

@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -42,8 +43,23 @@ def handler_for(module: nn.Module) -> Optional[Handler]:
     return _HANDLERS.get(type(module))
 
 
-register_handler(nn.Linear, QuantLinear.from_float)
-register_handler(nn.Conv2d, QuantConv2d.from_float)
+def _smaller_only(from_float: Handler) -> Handler:
+    """Wrap ``from_float`` so layers whose int8 form is not smaller than fp32 are skipped: tiny K or N
+    (the packed layout pads N to 16 and K to 4, and adds per-channel sums and scales)."""
+
+    def handler(module: nn.Module, config) -> nn.Module:
+        q = from_float(module, config)
+        if q.weight_bytes() >= q.float_weight_bytes():
+            shape = "x".join(map(str, q.weight_shape()))
+            raise UnsupportedLayerError(f"too small to gain from int8: weight {shape} takes {q.weight_bytes()} B "
+                                        f"packed (N padded to 16, K to 4) vs {q.float_weight_bytes()} B in fp32")
+        return q
+
+    return handler
+
+
+register_handler(nn.Linear, _smaller_only(QuantLinear.from_float))
+register_handler(nn.Conv2d, _smaller_only(QuantConv2d.from_float))
 
 
 def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tuple]:
@@ -53,7 +69,7 @@ def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tu
     for entry in skip:
         if isinstance(entry, str):
             if entry not in names and not any(n.startswith(entry + ".") for n in names):
-                close = sorted(n for n in names if n and entry.split(".")[-1] in n)[:5]
+                close = difflib.get_close_matches(entry, sorted(n for n in names if n), n=3)
                 raise ValueError(f"skip entry {entry!r} names no module of the model"
                                  + (f"; did you mean one of {close}?" if close else ""))
             skip_names.append(entry)
