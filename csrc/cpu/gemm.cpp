@@ -75,7 +75,7 @@ void check_linear(const Int8LinearArgs& a) {
 namespace {
 
 constexpr int64_t kSmallM = 4;
-constexpr int64_t kSmallKC = 2048;  // multiple of 64
+constexpr int64_t kSmallKC = 8192;  // multiple of 64
 
 // M <= 4: packing B would cost more than the product, so each thread reads its B rows directly
 // and dots them with the (converted, zero-padded) rows of A, kSmallKC of K at a time.
@@ -350,12 +350,17 @@ void int8_weight_only_linear_cpu(const Int8LinearArgs& a) {
             kr.sgemm_tile(ap + r * lda, lda, mr, panel, kc, cbuf + r * nr, k0 == 0);
           }
         }
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t c = 0; c < nv; ++c) {
-            float v = cbuf[i * nr + c];
-            if (a.bias) v += a.bias[n0 + c];
-            cpu::store_out(a.y_dtype, a.y, (r0 + i) * n + n0 + c, v);
+        // Bias and store: straight loops (vectorized by the compiler) for the float32 case.
+        for (int64_t i = 0; i < rows; ++i) {
+          float* crow = cbuf + i * nr;
+          if (a.bias)
+            for (int64_t c = 0; c < nv; ++c) crow[c] += a.bias[n0 + c];
+          if (a.y_dtype == DType::f32) {
+            std::memcpy(static_cast<float*>(a.y) + (r0 + i) * n + n0, crow, nv * sizeof(float));
+          } else {
+            for (int64_t c = 0; c < nv; ++c) cpu::store_out(a.y_dtype, a.y, (r0 + i) * n + n0 + c, crow[c]);
           }
+        }
       }
     }
   });

@@ -68,8 +68,8 @@ __attribute__((always_inline)) inline void epilogue16(const GemmEpilogue& ep, in
 }
 
 template <int MR, int NB>
-__attribute__((noinline)) void dot_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t kq,
-                                        int32_t* res) {
+void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, const int32_t* colsum, int64_t kq,
+               int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
   __m512i acc[MR][NB];
   FASTQ_UNROLL for (int r = 0; r < MR; ++r)
     FASTQ_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_setzero_si512();
@@ -85,22 +85,11 @@ __attribute__((noinline)) void dot_vnni(const uint8_t* a, int64_t lda, const int
       FASTQ_UNROLL for (int j = 0; j < NB; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], ab, wv[j]);
     }
   }
-  FASTQ_UNROLL for (int r = 0; r < MR; ++r)
-    FASTQ_UNROLL for (int j = 0; j < NB; ++j) _mm512_store_si512(res + (r * NB + j) * 16, acc[r][j]);
-}
-
-template <int MR, int NB>
-void tile_vnni(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, const int32_t* colsum, int64_t kq,
-               int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
-  // The accumulators live in registers for the whole K loop (dot_vnni is kept apart so GCC does
-  // not mirror them to memory every iteration); the finished tile passes once through L1.
-  alignas(64) int32_t res[MR * NB * 16];
-  dot_vnni<MR, NB>(a, lda, w, w_bstride, kq, res);
+  // The epilogue works on the registers directly: no int32 tile is ever stored.
   FASTQ_UNROLL for (int r = 0; r < MR; ++r)
     FASTQ_UNROLL for (int j = 0; j < NB; ++j) {
       const int valid = n_valid - 16 * j;
-      if (valid > 0)
-        epilogue16(ep, m0 + r, n0 + 16 * j, _mm512_load_si512(res + (r * NB + j) * 16), colsum + 16 * j, valid);
+      if (valid > 0) epilogue16(ep, m0 + r, n0 + 16 * j, acc[r][j], colsum + 16 * j, valid);
     }
 }
 
