@@ -479,6 +479,16 @@ def run_e2e(budget_s: float, max_rounds: int) -> dict:
     return {"timing": timing, "accuracy": acc, "unavailable": failed}
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _loadavg() -> Optional[list]:
     try:
         return [round(v, 1) for v in os.getloadavg()]
@@ -496,7 +506,7 @@ def meta() -> dict:
     return {
         "torch": torch.__version__, "fastq": fastq.__version__, "threads": THREADS,
         "torchao": None if isinstance(ao, Unavailable) else ao[0], "onnxruntime": ort_version,
-        "loadavg_at_start": _loadavg(), "cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+        "loadavg_at_start": _loadavg(), "cpus": os.cpu_count(), "python": platform.python_version(), "machine": _cpu_model(),
         "native": _native.available(), "cpu_isa": _native.cpu_isa(),
         "kernels": {op: fastq.kernel_for(op, "cpu") for op in ("int8_linear_dynamic", "int8_weight_only_linear")},
     }
@@ -646,7 +656,7 @@ def notes(result: dict) -> list[str]:
         "machine is loaded): "
         + (f"int8 {pk['int8_gops']:.0f} GOP/s, fp32 {pk['fp32_gflops']:.0f} GFLOP/s" if pk["int8_gops"]
            else "not available (fastq._C lacks cpu_peak_int8_gops / cpu_peak_fp32_gflops)"),
-        f"{m['cpus']} CPUs; load average (1/5/15 min) at start {m['loadavg_at_start']}, after the layer rows "
+        f"{m['machine']}, {m['cpus']} CPUs; load average (1/5/15 min) at start {m['loadavg_at_start']}, after the layer rows "
         f"{m.get('loadavg_after_layers')}: a load above the CPU count stalls multi-threaded calls at their barriers.",
         "memory copy bandwidth (read + write, 128 MiB buffers): "
         + (f"{m['copy_gbs']:.1f} GB/s" if m["copy_gbs"] else "not measured"),
