@@ -7,6 +7,7 @@ reference (nothing for a kernel to do). CPU calls get ``torch.get_num_threads()`
 calls run on the input's device and current stream.
 """
 
+import threading
 from typing import Optional
 
 import torch
@@ -130,6 +131,22 @@ def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
     return c
 
 
+_tls = threading.local()
+_MAX_CACHED_WORKSPACE = 64 << 20  # larger ones are allocated per call rather than held forever
+
+
+def _workspace(device: torch.device, nbytes: int) -> Tensor:
+    """Scratch for the W8A8 activations, reused across calls on this thread (CPU): a fresh
+    multi-MiB buffer per call would pay for new pages every time. CUDA uses the caching allocator."""
+    if device.type != "cpu" or nbytes > _MAX_CACHED_WORKSPACE:
+        return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+    buf = getattr(_tls, "cpu_workspace", None)
+    if buf is None or buf.numel() < nbytes:
+        buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
+        _tls.cpu_workspace = buf
+    return buf
+
+
 def _launch_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                            act_symmetric: bool, y: Tensor) -> None:
     k = x.shape[-1]
@@ -139,7 +156,7 @@ def _launch_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: O
         ws_bytes = _native._C.int8_linear_dynamic_workspace_bytes_cpu(m, n, k)
     else:
         ws_bytes = _native._C.int8_linear_dynamic_workspace_bytes_cuda(m, n, k)
-    workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=x.device)
+    workspace = _workspace(x.device, ws_bytes)
     bias_c = _contig(bias)
     _device_call("int8_linear_dynamic", x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype], w_packed.contiguous().data_ptr(),
                  w_scale.contiguous().data_ptr(), _ptr(bias_c), y.data_ptr(), _native.DTYPE_CODES[y.dtype], m, n, k,

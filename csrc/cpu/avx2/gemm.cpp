@@ -83,7 +83,7 @@ void tile_s16(const int16_t* a, int64_t lda, const int8_t* w, int h, const int32
   }
 }
 
-void gemm_tile__avx2(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
+void gemm_s16s8s32_4x8__avx2(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
                      const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
   const int16_t* a = static_cast<const int16_t*>(act);
   for (int nb = 0; nb * kNR < n_valid; ++nb) {
@@ -123,7 +123,7 @@ void dot_rows_t(const int16_t* a, int64_t lda, const int8_t* b, int64_t kc, int3
   }
 }
 
-void dot_rows__avx2(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+void dot_s16s8s32_4xk__avx2(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
   const int16_t* a = static_cast<const int16_t*>(act);
   switch (mr) {
     case 1: dot_rows_t<1>(a, lda, b, kc, out); break;
@@ -196,7 +196,7 @@ void wo_direct_rows(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, in
   }
 }
 
-void wo_direct__avx2(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+void wo_f32s8_1x16__avx2(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
   switch (a.x_dtype) {
     case DType::f32: wo_direct_rows<DType::f32>(a, m0, mr, nb0, nb1); break;
     case DType::f16: wo_direct_rows<DType::f16>(a, m0, mr, nb0, nb1); break;
@@ -204,7 +204,7 @@ void wo_direct__avx2(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, i
   }
 }
 
-void wo_dequant_quad__avx2(const int8_t* w, int64_t, int nb, const float* const s[4], float* dst) {
+void dequant_s8f32_4x16__avx2(const int8_t* w, int64_t, int nb, const float* const s[4], float* dst) {
   for (int h = 0; h < 2; ++h) {
     if (nb < 1) {
       for (int r = 0; r < kKR; ++r) _mm256_storeu_ps(dst + r * kWoNR + 8 * h, _mm256_setzero_ps());
@@ -240,7 +240,7 @@ void sgemm(const float* a, int64_t lda, const float* panel, int64_t kc, float* c
     }
 }
 
-void sgemm_tile__avx2(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
+void sgemm_f32_6x16__avx2(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
   switch (mr) {
     case 1: sgemm<1>(a, lda, panel, kc, c, first); break;
     case 2: sgemm<2>(a, lda, panel, kc, c, first); break;
@@ -294,9 +294,9 @@ double peak_fp32__avx2(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_avx2 = {
-    kActS16, kMR, kNR, gemm_tile__avx2, dot_rows__avx2,
-    1, wo_direct__avx2,
-    kWoMR, kWoNR, wo_dequant_quad__avx2, sgemm_tile__avx2,
+    kActS16, kMR, kNR, gemm_s16s8s32_4x8__avx2, dot_s16s8s32_4xk__avx2,
+    1, wo_f32s8_1x16__avx2,
+    kWoMR, kWoNR, dequant_s8f32_4x16__avx2, sgemm_f32_6x16__avx2,
     {to_f32__avx2<DType::f32>, to_f32__avx2<DType::f16>, to_f32__avx2<DType::bf16>},
     peak_int8__avx2, peak_fp32__avx2,
 };

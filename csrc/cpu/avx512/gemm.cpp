@@ -104,7 +104,7 @@ void tile_rows(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride
   }
 }
 
-void gemm_tile__avx512(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
+void gemm_u8s8s32_6x64__avx512vnni(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
                        const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
   const uint8_t* a = static_cast<const uint8_t*>(act);
   switch (mr) {
@@ -135,7 +135,7 @@ void dot_rows_t(const uint8_t* a, int64_t lda, const int8_t* b, int64_t kc, int3
   FASTQ_UNROLL for (int r = 0; r < MR; ++r) out[r] = sub_mul_wrap(_mm512_reduce_add_epi32(acc[r]), 128, sb);
 }
 
-void dot_rows__avx512(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+void dot_u8s8s32_4xk__avx512vnni(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
   const uint8_t* a = static_cast<const uint8_t*>(act);
   switch (mr) {
     case 1: dot_rows_t<1>(a, lda, b, kc, out); break;
@@ -214,7 +214,7 @@ void wo_direct_d(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64
   }
 }
 
-void wo_direct__avx512(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+void wo_f32s8_4x16__avx512(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
   switch (a.x_dtype) {
     case DType::f32: wo_direct_d<DType::f32>(a, m0, mr, nb0, nb1); break;
     case DType::f16: wo_direct_d<DType::f16>(a, m0, mr, nb0, nb1); break;
@@ -222,7 +222,7 @@ void wo_direct__avx512(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0,
   }
 }
 
-void wo_dequant_quad__avx512(const int8_t* w, int64_t w_bstride, int nb, const float* const s[4], float* dst) {
+void dequant_s8f32_4x32__avx512(const int8_t* w, int64_t w_bstride, int nb, const float* const s[4], float* dst) {
   for (int j = 0; j < kWoNR / kNR; ++j) {
     if (j >= nb) {
       for (int r = 0; r < kKR; ++r) _mm512_storeu_ps(dst + r * kWoNR + 16 * j, _mm512_setzero_ps());
@@ -258,7 +258,7 @@ void sgemm(const float* a, int64_t lda, const float* panel, int64_t kc, float* c
     }
 }
 
-void sgemm_tile__avx512(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
+void sgemm_f32_12x32__avx512(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
   switch (mr) {
     case 1: sgemm<1>(a, lda, panel, kc, c, first); break;
     case 2: sgemm<2>(a, lda, panel, kc, c, first); break;
@@ -318,9 +318,9 @@ double peak_fp32__avx512(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_avx512 = {
-    kActU8Offset, kMR, kNB * kNR, gemm_tile__avx512, dot_rows__avx512,
-    kWoDirectMR, wo_direct__avx512,
-    kWoMR, kWoNR, wo_dequant_quad__avx512, sgemm_tile__avx512,
+    kActU8Offset, kMR, kNB * kNR, gemm_u8s8s32_6x64__avx512vnni, dot_u8s8s32_4xk__avx512vnni,
+    kWoDirectMR, wo_f32s8_4x16__avx512,
+    kWoMR, kWoNR, dequant_s8f32_4x32__avx512, sgemm_f32_12x32__avx512,
     {to_f32__avx512<DType::f32>, to_f32__avx512<DType::f16>, to_f32__avx512<DType::bf16>},
     peak_int8__avx512, peak_fp32__avx512,
 };

@@ -1,7 +1,6 @@
 // Portable scalar int8 GEMM family micro-kernels: int16 activations (code - zero point) times the
 // packed int8 weight in int32, the shared per-element epilogue, and a plain float32 path for the
 // weight-only linear. Built with no ISA flags; the model the vector kernels are tested against.
-#include <chrono>
 
 #include "cpu/gemm_math.h"
 #include "cpu/kernels.h"
@@ -12,7 +11,7 @@ namespace {
 constexpr int kMR = 4;
 constexpr int kWoMR = 4, kWoNR = 16;
 
-void gemm_tile__scalar(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
+void gemm_s16s8s32_4x16__scalar(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
                        const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0) {
   const int16_t* a = static_cast<const int16_t*>(act);
   for (int nb = 0; nb * kNR < n_valid; ++nb) {
@@ -36,7 +35,7 @@ void gemm_tile__scalar(const void* act, int64_t lda, int mr, const int8_t* w, in
   }
 }
 
-void dot_rows__scalar(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
+void dot_s16s8s32_4xk__scalar(const void* act, int64_t lda, int mr, const int8_t* b, int64_t kc, int32_t* out) {
   const int16_t* a = static_cast<const int16_t*>(act);
   for (int r = 0; r < mr; ++r) {
     int32_t s = 0;
@@ -45,7 +44,7 @@ void dot_rows__scalar(const void* act, int64_t lda, int mr, const int8_t* b, int
   }
 }
 
-void wo_direct__scalar(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+void wo_f32s8_4x16__scalar(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
   const int64_t k_pad = (a.k + kKR - 1) / kKR * kKR, gs = a.k / a.scale_groups;
   for (int64_t nb = nb0; nb < nb1; ++nb) {
     const int8_t* wb = a.w_packed + nb * k_pad * kNR;
@@ -68,13 +67,13 @@ void wo_direct__scalar(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0,
   }
 }
 
-void wo_dequant_quad__scalar(const int8_t* w, int64_t w_bstride, int nb, const float* const s[4], float* dst) {
+void dequant_s8f32_4x16__scalar(const int8_t* w, int64_t w_bstride, int nb, const float* const s[4], float* dst) {
   for (int r = 0; r < kKR; ++r)
     for (int c = 0; c < kWoNR; ++c)
       dst[r * kWoNR + c] = c / kNR < nb ? static_cast<float>(w[(c / kNR) * w_bstride + (c % kNR) * kKR + r]) * s[r][c] : 0.0f;
 }
 
-void sgemm_tile__scalar(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
+void sgemm_f32_4x16__scalar(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first) {
   for (int r = 0; r < mr; ++r) {
     float acc[kWoNR];
     for (int j = 0; j < kWoNR; ++j) acc[j] = first ? 0.0f : c[r * kWoNR + j];
@@ -117,9 +116,9 @@ double peak_fp32__scalar(int64_t iters) {
 }  // namespace
 
 const GemmKernels gemm_kernels_scalar = {
-    kActS16, kMR, kNR, gemm_tile__scalar, dot_rows__scalar,
-    4, wo_direct__scalar,
-    kWoMR, kWoNR, wo_dequant_quad__scalar, sgemm_tile__scalar,
+    kActS16, kMR, kNR, gemm_s16s8s32_4x16__scalar, dot_s16s8s32_4xk__scalar,
+    4, wo_f32s8_4x16__scalar,
+    kWoMR, kWoNR, dequant_s8f32_4x16__scalar, sgemm_f32_4x16__scalar,
     {to_f32__scalar<DType::f32>, to_f32__scalar<DType::f16>, to_f32__scalar<DType::bf16>},
     peak_int8__scalar, peak_fp32__scalar,
 };
