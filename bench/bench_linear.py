@@ -16,8 +16,8 @@ Invariants:
   * Speed ratios come from ONE run: per (shape, M) row all candidates are timed in interleaved
     rounds (``fastq.benchmarking.time_round_robin``), so load from other processes on a shared
     machine hits them alike. A peer more than ``SLOW_FACTOR`` x slower than the row's fastest call
-    and slower than ``APART_MIN_S`` is timed separately with 2 samples (marked with a dagger): it is far out of the contest, and
-    keeping it in the rounds would starve the close competitors of samples.
+    and slower than ``APART_MIN_S`` is timed separately with 2 samples (marked with a dagger): it
+    is far out of the contest, and keeping it in the rounds would starve the close competitors.
   * Accuracy is the relative error ||y - y64|| / ||y64|| against the fp32 layer evaluated in
     float64, on ``ACC_M`` fresh Gaussian rows per shape: the tables show speed AND accuracy.
   * A peer that is not installed or fails on this torch is reported in the notes, never a crash.
@@ -510,7 +510,8 @@ def meta() -> dict:
     return {
         "torch": torch.__version__, "fastq": fastq.__version__, "threads": THREADS,
         "torchao": None if isinstance(ao, Unavailable) else ao[0], "onnxruntime": ort_version,
-        "loadavg_at_start": _loadavg(), "cpus": os.cpu_count(), "python": platform.python_version(), "machine": _cpu_model(),
+        "loadavg_at_start": _loadavg(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": _cpu_model(),
         "native": _native.available(), "cpu_isa": _native.cpu_isa(),
         "kernels": {op: fastq.kernel_for(op, "cpu") for op in ("int8_linear_dynamic", "int8_weight_only_linear")},
     }
@@ -606,8 +607,8 @@ def report(result: dict) -> str:
 
     e2e = result["e2e"]
     if e2e:
-        out += [f"### end to end: {E2E_BLOCKS} x (Linear {E2E_DIM}->{E2E_HIDDEN}, GELU, Linear {E2E_HIDDEN}->{E2E_DIM}) "
-                f"at {E2E_TOKENS} tokens", ""]
+        out += [f"### end to end: {E2E_BLOCKS} x (Linear {E2E_DIM}->{E2E_HIDDEN}, GELU, "
+                f"Linear {E2E_HIDDEN}->{E2E_DIM}) at {E2E_TOKENS} tokens", ""]
         t, rows = e2e["timing"], []
         tf = t.med("fp32")
         for name in CANDIDATES:
@@ -660,7 +661,8 @@ def notes(result: dict) -> list[str]:
         "and end of the run): "
         + (f"int8 {pk['int8_gops']:.0f} GOP/s, fp32 {pk['fp32_gflops']:.0f} GFLOP/s" if pk["int8_gops"]
            else "not available (fastq._C lacks cpu_peak_int8_gops / cpu_peak_fp32_gflops)"),
-        f"{m['machine']}, {m['cpus']} CPUs; load average (1/5/15 min) at start {m['loadavg_at_start']}, after the layer rows "
+        f"{m['machine']}, {m['cpus']} CPUs; load average (1/5/15 min) at start {m['loadavg_at_start']}, "
+        "after the layer rows "
         f"{m.get('loadavg_after_layers')}: a load above the CPU count stalls multi-threaded calls at their barriers.",
         "memory copy bandwidth (read + write, 128 MiB buffers): "
         + (f"{m['copy_gbs']:.1f} GB/s" if m["copy_gbs"] else "not measured"),
