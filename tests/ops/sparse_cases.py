@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import zlib
 
-import pytest
 import torch
 
-import fastq
 
-ISAS = ("scalar", "avx2", "avx512")
 TAILS = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
 SPARSITIES = (0.5, 0.75, 0.9, 0.95)
 BLOCKS = ((1, 4), (4, 4), (8, 1), (2, 8), (4, 1), (1, 2))
@@ -47,19 +44,3 @@ def block_mask(n: int, k: int, br: int, bc: int, sparsity: float, gen: torch.Gen
     keep = torch.rand(-(-n // br), -(-k // bc), generator=gen) >= sparsity
     keep[0, 0] = True
     return keep.repeat_interleave(br, 0).repeat_interleave(bc, 1)[:n, :k].contiguous()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Force each CPU ISA in turn (skipping ones this machine lacks); restore the active one after."""
-    if not fastq.native_available():
-        pytest.skip("fastq._C is not built")
-    name = request.param
-    if ISAS.index(name) > ISAS.index(fastq.detected_cpu_isa()):
-        pytest.skip(f"this CPU lacks {name} (detected {fastq.detected_cpu_isa()})")
-    saved = fastq.cpu_isa()
-    fastq.set_cpu_isa(name)
-    try:
-        yield name
-    finally:
-        fastq.set_cpu_isa(saved)

@@ -20,7 +20,6 @@ import fastq
 from fastq.ops import reference
 from fastq.ops._checks import FLT_MIN, PER_ROW, PER_TENSOR, layout
 
-ISAS = ("scalar", "avx2", "avx512")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Row lengths that hit every vector tail of the 8-, 16-, 32- and 64-wide loops.
 TAILS = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
@@ -50,22 +49,6 @@ CASES = (
     + [_case((4, 3, 128), g, "3d-") for g in (64, 128)]
     + [_case((2, 7, 768), PER_ROW, "3d-bert-")]
 )
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Force each CPU ISA in turn (skipping ones this machine lacks); restore the active one after."""
-    if not fastq.native_available():
-        pytest.skip("fastq._C is not built")
-    name = request.param
-    if ISAS.index(name) > ISAS.index(fastq.detected_cpu_isa()):
-        pytest.skip(f"this CPU lacks {name} (detected {fastq.detected_cpu_isa()})")
-    saved = fastq.cpu_isa()
-    fastq.set_cpu_isa(name)
-    try:
-        yield name
-    finally:
-        fastq.set_cpu_isa(saved)
 
 
 def generator(*key) -> torch.Generator:
