@@ -76,6 +76,31 @@ py::dict build_info() {
 
 
 // ---- sparse masked matmul family ----
+// The int8 linear ops' arguments (CPU and CUDA bind the same ones; CUDA passes a stream instead of
+// num_threads).
+fastq::Int8LinearArgs linear_args(uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale,
+                                  int64_t scale_groups, uintptr_t bias, uintptr_t y, int y_dtype, int64_t m,
+                                  int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace,
+                                  int64_t workspace_bytes, int num_threads) {
+  fastq::Int8LinearArgs a;
+  a.x = ptr<const void>(x);
+  a.x_dtype = static_cast<DType>(x_dtype);
+  a.w_packed = ptr<const int8_t>(w_packed);
+  a.w_scale = ptr<const float>(w_scale);
+  a.scale_groups = scale_groups;
+  a.bias = ptr<const float>(bias);
+  a.y = ptr<void>(y);
+  a.y_dtype = static_cast<DType>(y_dtype);
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.act_symmetric = act_symmetric;
+  a.workspace = ptr<void>(workspace);
+  a.workspace_bytes = workspace_bytes;
+  a.num_threads = num_threads;
+  return a;
+}
+
 fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_xt, int64_t m, int64_t n, int64_t k,
                                     uintptr_t values, uintptr_t scale, uintptr_t cols, uintptr_t row_ptr,
                                     uintptr_t meta, int block_rows, int block_cols, uintptr_t bias, uintptr_t y,
@@ -170,40 +195,18 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
          int64_t m, int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace, int64_t workspace_bytes,
          uintptr_t stream) {
-        fastq::Int8LinearArgs a;
-        a.x = ptr<const void>(x);
-        a.x_dtype = static_cast<DType>(x_dtype);
-        a.w_packed = ptr<const int8_t>(w_packed);
-        a.w_scale = ptr<const float>(w_scale);
-        a.bias = ptr<const float>(bias);
-        a.y = ptr<void>(y);
-        a.y_dtype = static_cast<DType>(y_dtype);
-        a.m = m;
-        a.n = n;
-        a.k = k;
-        a.act_symmetric = act_symmetric;
-        a.workspace = ptr<void>(workspace);
-        a.workspace_bytes = workspace_bytes;
-        fastq::int8_linear_dynamic_cuda(a, ptr<void>(stream));
+        fastq::int8_linear_dynamic_cuda(linear_args(x, x_dtype, w_packed, w_scale, 1, bias, y, y_dtype, m, n, k,
+                                                    act_symmetric, workspace, workspace_bytes, 1),
+                                        ptr<void>(stream));
       },
       nogil);
   m.def(
       "int8_weight_only_linear_cuda",
       [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, int64_t scale_groups, uintptr_t bias,
          uintptr_t y, int y_dtype, int64_t m, int64_t n, int64_t k, uintptr_t stream) {
-        fastq::Int8LinearArgs a;
-        a.x = ptr<const void>(x);
-        a.x_dtype = static_cast<DType>(x_dtype);
-        a.w_packed = ptr<const int8_t>(w_packed);
-        a.w_scale = ptr<const float>(w_scale);
-        a.scale_groups = scale_groups;
-        a.bias = ptr<const float>(bias);
-        a.y = ptr<void>(y);
-        a.y_dtype = static_cast<DType>(y_dtype);
-        a.m = m;
-        a.n = n;
-        a.k = k;
-        fastq::int8_weight_only_linear_cuda(a, ptr<void>(stream));
+        fastq::int8_weight_only_linear_cuda(
+            linear_args(x, x_dtype, w_packed, w_scale, scale_groups, bias, y, y_dtype, m, n, k, true, 0, 0, 1),
+            ptr<void>(stream));
       },
       nogil);
 #endif
@@ -221,42 +224,16 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
          int64_t m_, int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace, int64_t workspace_bytes,
          int num_threads) {
-        fastq::Int8LinearArgs a;
-        a.x = ptr<const void>(x);
-        a.x_dtype = static_cast<DType>(x_dtype);
-        a.w_packed = ptr<const int8_t>(w_packed);
-        a.w_scale = ptr<const float>(w_scale);
-        a.bias = ptr<const float>(bias);
-        a.y = ptr<void>(y);
-        a.y_dtype = static_cast<DType>(y_dtype);
-        a.m = m_;
-        a.n = n;
-        a.k = k;
-        a.act_symmetric = act_symmetric;
-        a.workspace = ptr<void>(workspace);
-        a.workspace_bytes = workspace_bytes;
-        a.num_threads = num_threads;
-        fastq::int8_linear_dynamic_cpu(a);
+        fastq::int8_linear_dynamic_cpu(linear_args(x, x_dtype, w_packed, w_scale, 1, bias, y, y_dtype, m_, n, k,
+                                                   act_symmetric, workspace, workspace_bytes, num_threads));
       },
       nogil);
   m.def(
       "int8_weight_only_linear_cpu",
       [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, int64_t scale_groups, uintptr_t bias,
          uintptr_t y, int y_dtype, int64_t m_, int64_t n, int64_t k, int num_threads) {
-        fastq::Int8LinearArgs a;
-        a.x = ptr<const void>(x);
-        a.x_dtype = static_cast<DType>(x_dtype);
-        a.w_packed = ptr<const int8_t>(w_packed);
-        a.w_scale = ptr<const float>(w_scale);
-        a.scale_groups = scale_groups;
-        a.bias = ptr<const float>(bias);
-        a.y = ptr<void>(y);
-        a.y_dtype = static_cast<DType>(y_dtype);
-        a.m = m_;
-        a.n = n;
-        a.k = k;
-        a.num_threads = num_threads;
-        fastq::int8_weight_only_linear_cpu(a);
+        fastq::int8_weight_only_linear_cpu(linear_args(x, x_dtype, w_packed, w_scale, scale_groups, bias, y, y_dtype,
+                                                       m_, n, k, true, 0, 0, num_threads));
       },
       nogil);
   m.def("cpu_peak_int8_gops", &fastq::cpu_peak_int8_gops, nogil);
