@@ -42,6 +42,18 @@ def _quantize(config_name: str, **kwargs) -> Callable[[nn.Module], None]:
     return apply
 
 
+def _prune_sparsify(int8: bool = False, **config) -> Callable[[nn.Module], None]:
+    """One-shot magnitude pruning of every Linear, then the pruned ones swapped for SparseLinear."""
+
+    def apply(model: nn.Module) -> None:
+        import fastq
+
+        fastq.prune_(model, fastq.PruneConfig(**config))
+        fastq.sparsify_(model, int8=int8)
+
+    return apply
+
+
 @dataclass(frozen=True)
 class Recipe:
     """One way to compress a model.
@@ -70,7 +82,13 @@ _RECIPES = [
            _quantize("Int8DynamicConfig"), _has("quantize_", "Int8DynamicConfig")),
     Recipe("int8-weight-only", "int8 weights per channel, float activations (weight-only)",
            _quantize("Int8WeightOnlyConfig"), _has("quantize_", "Int8WeightOnlyConfig")),
-    # ---- pruning / sparse recipes: one entry each, appended below ----
+    # One-shot pruning without a recovery fine-tune: the table shows what that costs in quality.
+    Recipe("sparse-24", "2:4 pruning (magnitude, one-shot), kept weights in the 2:4 sparse format",
+           _prune_sparsify(pattern="2:4"), _has("prune_", "sparsify_")),
+    Recipe("sparse-50", "50% unstructured pruning (magnitude, one-shot), compressed-row sparse format",
+           _prune_sparsify(sparsity=0.5), _has("prune_", "sparsify_")),
+    Recipe("sparse-50-int8", "50% unstructured pruning, kept weights int8 per channel (Deep Compression style)",
+           _prune_sparsify(int8=True, sparsity=0.5), _has("prune_", "sparsify_")),
 ]
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
