@@ -91,3 +91,45 @@ void set_cpu_isa(int level);  // may only lower the detected level
 const char* cpu_isa_name(int level);
 
 }  // namespace fastq
+
+namespace fastq {
+
+// ---- sparse masked matmul family (fastq/ops/reference.py: sparse_csr_linear, sparse_24_linear,
+// sparse_bsr_linear, sparse_int8_linear) -------------------------------------------------------
+// y[m, n] = sum over the stored entries of weight row n of x[m, col] * v (float32, any order),
+// (* scale[n] for int8) + bias[n]. Formats are those of the reference *_pack ops: padded CSR with
+// unsigned 16-bit columns (rows padded to multiples of 16 entries), 2:4 values [n, k/2] + 2-bit
+// meta [n, ceil(k/8)], block-CSR [blocks, br, bc] + 16-bit block columns. Only float32
+// activations cross the seam (Python widens bf16 exactly and rounds y once). For m >= 8 Python
+// passes x transposed and zero-padded, x_t [k, ld_xt] with ld_xt = m rounded up to 16, so each kept
+// weight is loaded once and multiplied into m accumulators; otherwise x is row-major [m, k].
+// Column indices are trusted (Python bounds-checks them against k); bsr's k is x's padded width
+// (a multiple of bc) and bsr writes only rows < n.
+struct SparseLinearArgs {
+  const float* x = nullptr;  // [m, k] (x_transposed false) or [k, ld_xt] (true)
+  bool x_transposed = false;
+  int64_t ld_xt = 0;
+  int64_t m = 0, n = 0, k = 0;
+  const void* values = nullptr;      // float32 (csr, 2:4, bsr) or int8 (int8)
+  const float* scale = nullptr;      // [n], int8 only
+  const uint16_t* cols = nullptr;    // csr / int8 column, bsr block column
+  const int64_t* row_ptr = nullptr;  // csr / int8: [n + 1]; bsr: [ceil(n / br) + 1]
+  const uint8_t* meta = nullptr;     // 2:4 only
+  int block_rows = 1, block_cols = 1;
+  const float* bias = nullptr;  // [n] or nullptr
+  float* y = nullptr;           // [m, n] float32
+  int num_threads = 1;
+};
+
+void sparse_csr_linear_cpu(const SparseLinearArgs& args);
+void sparse_24_linear_cpu(const SparseLinearArgs& args);
+void sparse_bsr_linear_cpu(const SparseLinearArgs& args);
+void sparse_int8_linear_cpu(const SparseLinearArgs& args);
+
+#ifdef FASTQ_WITH_CUDA
+// CUDA takes x row-major [m, k] always (x_transposed must be false).
+void sparse_csr_linear_cuda(const SparseLinearArgs& args, void* stream);
+void sparse_24_linear_cuda(const SparseLinearArgs& args, void* stream);
+#endif
+
+}  // namespace fastq

@@ -74,6 +74,32 @@ py::dict build_info() {
   return d;
 }
 
+
+// ---- sparse masked matmul family ----
+fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_xt, int64_t m, int64_t n, int64_t k,
+                                    uintptr_t values, uintptr_t scale, uintptr_t cols, uintptr_t row_ptr,
+                                    uintptr_t meta, int block_rows, int block_cols, uintptr_t bias, uintptr_t y,
+                                    int num_threads) {
+  fastq::SparseLinearArgs a;
+  a.x = ptr<const float>(x);
+  a.x_transposed = x_transposed;
+  a.ld_xt = ld_xt;
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.values = ptr<const void>(values);
+  a.scale = ptr<const float>(scale);
+  a.cols = ptr<const uint16_t>(cols);
+  a.row_ptr = ptr<const int64_t>(row_ptr);
+  a.meta = ptr<const uint8_t>(meta);
+  a.block_rows = block_rows;
+  a.block_cols = block_cols;
+  a.bias = ptr<const float>(bias);
+  a.y = ptr<float>(y);
+  a.num_threads = num_threads;
+  return a;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -128,6 +154,42 @@ PYBIND11_MODULE(_C, m) {
         fastq::dequantize_int8_cuda(
             dequantize_args(codes, symmetric, scale, zero_point, y, y_dtype, rows, cols, scale_stride, 1),
             ptr<void>(stream));
+      },
+      nogil);
+#endif
+
+  // ---- sparse masked matmul family: (x, x_transposed, ld_xt, m, n, k, values, scale, cols,
+  // row_ptr, meta, block_rows, block_cols, bias, y, num_threads) ----
+#define FASTQ_SPARSE_DEF(name)                                                                                    \
+  m.def(                                                                                                          \
+      #name "_cpu",                                                                                               \
+      [](uintptr_t x, bool xt, int64_t ld, int64_t mm, int64_t n, int64_t k, uintptr_t values, uintptr_t scale,   \
+         uintptr_t cols, uintptr_t row_ptr, uintptr_t meta, int br, int bc, uintptr_t bias, uintptr_t y,          \
+         int num_threads) {                                                                                       \
+        fastq::name##_cpu(sparse_args(x, xt, ld, mm, n, k, values, scale, cols, row_ptr, meta, br, bc, bias, y,  \
+                                      num_threads));                                                              \
+      },                                                                                                          \
+      nogil)
+  FASTQ_SPARSE_DEF(sparse_csr_linear);
+  FASTQ_SPARSE_DEF(sparse_24_linear);
+  FASTQ_SPARSE_DEF(sparse_bsr_linear);
+  FASTQ_SPARSE_DEF(sparse_int8_linear);
+#undef FASTQ_SPARSE_DEF
+#ifdef FASTQ_WITH_CUDA
+  m.def(
+      "sparse_csr_linear_cuda",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t values, uintptr_t cols, uintptr_t row_ptr,
+         uintptr_t bias, uintptr_t y, uintptr_t stream) {
+        fastq::sparse_csr_linear_cuda(sparse_args(x, false, 0, mm, n, k, values, 0, cols, row_ptr, 0, 1, 1, bias, y, 1),
+                                      ptr<void>(stream));
+      },
+      nogil);
+  m.def(
+      "sparse_24_linear_cuda",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t values, uintptr_t meta, uintptr_t bias, uintptr_t y,
+         uintptr_t stream) {
+        fastq::sparse_24_linear_cuda(sparse_args(x, false, 0, mm, n, k, values, 0, 0, 0, meta, 1, 1, bias, y, 1),
+                                     ptr<void>(stream));
       },
       nogil);
 #endif

@@ -35,3 +35,9 @@ from fastq import pruning  # noqa: E402
 from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
 
 __all__ += ["PruneConfig", "prune_", "prune_channels_", "pruning"]
+
+# ---- sparse (sparsify_, SparseLinear) ----
+from fastq.nn.sparse import SparseLinear  # noqa: E402
+from fastq.sparsify import sparsify_  # noqa: E402
+
+__all__ += ["SparseLinear", "sparsify_"]

@@ -13,3 +13,16 @@ const QuantKernels& quant_kernels() {
 }
 
 }  // namespace fastq::cpu
+
+// ---- sparse masked matmul ----
+namespace fastq::cpu {
+
+const SparseKernels& sparse_kernels() {
+  switch (cpu_isa_active()) {
+    case kAvx512: return sparse_kernels_avx512;
+    case kAvx2: return sparse_kernels_avx2;
+    default: return sparse_kernels_scalar;
+  }
+}
+
+}  // namespace fastq::cpu

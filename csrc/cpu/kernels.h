@@ -32,3 +32,25 @@ extern const QuantKernels quant_kernels_avx512;
 const QuantKernels& quant_kernels();
 
 }  // namespace fastq::cpu
+
+// ---- sparse masked matmul micro-kernels (sparse_impl.h, one instantiation per ISA) ------------
+namespace fastq::cpu {
+
+// Each computes y for weight rows [r0, r1) (block rows for bsr) of args, all m activation rows.
+// "_t" variants read x transposed ([k, ld_xt], ld_xt a multiple of 16).
+using SparseRowsFn = void (*)(const SparseLinearArgs& args, int64_t r0, int64_t r1);
+
+struct SparseKernels {
+  SparseRowsFn csr, csr_t;
+  SparseRowsFn int8, int8_t_;
+  SparseRowsFn s24, s24_t;
+  SparseRowsFn bsr, bsr_t;
+};
+
+extern const SparseKernels sparse_kernels_scalar;
+extern const SparseKernels sparse_kernels_avx2;
+extern const SparseKernels sparse_kernels_avx512;
+
+const SparseKernels& sparse_kernels();
+
+}  // namespace fastq::cpu

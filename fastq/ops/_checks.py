@@ -219,3 +219,156 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
 
 def check_linear_out(op: str, x: Tensor, n: int, out: Tensor, dtype: torch.dtype) -> None:
     _check_out(f"{op}: out", out, tuple(x.shape[:-1]) + (n,), dtype, x)
+
+
+# ---- sparse masked matmul family ------------------------------------------------------------------
+# Packing validates the dense weight and mask (shape, dtype, N:M pattern, finiteness of kept
+# weights, an empty layer). The linears validate dtypes and shapes of the packed tensors; column
+# indices are bounds-checked against x's K once per (tensor, version) in ``sparse_max_index``.
+
+SPARSE_BLOCK_SIZES = (1, 2, 4, 8)
+SPARSE_X_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def check_sparse_pack(op: str, w: Tensor, mask: Tensor, max_cols: Optional[int] = 65536,
+                      check_values: bool = True) -> None:
+    _check_float(f"{op}: w", w)
+    if w.dim() != 2 or w.shape[0] == 0 or w.shape[1] == 0:
+        raise ValueError(f"{op}: w must be a non-empty 2-D [N, K] weight, got shape {tuple(w.shape)}")
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"{op}: mask must be a bool tensor (True = kept), got {got}")
+    if mask.shape != w.shape:
+        raise ValueError(f"{op}: mask has shape {tuple(mask.shape)} but w has {tuple(w.shape)}; they must match")
+    _check_same_device(f"{op}: mask", mask, w, "w")
+    if max_cols is not None and w.shape[1] > max_cols:
+        raise ValueError(f"{op}: K={w.shape[1]} exceeds the {max_cols} columns 16-bit indices can address")
+    if check_values:
+        if not bool(mask.any()):
+            raise ValueError(f"{op}: the mask keeps no weight of the whole [{w.shape[0]}, {w.shape[1]}] layer; "
+                             "a layer pruned to nothing should be removed, not packed")
+        if not bool(torch.isfinite(w[mask]).all()):
+            raise ValueError(f"{op}: kept weights hold NaN or Inf; sparse packing needs finite weights")
+
+
+def check_sparse_24_pack(w: Tensor, mask: Tensor, check_values: bool = True) -> None:
+    check_sparse_pack("sparse_24_pack", w, mask, None, check_values)
+    if w.shape[1] % 4:
+        raise ValueError(f"sparse_24_pack: K={w.shape[1]} is not divisible by 4, so it has no 2:4 groups")
+    if check_values and bool((mask.reshape(w.shape[0], -1, 4).sum(dim=2) > 2).any()):
+        raise ValueError("sparse_24_pack: the mask keeps more than 2 of some group of 4 inputs; not a 2:4 pattern")
+
+
+def check_sparse_bsr_pack(w: Tensor, mask: Tensor, block_rows: int, block_cols: int, check_values: bool = True) -> None:
+    for name, b in (("block_rows", block_rows), ("block_cols", block_cols)):
+        if b not in SPARSE_BLOCK_SIZES:
+            raise ValueError(f"sparse_bsr_pack: {name}={b} is not one of the supported {SPARSE_BLOCK_SIZES}")
+    check_sparse_pack("sparse_bsr_pack", w, mask, None, check_values)
+    if -(-w.shape[1] // block_cols) > 65536:
+        raise ValueError(f"sparse_bsr_pack: K={w.shape[1]} has more than 65536 column blocks of {block_cols}")
+
+
+def _check_sparse_x(op: str, x: Tensor) -> int:
+    if not isinstance(x, Tensor) or x.dtype not in SPARSE_X_DTYPES:
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"{op}: x must be float32 or bfloat16, got {got}")
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last dimension (K), got shape {tuple(x.shape)}")
+    return x.shape[-1]
+
+
+def _check_t(op: str, name: str, t: Tensor, dtype: torch.dtype, dim: int, x: Tensor) -> None:
+    if not isinstance(t, Tensor) or t.dtype != dtype:
+        got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+        raise TypeError(f"{op}: {name} must be {dtype}, got {got}")
+    if t.dim() != dim:
+        raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
+    _check_same_device(f"{op}: {name}", t, x, "x")
+
+
+def _check_bias(op: str, bias: Optional[Tensor], n: int, x: Tensor) -> None:
+    if bias is not None:
+        if not isinstance(bias, Tensor) or bias.dtype != torch.float32 or tuple(bias.shape) != (n,):
+            raise ValueError(f"{op}: bias must be float32 of shape ({n},)")
+        _check_same_device(f"{op}: bias", bias, x, "x")
+
+
+def check_sparse_csr_linear(op: str, x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor,
+                            bias: Optional[Tensor], n: int, values_dtype: torch.dtype = torch.float32) -> int:
+    k = _check_sparse_x(op, x)
+    if n <= 0:
+        raise ValueError(f"{op}: n (output features) must be positive, got {n}")
+    if k > 65536:
+        raise ValueError(f"{op}: K={k} exceeds the 65536 columns 16-bit indices can address")
+    _check_t(op, "values", values, values_dtype, 1, x)
+    _check_t(op, "cols", cols, torch.int16, 1, x)
+    _check_t(op, "row_ptr", row_ptr, torch.int64, 1, x)
+    if cols.numel() != values.numel():
+        raise ValueError(f"{op}: cols has {cols.numel()} entries but values has {values.numel()}")
+    if row_ptr.numel() != n + 1:
+        raise ValueError(f"{op}: row_ptr must have n + 1 = {n + 1} entries, got {row_ptr.numel()}")
+    _check_bias(op, bias, n, x)
+    return k
+
+
+def check_sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> int:
+    op = "sparse_24_linear"
+    k = _check_sparse_x(op, x)
+    _check_t(op, "values", values, torch.float32, 2, x)
+    _check_t(op, "meta", meta, torch.uint8, 2, x)
+    n = values.shape[0]
+    if k % 4 or values.shape[1] != k // 2 or n == 0:
+        raise ValueError(f"{op}: values must be [N, K/2] for x's K={k} (divisible by 4), got {tuple(values.shape)}")
+    if tuple(meta.shape) != (n, (k // 2 + 3) // 4):
+        raise ValueError(f"{op}: meta must be [{n}, {(k // 2 + 3) // 4}], got {tuple(meta.shape)}")
+    _check_bias(op, bias, n, x)
+    return k
+
+
+def check_sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                            n: int) -> int:
+    op = "sparse_bsr_linear"
+    k = _check_sparse_x(op, x)
+    if n <= 0:
+        raise ValueError(f"{op}: n (output features) must be positive, got {n}")
+    _check_t(op, "values", values, torch.float32, 3, x)
+    _check_t(op, "block_col", block_col, torch.int16, 1, x)
+    _check_t(op, "row_ptr", row_ptr, torch.int64, 1, x)
+    br, bc = values.shape[1], values.shape[2]
+    if br not in SPARSE_BLOCK_SIZES or bc not in SPARSE_BLOCK_SIZES:
+        raise ValueError(f"{op}: block shape {br}x{bc} is not supported (sizes {SPARSE_BLOCK_SIZES})")
+    if block_col.numel() != values.shape[0]:
+        raise ValueError(f"{op}: block_col has {block_col.numel()} entries but values has {values.shape[0]} blocks")
+    if row_ptr.numel() != -(-n // br) + 1:
+        raise ValueError(f"{op}: row_ptr must have ceil(n / {br}) + 1 = {-(-n // br) + 1} entries, got {row_ptr.numel()}")
+    _check_bias(op, bias, n, x)
+    return k
+
+
+def check_sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
+                             bias: Optional[Tensor]) -> int:
+    op = "sparse_int8_linear"
+    _check_t(op, "scale", scale, torch.float32, 1, q)
+    return check_sparse_csr_linear(op, x, q, cols, row_ptr, bias, scale.numel(), torch.int8)
+
+
+def check_sparse_row_ptr(op: str, row_ptr: Tensor, entries: int) -> None:
+    """Value checks (they read memory, so native kernels only): row_ptr starts at 0, ends at the
+    entry count and never decreases."""
+    if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != entries or bool((row_ptr.diff() < 0).any()):
+        raise ValueError(f"{op}: row_ptr is not a valid pointer array over {entries} entries "
+                         "(pass what the matching *_pack op returned)")
+
+
+def sparse_max_index(idx: Tensor) -> int:
+    """Largest unsigned 16-bit index in ``idx`` (-1 when empty), cached on the tensor per version
+    so a layer's indices are scanned once, not on every call."""
+    cached = getattr(idx, "_fastq_max_index", None)
+    if cached is not None and cached[0] == idx._version:
+        return cached[1]
+    m = int((idx.to(torch.int64) & 0xFFFF).max()) if idx.numel() else -1
+    try:
+        idx._fastq_max_index = (idx._version, m)
+    except (AttributeError, RuntimeError):
+        pass
+    return m

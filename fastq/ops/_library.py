@@ -170,3 +170,145 @@ def int8_weight_only_linear_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bi
                                 out: Tensor) -> None:
     _int8_weight_only_linear_out_fake(x, w_packed, w_scale, bias, n, out)
     out.copy_(reference.int8_weight_only_linear(x, w_packed, w_scale, bias, n))
+
+
+# ---- sparse masked matmul family ----------------------------------------------------------------
+# Packing ops are reference-only (run once per layer); their entry counts depend on the mask, so
+# the fakes return data-dependent sizes. The linears have native CPU/CUDA kernels.
+
+def _nnz_size():
+    return torch.library.get_ctx().new_dynamic_size()
+
+
+def _sparse_csr_pack_fake(w, mask):
+    _checks.check_sparse_pack("sparse_csr_pack", w, mask, check_values=False)
+    nnz = _nnz_size()
+    return (w.new_empty((nnz,), dtype=torch.float32), w.new_empty((nnz,), dtype=torch.int16),
+            w.new_empty((w.shape[0] + 1,), dtype=torch.int64))
+
+
+@_define("sparse_csr_pack", "sparse_pack", (), _sparse_csr_pack_fake)
+def sparse_csr_pack(w: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    _checks.check_sparse_pack("sparse_csr_pack", w, mask)
+    return reference.sparse_csr_pack(w, mask)
+
+
+def _sparse_csr_unpack_fake(values, cols, row_ptr, n, k):
+    return values.new_empty((n, k), dtype=torch.float32)
+
+
+@_define("sparse_csr_unpack", "sparse_pack", (), _sparse_csr_unpack_fake)
+def sparse_csr_unpack(values: Tensor, cols: Tensor, row_ptr: Tensor, n: int, k: int) -> Tensor:
+    return reference.sparse_csr_unpack(values, cols, row_ptr, n, k)
+
+
+def _sparse_csr_linear_fake(x, values, cols, row_ptr, bias, n):
+    _checks.check_sparse_csr_linear("sparse_csr_linear", x, values, cols, row_ptr, bias, n)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,))
+
+
+@_define("sparse_csr_linear", "sparse_csr_linear", (), _sparse_csr_linear_fake)
+def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    _checks.check_sparse_csr_linear("sparse_csr_linear", x, values, cols, row_ptr, bias, n)
+    return reference.sparse_csr_linear(x, values, cols, row_ptr, bias, n)
+
+
+def _sparse_24_pack_fake(w, mask):
+    _checks.check_sparse_24_pack(w, mask, check_values=False)
+    n, k = w.shape
+    return (w.new_empty((n, k // 2), dtype=torch.float32), w.new_empty((n, (k // 2 + 3) // 4), dtype=torch.uint8))
+
+
+@_define("sparse_24_pack", "sparse_pack", (), _sparse_24_pack_fake)
+def sparse_24_pack(w: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+    _checks.check_sparse_24_pack(w, mask)
+    return reference.sparse_24_pack(w, mask)
+
+
+def _sparse_24_unpack_fake(values, meta, k):
+    return values.new_empty((values.shape[0], k), dtype=torch.float32)
+
+
+@_define("sparse_24_unpack", "sparse_pack", (), _sparse_24_unpack_fake)
+def sparse_24_unpack(values: Tensor, meta: Tensor, k: int) -> Tensor:
+    return reference.sparse_24_unpack(values, meta, k)
+
+
+def _sparse_24_linear_fake(x, values, meta, bias):
+    _checks.check_sparse_24_linear(x, values, meta, bias)
+    return x.new_empty(tuple(x.shape[:-1]) + (values.shape[0],))
+
+
+@_define("sparse_24_linear", "sparse_24_linear", (), _sparse_24_linear_fake)
+def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
+    _checks.check_sparse_24_linear(x, values, meta, bias)
+    return reference.sparse_24_linear(x, values, meta, bias)
+
+
+def _sparse_bsr_pack_fake(w, mask, block_rows, block_cols):
+    _checks.check_sparse_bsr_pack(w, mask, block_rows, block_cols, check_values=False)
+    nb = _nnz_size()
+    return (w.new_empty((nb, block_rows, block_cols), dtype=torch.float32), w.new_empty((nb,), dtype=torch.int16),
+            w.new_empty((-(-w.shape[0] // block_rows) + 1,), dtype=torch.int64))
+
+
+@_define("sparse_bsr_pack", "sparse_pack", (), _sparse_bsr_pack_fake)
+def sparse_bsr_pack(w: Tensor, mask: Tensor, block_rows: int, block_cols: int) -> Tuple[Tensor, Tensor, Tensor]:
+    _checks.check_sparse_bsr_pack(w, mask, block_rows, block_cols)
+    return reference.sparse_bsr_pack(w, mask, block_rows, block_cols)
+
+
+def _sparse_bsr_unpack_fake(values, block_col, row_ptr, n, k):
+    return values.new_empty((n, k), dtype=torch.float32)
+
+
+@_define("sparse_bsr_unpack", "sparse_pack", (), _sparse_bsr_unpack_fake)
+def sparse_bsr_unpack(values: Tensor, block_col: Tensor, row_ptr: Tensor, n: int, k: int) -> Tensor:
+    return reference.sparse_bsr_unpack(values, block_col, row_ptr, n, k)
+
+
+def _sparse_bsr_linear_fake(x, values, block_col, row_ptr, bias, n):
+    _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,))
+
+
+@_define("sparse_bsr_linear", "sparse_bsr_linear", (), _sparse_bsr_linear_fake)
+def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+
+
+def _sparse_int8_pack_fake(w, mask):
+    _checks.check_sparse_pack("sparse_int8_pack", w, mask, check_values=False)
+    nnz = _nnz_size()
+    return (w.new_empty((nnz,), dtype=torch.int8), w.new_empty((w.shape[0],), dtype=torch.float32),
+            w.new_empty((nnz,), dtype=torch.int16), w.new_empty((w.shape[0] + 1,), dtype=torch.int64))
+
+
+@_define("sparse_int8_pack", "sparse_pack", (), _sparse_int8_pack_fake)
+def sparse_int8_pack(w: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    _checks.check_sparse_pack("sparse_int8_pack", w, mask)
+    return reference.sparse_int8_pack(w, mask)
+
+
+def _sparse_int8_unpack_fake(q, scale, cols, row_ptr, k):
+    return q.new_empty((scale.shape[0], k), dtype=torch.float32)
+
+
+@_define("sparse_int8_unpack", "sparse_pack", (), _sparse_int8_unpack_fake)
+def sparse_int8_unpack(q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor, k: int) -> Tensor:
+    return reference.sparse_int8_unpack(q, scale, cols, row_ptr, k)
+
+
+def _sparse_int8_linear_fake(x, q, scale, cols, row_ptr, bias):
+    _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    return x.new_empty(tuple(x.shape[:-1]) + (scale.shape[0],))
+
+
+@_define("sparse_int8_linear", "sparse_int8_linear", (), _sparse_int8_linear_fake)
+def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
+                       bias: Optional[Tensor]) -> Tensor:
+    _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)

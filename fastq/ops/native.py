@@ -101,3 +101,86 @@ def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tenso
         return
     _native.record("dequantize_int8_out", codes.device.type)
     _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), out, lay)
+
+
+# ---- sparse masked matmul family ----------------------------------------------------------------
+# bfloat16 x is widened to float32 (exact) before the kernel and y rounded once to x's dtype, the
+# reference's sequence. On CPU, batches of SPARSE_TRANSPOSE_MIN_M rows or more are passed
+# transposed and zero-padded to a multiple of 16 rows ([K, M_pad]); see csrc/api.h.
+SPARSE_TRANSPOSE_MIN_M = 8
+
+
+def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: Optional[Tensor],
+                cols: Optional[Tensor], row_ptr: Optional[Tensor], meta: Optional[Tensor], block: tuple,
+                bias: Optional[Tensor]) -> Tensor:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k).float()
+    m = x2.shape[0]
+    _native.record(op, x.device.type)
+    y = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    values, scale, cols, row_ptr, meta, bias = (_contig(t) for t in (values, scale, cols, row_ptr, meta, bias))
+    if x.device.type == "cpu":
+        if m >= SPARSE_TRANSPOSE_MIN_M:
+            ld = -(-m // 16) * 16
+            xk = torch.zeros(k_pad, ld, dtype=torch.float32)
+            xk[:k, :m] = x2.t()
+            transposed = True
+        else:
+            ld = 0
+            xk = x2.contiguous() if k_pad == k else torch.nn.functional.pad(x2, (0, k_pad - k)).contiguous()
+            transposed = False
+        getattr(_native._C, f"{op}_cpu")(
+            xk.data_ptr(), transposed, ld, m, n, k_pad, values.data_ptr(), _ptr(scale), _ptr(cols), _ptr(row_ptr),
+            _ptr(meta), block[0], block[1], _ptr(bias), y.data_ptr(), _native.num_threads())
+    else:
+        xk = x2.contiguous()
+        with torch.cuda.device(x.device):
+            if op == "sparse_csr_linear":
+                _native._C.sparse_csr_linear_cuda(xk.data_ptr(), m, n, k, values.data_ptr(), cols.data_ptr(),
+                                                  row_ptr.data_ptr(), _ptr(bias), y.data_ptr(), _native.cuda_stream(x))
+            else:
+                _native._C.sparse_24_linear_cuda(xk.data_ptr(), m, n, k, values.data_ptr(), meta.data_ptr(),
+                                                 _ptr(bias), y.data_ptr(), _native.cuda_stream(x))
+    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))
+
+
+def _check_csr_values(op: str, cols: Tensor, row_ptr: Tensor, limit: int, what: str) -> None:
+    _checks.check_sparse_row_ptr(op, row_ptr, cols.numel())
+    if _checks.sparse_max_index(cols) >= limit:
+        raise ValueError(f"{op}: a stored column index is >= {what}={limit}: x's K does not match the packed weight")
+
+
+def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    k = _checks.check_sparse_csr_linear("sparse_csr_linear", x, values, cols, row_ptr, bias, n)
+    _check_csr_values("sparse_csr_linear", cols, row_ptr, k, "K")
+    if x.numel() == 0:
+        return reference.sparse_csr_linear(x, values, cols, row_ptr, bias, n)
+    return _sparse_run("sparse_csr_linear", x, n, k, values, None, cols, row_ptr, None, (1, 1), bias)
+
+
+def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
+                       bias: Optional[Tensor]) -> Tensor:
+    k = _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    _check_csr_values("sparse_int8_linear", cols, row_ptr, k, "K")
+    if x.numel() == 0:
+        return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    return _sparse_run("sparse_int8_linear", x, scale.numel(), k, q, scale, cols, row_ptr, None, (1, 1), bias)
+
+
+def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
+    k = _checks.check_sparse_24_linear(x, values, meta, bias)
+    if x.numel() == 0:
+        return reference.sparse_24_linear(x, values, meta, bias)
+    return _sparse_run("sparse_24_linear", x, values.shape[0], k, values, None, None, None, meta, (1, 1), bias)
+
+
+def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    k = _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    br, bc = values.shape[1], values.shape[2]
+    k_pad = -(-k // bc) * bc
+    _check_csr_values("sparse_bsr_linear", block_col, row_ptr, k_pad // bc, "K / block_cols")
+    if x.numel() == 0:
+        return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    return _sparse_run("sparse_bsr_linear", x, n, k_pad, values, None, block_col, row_ptr, None, (br, bc), bias)

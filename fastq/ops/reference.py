@@ -186,3 +186,233 @@ def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: 
     if bias is not None:
         y = y + bias
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+# ---- sparse masked matmul family (sparse_csr / sparse_24 / sparse_bsr / sparse_int8) -------------
+# Compressed formats of a pruned weight W * M ([N, K], M a bool mask). Packing is exact: unpacking
+# gives W * M back bit for bit (a kept -0.0 may come back as +0.0, equal under ==). Column indices
+# are narrow: int16 tensors holding *unsigned* 16-bit values (torch has no usable uint16), so K (or
+# K / block width) is at most 65536. Every linear computes
+#     y[m, n] = sum over the stored (kept) entries j of row n: x[m, col_j] * v_j   (float32)
+#     y[m, n] = y[m, n] (* scale[n], sparse_int8 only) + bias[n]                    (float32)
+# then rounds once to x's dtype. The sum order is unspecified (native kernels use SIMD partial
+# sums), so results agree with this reference within float32 rounding of a K-term dot product,
+# not bit for bit. Pruned weights are never read: a NaN/Inf in x reaches y[m, n] only through a
+# kept weight of row n (unlike a dense matmul on the masked weight, where 0 * NaN = NaN).
+
+SPARSE_ROW_PAD = 16  # CSR rows are padded with zero entries to a multiple of this many entries
+SPARSE_MAX_COLS = 65536
+
+
+def _u16(idx: Tensor) -> Tensor:
+    """int16 storage of unsigned 16-bit indices -> int64 values."""
+    return idx.to(torch.int64) & 0xFFFF
+
+
+def _csr_entries(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Row-major (row, col) of the kept entries, each row padded to a multiple of SPARSE_ROW_PAD.
+
+    Returns rows, cols (int64) and ``is_pad`` (bool) of the padded entry list, plus row_ptr.
+    Padding entries repeat the row's last kept column (column 0 for an empty row) with value 0,
+    so kernels read only columns the row already reads and never need a tail loop.
+    """
+    n, k = mask.shape
+    counts = mask.sum(dim=1)
+    padded = (counts + SPARSE_ROW_PAD - 1) // SPARSE_ROW_PAD * SPARSE_ROW_PAD
+    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=mask.device)
+    row_ptr[1:] = torch.cumsum(padded, 0)
+    total = int(row_ptr[-1])
+    kept_rows, kept_cols = mask.nonzero(as_tuple=True)
+    rows = torch.repeat_interleave(torch.arange(n, device=mask.device), padded)
+    pos = torch.arange(total, device=mask.device) - row_ptr[:-1][rows]  # position within the row
+    is_pad = pos >= counts[rows]
+    cols = torch.zeros(total, dtype=torch.int64, device=mask.device)
+    cols[~is_pad] = kept_cols
+    # last kept column of each row (0 when the row keeps nothing)
+    last = torch.zeros(n, dtype=torch.int64, device=mask.device)
+    if kept_cols.numel():
+        last.scatter_reduce_(0, kept_rows, kept_cols, reduce="amax")
+    cols[is_pad] = last[rows[is_pad]]
+    return rows, cols, is_pad, row_ptr
+
+
+def sparse_csr_pack(w: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Pack ``w * mask`` ([N, K]) into padded CSR with 16-bit column indices.
+
+    Returns:
+        values: float32 [nnz_pad] (kept weights converted exactly; padding entries are 0),
+        cols: int16 [nnz_pad] (unsigned column index, see ``_u16``),
+        row_ptr: int64 [N + 1]; row n owns entries [row_ptr[n], row_ptr[n + 1]), a multiple of 16.
+    """
+    rows, cols, is_pad, row_ptr = _csr_entries(mask)
+    values = w.float()[rows, cols]
+    values[is_pad] = 0.0
+    return values, cols.to(torch.int16), row_ptr
+
+
+def sparse_csr_unpack(values: Tensor, cols: Tensor, row_ptr: Tensor, n: int, k: int) -> Tensor:
+    """The dense float32 [N, K] weight ``W * M`` back from ``sparse_csr_pack``'s output."""
+    rows = torch.repeat_interleave(torch.arange(n, device=values.device), row_ptr.diff())
+    dense = torch.zeros(n, k, dtype=torch.float32, device=values.device)
+    dense.index_put_((rows, _u16(cols)), values, accumulate=True)  # padding adds +0.0: exact
+    return dense
+
+
+def _gather_linear(x: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, n: int) -> Tensor:
+    """float32 [M, N]: y[m, rows_j] += x[m, cols_j] * vals_j over the entries j (kept weights only)."""
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    y = torch.zeros(x2.shape[0], n, dtype=torch.float32, device=x.device)
+    step = max(1, (1 << 24) // max(1, vals.numel()))  # bound the [rows, nnz] temporary
+    for i in range(0, x2.shape[0], step):
+        y[i:i + step].index_add_(1, rows, x2[i:i + step, cols] * vals)
+    return y
+
+
+def _finish(y: Tensor, x: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))
+
+
+def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    """``x @ (W * M)^T + bias`` from padded CSR. x: float32/bfloat16 [*, K]; bias float32 [N] or None.
+
+    Float-op sequence: float32 products ``x[m, c] * v`` summed in any order, ``+ bias`` once,
+    one rounding to x.dtype. Returns [*, N] of x.dtype.
+    """
+    rows = torch.repeat_interleave(torch.arange(n, device=x.device), row_ptr.diff())
+    return _finish(_gather_linear(x, rows, _u16(cols), values, n), x, bias, n)
+
+
+def sparse_24_pack(w: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Pack a 2:4 weight: every group of 4 consecutive inputs keeps at most 2 (K % 4 == 0).
+
+    Each group stores exactly 2 slots, in increasing column order; a group keeping fewer than 2
+    fills the slots with unkept columns holding 0.0.
+
+    Returns:
+        values: float32 [N, K / 2], slot s of group g at [n, 2 g + s],
+        meta: uint8 [N, ceil(K / 8)]; the 2-bit column-within-group of value j of a row is
+        ``(meta[n, j // 4] >> (2 * (j % 4))) & 3`` (column = 4 * (j // 2) + that).
+    """
+    n, k = w.shape
+    g = mask.reshape(n, k // 4, 4)
+    # rank kept columns first (stable, so ties keep column order), take 2, then sort by column
+    order = torch.argsort((~g).to(torch.int8), dim=2, stable=True)[..., :2]
+    sel = torch.sort(order, dim=2).values  # [N, K/4, 2] column within group
+    vals = torch.gather((w.float() * mask).reshape(n, k // 4, 4), 2, sel).reshape(n, k // 2)
+    codes = sel.reshape(n, k // 2).to(torch.int64)
+    nbytes = (k // 2 + 3) // 4
+    codes = torch.nn.functional.pad(codes, (0, nbytes * 4 - k // 2)).reshape(n, nbytes, 4)
+    meta = (codes << torch.tensor([0, 2, 4, 6], device=w.device)).sum(dim=2).to(torch.uint8)
+    return vals, meta
+
+
+def _24_cols(meta: Tensor, k: int) -> Tensor:
+    """int64 [N, K/2] input column of every stored 2:4 value."""
+    n = meta.shape[0]
+    shifts = torch.tensor([0, 2, 4, 6], device=meta.device)
+    codes = ((meta.to(torch.int64).unsqueeze(-1) >> shifts) & 3).reshape(n, -1)[:, : k // 2]
+    return codes + torch.arange(k // 2, device=meta.device) // 2 * 4
+
+
+def sparse_24_unpack(values: Tensor, meta: Tensor, k: int) -> Tensor:
+    """The dense float32 [N, K] weight back from ``sparse_24_pack``'s output."""
+    n = values.shape[0]
+    dense = torch.zeros(n, k, dtype=torch.float32, device=values.device)
+    dense.scatter_(1, _24_cols(meta, k), values)
+    return dense
+
+
+def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``x @ (W * M)^T + bias`` for a 2:4 weight; same float-op sequence as ``sparse_csr_linear``."""
+    n, k = values.shape[0], x.shape[-1]
+    rows = torch.arange(n, device=x.device).repeat_interleave(k // 2)
+    return _finish(_gather_linear(x, rows, _24_cols(meta, k).reshape(-1), values.reshape(-1), n), x, bias, n)
+
+
+def sparse_bsr_pack(w: Tensor, mask: Tensor, block_rows: int, block_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Block-CSR of ``w * mask`` with [block_rows, block_cols] blocks (any block holding a kept
+    weight is stored whole, pruned entries as 0). N and K need not divide: edge blocks are padded.
+
+    Returns:
+        values: float32 [nblocks, block_rows, block_cols],
+        block_col: int16 [nblocks] (unsigned index of the block's column, in units of block_cols),
+        row_ptr: int64 [ceil(N / block_rows) + 1] over blocks.
+    """
+    n, k = w.shape
+    br, bc = block_rows, block_cols
+    nb_r, nb_c = -(-n // br), -(-k // bc)
+    wm = torch.zeros(nb_r * br, nb_c * bc, dtype=torch.float32, device=w.device)
+    mm = torch.zeros(nb_r * br, nb_c * bc, dtype=torch.bool, device=w.device)
+    wm[:n, :k] = w.float() * mask
+    mm[:n, :k] = mask
+    blocks = wm.reshape(nb_r, br, nb_c, bc).permute(0, 2, 1, 3)  # [R, C, br, bc]
+    keep = mm.reshape(nb_r, br, nb_c, bc).any(dim=3).any(dim=1)  # [R, C]
+    r_idx, c_idx = keep.nonzero(as_tuple=True)
+    row_ptr = torch.zeros(nb_r + 1, dtype=torch.int64, device=w.device)
+    row_ptr[1:] = torch.cumsum(keep.sum(dim=1), 0)
+    return blocks[r_idx, c_idx].contiguous(), c_idx.to(torch.int16), row_ptr
+
+
+def sparse_bsr_unpack(values: Tensor, block_col: Tensor, row_ptr: Tensor, n: int, k: int) -> Tensor:
+    """The dense float32 [N, K] weight back from ``sparse_bsr_pack``'s output."""
+    nb, br, bc = values.shape
+    nb_r = row_ptr.numel() - 1
+    nb_c = -(-k // bc)
+    r_idx = torch.repeat_interleave(torch.arange(nb_r, device=values.device), row_ptr.diff())
+    dense = torch.zeros(nb_r, nb_c, br, bc, dtype=torch.float32, device=values.device)
+    dense[r_idx, _u16(block_col)] = values
+    return dense.permute(0, 2, 1, 3).reshape(nb_r * br, nb_c * bc)[:n, :k].contiguous()
+
+
+def _bsr_entries(values: Tensor, block_col: Tensor, row_ptr: Tensor, n: int, k: int):
+    nb, br, bc = values.shape
+    r_idx = torch.repeat_interleave(torch.arange(row_ptr.numel() - 1, device=values.device), row_ptr.diff())
+    rr = (r_idx.view(-1, 1, 1) * br + torch.arange(br, device=values.device).view(1, -1, 1)).expand(nb, br, bc)
+    cc = (_u16(block_col).view(-1, 1, 1) * bc + torch.arange(bc, device=values.device).view(1, 1, -1)).expand(nb, br, bc)
+    inside = (rr < n) & (cc < k)
+    return rr[inside], cc[inside], values[inside]
+
+
+def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    """``x @ (W * M)^T + bias`` from block-CSR; same float-op sequence as ``sparse_csr_linear``
+    (the stored zeros inside kept blocks are multiplied like kept weights)."""
+    rows, cols, vals = _bsr_entries(values, block_col, row_ptr, n, x.shape[-1])
+    return _finish(_gather_linear(x, rows, cols, vals, n), x, bias, n)
+
+
+def sparse_int8_pack(w: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Deep-Compression style: the kept weights of padded CSR quantized to int8 per output row.
+
+    Float-op sequence (float32): ``amax = max |kept w| of the row``; ``scale = amax / 127``
+    (1.0 for a row keeping nothing or only zeros); ``q = clamp(round_half_even(w / scale), -127, 127)``.
+
+    Returns:
+        q: int8 [nnz_pad], scale: float32 [N], cols: int16 [nnz_pad], row_ptr: int64 [N + 1]
+        (same entry layout as ``sparse_csr_pack``).
+    """
+    values, cols, row_ptr = sparse_csr_pack(w, mask)
+    amax = (w.float().abs() * mask).amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    rows = torch.repeat_interleave(torch.arange(w.shape[0], device=w.device), row_ptr.diff())
+    q = torch.clamp(torch.round(values / scale[rows]), -127, 127).to(torch.int8)
+    return q, scale, cols, row_ptr
+
+
+def sparse_int8_unpack(q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor, k: int) -> Tensor:
+    """The dense float32 [N, K] dequantized weight ``q * scale[n]`` at the kept positions."""
+    dense = sparse_csr_unpack(q.float(), cols, row_ptr, scale.numel(), k)
+    return dense * scale.unsqueeze(1)
+
+
+def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
+                       bias: Optional[Tensor]) -> Tensor:
+    """``x @ (Q * scale)^T + bias``: float32 products ``x[m, c] * float(q)`` summed in any order,
+    then ``* scale[n]``, then ``+ bias[n]``, one rounding to x.dtype."""
+    n = scale.numel()
+    rows = torch.repeat_interleave(torch.arange(n, device=x.device), row_ptr.diff())
+    y = _gather_linear(x, rows, _u16(cols), q.float(), n) * scale
+    return _finish(y, x, bias, n)

@@ -1,0 +1,40 @@
+// AVX-512 sparse masked matmul micro-kernels: sparse_impl.h over 16-lane __m512. Row-major x uses
+// vgatherdps (one 16-entry gather per step); transposed x runs 64 activation rows per pass
+// (2 sets of 4 zmm accumulators).
+#include <immintrin.h>
+
+#include "cpu/kernels.h"
+#include "cpu/sparse_impl.h"
+
+namespace fastq::cpu {
+namespace {
+
+struct Avx512V {
+  static constexpr int W = 16;
+  static constexpr int kMaxLanes = 64;
+  static constexpr int kBsrLanes = 32;
+  using vec = __m512;
+  using ivec = __m512i;
+  static vec zero() { return _mm512_setzero_ps(); }
+  static vec load(const float* p) { return _mm512_loadu_ps(p); }
+  static vec bcast(float v) { return _mm512_set1_ps(v); }
+  static vec fma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+  static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
+  static float sum(vec a) { return _mm512_reduce_add_ps(a); }
+  static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  static ivec idx_u16(const uint16_t* p) {
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static ivec idx_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static vec gather(const float* base, ivec i) { return _mm512_i32gather_ps(i, base, 4); }
+  static vec load_i8(const int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static float fmas(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+};
+
+}  // namespace
+
+const SparseKernels sparse_kernels_avx512 = SparseImpl<Avx512V>::table();
+
+}  // namespace fastq::cpu

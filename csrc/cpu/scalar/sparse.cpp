@@ -1,0 +1,33 @@
+// Scalar sparse masked matmul micro-kernels: sparse_impl.h over one-lane "vectors". The
+// portable fallback and the model the SIMD traits follow.
+#include "cpu/kernels.h"
+#include "cpu/sparse_impl.h"
+
+namespace fastq::cpu {
+namespace {
+
+struct ScalarV {
+  static constexpr int W = 1;
+  static constexpr int kMaxLanes = 16;
+  static constexpr int kBsrLanes = 16;
+  using vec = float;
+  using ivec = int32_t;
+  static vec zero() { return 0.0f; }
+  static vec load(const float* p) { return *p; }
+  static vec bcast(float v) { return v; }
+  static vec fma(vec a, vec b, vec c) { return a * b + c; }
+  static vec add(vec a, vec b) { return a + b; }
+  static float sum(vec a) { return a; }
+  static void store(float* p, vec v) { *p = v; }
+  static ivec idx_u16(const uint16_t* p) { return *p; }
+  static ivec idx_i32(const int32_t* p) { return *p; }
+  static vec gather(const float* base, ivec i) { return base[i]; }
+  static vec load_i8(const int8_t* p) { return static_cast<float>(*p); }
+  static float fmas(float a, float b, float c) { return a * b + c; }
+};
+
+}  // namespace
+
+const SparseKernels sparse_kernels_scalar = SparseImpl<ScalarV>::table();
+
+}  // namespace fastq::cpu

@@ -1,0 +1,210 @@
+"""SparseLinear: a pruned nn.Linear stored only as its kept weights, run by the sparse kernels.
+
+Invariants:
+  * input is a pruned ``nn.Linear`` following the mask contract: a bool buffer ``weight_mask``
+    (the weight's shape, True = kept) and optionally ``fastq_prune_pattern`` ("unstructured",
+    "2:4", "4:8", "block4x4", ...); the weight is zero where the mask is False.
+  * the module holds persistent buffers of one compressed format and nothing dense; their shapes
+    are fixed by ``init_kwargs()``, so ``SparseLinear(**init_kwargs)`` builds an empty module that
+    ``load_state_dict`` fills (the project's save/load contract).
+  * forward computes ``x @ (W * M)^T + b`` without reading pruned weights; output dtype = input
+    dtype (float16 input runs in float32 and is rounded back).
+
+Formats (``fastq.ops.reference`` documents the layouts):
+  "csr"  padded CSR, float32 values + 16-bit columns: unstructured and any other pattern;
+  "24"   2:4 values [N, K/2] + 2-bit indices: pattern "2:4" (or "1:4") with K % 4 == 0;
+  "bsr"  block-CSR: pattern "blockRxC" with R, C in {1, 2, 4, 8};
+  "int8" padded CSR with int8 values and a float32 scale per output row (``int8=True``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from fastq.ops import _library as L
+from fastq.ops._checks import SPARSE_BLOCK_SIZES
+
+FORMATS = ("csr", "24", "bsr", "int8")
+_BLOCK = re.compile(r"^block(\d+)x(\d+)$")
+_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+def _is_24(mask: Tensor) -> bool:
+    n, k = mask.shape
+    return k % 4 == 0 and not bool((mask.reshape(n, k // 4, 4).sum(dim=2) > 2).any())
+
+
+def _is_block(mask: Tensor, br: int, bc: int) -> bool:
+    n, k = mask.shape
+    if n % br or k % bc or (br == 1 and bc == 1):
+        return False
+    blocks = mask.reshape(n // br, br, k // bc, bc).any(dim=3).any(dim=1)
+    return torch.equal(blocks.repeat_interleave(br, 0).repeat_interleave(bc, 1), mask)
+
+
+def choose_format(mask: Tensor, pattern: Optional[str], int8: bool) -> tuple[str, int, int]:
+    """(format, block_rows, block_cols) for a mask and its pattern name (None: detect from the mask)."""
+    if int8:
+        return "int8", 1, 1
+    p = (pattern or "").strip().lower()
+    if p:
+        nm = _NM.match(p)
+        if nm and int(nm.group(2)) == 4 and int(nm.group(1)) <= 2 and _is_24(mask):
+            return "24", 1, 1
+        blk = _BLOCK.match(p)
+        if blk and int(blk.group(1)) in SPARSE_BLOCK_SIZES and int(blk.group(2)) in SPARSE_BLOCK_SIZES \
+                and int(blk.group(1)) * int(blk.group(2)) > 1:
+            return "bsr", int(blk.group(1)), int(blk.group(2))
+        return "csr", 1, 1
+    # no pattern: detect the structured ones the kernels serve
+    if mask.float().mean() <= 0.5 and _is_24(mask):
+        return "24", 1, 1
+    for br, bc in ((4, 4), (8, 1), (1, 4)):
+        if _is_block(mask, br, bc):
+            return "bsr", br, bc
+    return "csr", 1, 1
+
+
+_BUFFERS = {"csr": ("values", "cols", "row_ptr"), "int8": ("q", "scale", "cols", "row_ptr"),
+            "24": ("values", "meta"), "bsr": ("values", "block_col", "row_ptr")}
+
+
+class SparseLinear(nn.Module):
+    """``y = x @ (W * M)^T + b`` from a compressed pruned weight.
+
+    Shapes: input [*, in_features] float32/bfloat16 (float16 runs in float32) -> output
+    [*, out_features] in the input's dtype.
+
+    Args:
+        in_features, out_features: K and N of the weight.
+        bias: whether a float32 bias buffer [N] exists.
+        format: one of ``FORMATS``.
+        entries: stored entries (csr/int8: padded entry count; bsr: block count; unused for 24).
+        kept: number of kept weights (for sparsity reports).
+        block_rows, block_cols: bsr block shape.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
+                 entries: int = 0, kept: int = 0, block_rows: int = 1, block_cols: int = 1) -> None:
+        super().__init__()
+        if format not in FORMATS:
+            raise ValueError(f"SparseLinear: format must be one of {FORMATS}, got {format!r}")
+        if in_features <= 0 or out_features <= 0 or entries < 0:
+            raise ValueError(f"SparseLinear: bad sizes in={in_features} out={out_features} entries={entries}")
+        if format == "bsr" and (block_rows not in SPARSE_BLOCK_SIZES or block_cols not in SPARSE_BLOCK_SIZES):
+            raise ValueError(f"SparseLinear: block {block_rows}x{block_cols} unsupported (sizes {SPARSE_BLOCK_SIZES})")
+        if format == "24" and in_features % 4:
+            raise ValueError(f"SparseLinear: 2:4 needs in_features divisible by 4, got {in_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.format, self.entries, self.kept = format, entries, kept
+        self.block_rows, self.block_cols = block_rows, block_cols
+        n, k = out_features, in_features
+        f32, i16, i64 = torch.float32, torch.int16, torch.int64
+        if format == "csr":
+            self.register_buffer("values", torch.zeros(entries, dtype=f32))
+            self.register_buffer("cols", torch.zeros(entries, dtype=i16))
+            self.register_buffer("row_ptr", torch.zeros(n + 1, dtype=i64))
+        elif format == "int8":
+            self.register_buffer("q", torch.zeros(entries, dtype=torch.int8))
+            self.register_buffer("scale", torch.ones(n, dtype=f32))
+            self.register_buffer("cols", torch.zeros(entries, dtype=i16))
+            self.register_buffer("row_ptr", torch.zeros(n + 1, dtype=i64))
+        elif format == "24":
+            self.register_buffer("values", torch.zeros(n, k // 2, dtype=f32))
+            self.register_buffer("meta", torch.zeros(n, (k // 2 + 3) // 4, dtype=torch.uint8))
+        else:
+            self.register_buffer("values", torch.zeros(entries, block_rows, block_cols, dtype=f32))
+            self.register_buffer("block_col", torch.zeros(entries, dtype=i16))
+            self.register_buffer("row_ptr", torch.zeros(-(-n // block_rows) + 1, dtype=i64))
+        self.register_buffer("bias", torch.zeros(n, dtype=f32) if bias else None)
+
+    @classmethod
+    def from_float(cls, module: nn.Linear, int8: bool = False, pattern: Optional[str] = None) -> "SparseLinear":
+        """Compress a pruned ``nn.Linear`` (see the mask contract above).
+
+        Args:
+            module: an ``nn.Linear`` with a bool ``weight_mask`` buffer.
+            int8: store kept weights as int8 with a per-output-row scale (sparse-int8).
+            pattern: overrides ``module.fastq_prune_pattern`` when given.
+        """
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"SparseLinear.from_float takes an nn.Linear, got {type(module).__name__}")
+        mask = getattr(module, "weight_mask", None)
+        if mask is None:
+            raise ValueError("SparseLinear.from_float: the layer has no weight_mask buffer; prune it first "
+                             "(fastq.prune_) or attach a bool weight_mask")
+        w = module.weight.detach()
+        mask = mask.to(w.device)
+        if pattern is None:
+            pattern = getattr(module, "fastq_prune_pattern", None)
+        fmt, br, bc = choose_format(mask, pattern, int8)
+        n, k = w.shape
+        if fmt == "csr":
+            packed = L.sparse_csr_pack(w, mask)
+        elif fmt == "int8":
+            packed = L.sparse_int8_pack(w, mask)
+        elif fmt == "24":
+            packed = L.sparse_24_pack(w, mask)
+        else:
+            packed = L.sparse_bsr_pack(w, mask, br, bc)
+        entries = 0 if fmt == "24" else packed[0].shape[0]
+        out = cls(k, n, module.bias is not None, fmt, entries, int(mask.sum()), br, bc).to(w.device)
+        for name, t in zip(_BUFFERS[fmt], packed):
+            getattr(out, name).copy_(t)
+        if module.bias is not None:
+            out.bias.copy_(module.bias.detach().float())
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        if dtype not in (torch.float32, torch.bfloat16):
+            x = x.float()
+        b, n = self.bias, self.out_features
+        if self.format == "csr":
+            y = L.sparse_csr_linear(x, self.values, self.cols, self.row_ptr, b, n)
+        elif self.format == "int8":
+            y = L.sparse_int8_linear(x, self.q, self.scale, self.cols, self.row_ptr, b)
+        elif self.format == "24":
+            y = L.sparse_24_linear(x, self.values, self.meta, b)
+        else:
+            y = L.sparse_bsr_linear(x, self.values, self.block_col, self.row_ptr, b, n)
+        return y.to(dtype)
+
+    def dense_weight(self) -> Tensor:
+        """The float32 [N, K] weight this module multiplies by (dequantized for int8)."""
+        n, k = self.out_features, self.in_features
+        if self.format == "csr":
+            return L.sparse_csr_unpack(self.values, self.cols, self.row_ptr, n, k)
+        if self.format == "int8":
+            return L.sparse_int8_unpack(self.q, self.scale, self.cols, self.row_ptr, k)
+        if self.format == "24":
+            return L.sparse_24_unpack(self.values, self.meta, k)
+        return L.sparse_bsr_unpack(self.values, self.block_col, self.row_ptr, n, k)
+
+    def init_kwargs(self) -> dict:
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
+                "format": self.format, "entries": self.entries, "kept": self.kept,
+                "block_rows": self.block_rows, "block_cols": self.block_cols}
+
+    def weight_bytes(self) -> int:
+        """Bytes this layer stores: every compressed-format buffer and the bias."""
+        return sum(t.numel() * t.element_size() for t in self.buffers())
+
+    def float_weight_bytes(self) -> int:
+        """Bytes of the fp32 layer it replaces: weight [N, K] and bias [N]."""
+        n, k = self.out_features, self.in_features
+        return 4 * (n * k + (n if self.bias is not None else 0))
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.kept / (self.in_features * self.out_features)
+
+    def extra_repr(self) -> str:
+        fmt = f"bsr{self.block_rows}x{self.block_cols}" if self.format == "bsr" else self.format
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"format={fmt}, sparsity={self.sparsity:.1%}, bytes={self.weight_bytes()} "
+                f"({self.weight_bytes() / self.float_weight_bytes():.1%} of fp32)")

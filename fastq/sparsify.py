@@ -1,0 +1,45 @@
+"""``fastq.sparsify_``: swap pruned ``nn.Linear`` layers for ``fastq.nn.SparseLinear`` in place.
+
+Invariant: only ``nn.Linear`` modules carrying a ``weight_mask`` buffer (the mask contract of
+``fastq.prune_``) and accepted by ``filter_fn`` are replaced; everything else is left untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from torch import nn
+
+from fastq.nn.sparse import SparseLinear
+
+
+def sparsify_(model: nn.Module, int8: bool = False,
+              filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> nn.Module:
+    """Replace every masked ``nn.Linear`` of ``model`` by a ``SparseLinear`` (in place).
+
+    Args:
+        model: a model pruned by ``fastq.prune_`` (or any model whose linears have a bool
+            ``weight_mask`` buffer and a weight that is zero where the mask is False).
+        int8: store the kept weights as int8 with per-output-row scales (Deep Compression style).
+        filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which masked linears to swap.
+
+    Returns:
+        ``model`` itself. The format of each layer follows its ``fastq_prune_pattern``
+        (``SparseLinear`` docstring).
+    """
+    if isinstance(model, nn.Linear):
+        raise TypeError("sparsify_ swaps submodules in place; wrap a bare nn.Linear in a container "
+                        "or call SparseLinear.from_float(linear)")
+    targets = []
+    for fqn, mod in model.named_modules():
+        if type(mod) is nn.Linear and getattr(mod, "weight_mask", None) is not None:
+            if filter_fn is None or filter_fn(mod, fqn):
+                targets.append(fqn)
+    for fqn in targets:
+        parent_name, _, child = fqn.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        try:
+            setattr(parent, child, SparseLinear.from_float(getattr(parent, child), int8=int8))
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"sparsify_: layer {fqn!r}: {exc}") from exc
+    return model
