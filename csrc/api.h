@@ -90,6 +90,12 @@ int cpu_isa_active();
 void set_cpu_isa(int level);  // may only lower the detected level
 const char* cpu_isa_name(int level);
 
+// ---- CPU peak measurement (int8 GEMM family benchmarks) -----------------------------------------
+// Register-only multiply-add loops of the active ISA on num_threads threads: the int8 rate the
+// int8 tiles use (vpdpbusd / vpmaddwd) in GOP/s and the fp32 FMA rate in GFLOP/s (best of 3).
+double cpu_peak_int8_gops(int num_threads);
+double cpu_peak_fp32_gflops(int num_threads);
+
 }  // namespace fastq
 
 namespace fastq {

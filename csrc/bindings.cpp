@@ -193,4 +193,57 @@ PYBIND11_MODULE(_C, m) {
       },
       nogil);
 #endif
+  // ---- int8 GEMM family, CPU (csrc/cpu/gemm.cpp) ----
+  m.def(
+      "int8_gemm_cpu",
+      [](uintptr_t a, uintptr_t b, uintptr_t c, int64_t m_, int64_t n, int64_t k, int num_threads) {
+        fastq::int8_gemm_cpu(ptr<const int8_t>(a), ptr<const int8_t>(b), ptr<int32_t>(c), m_, n, k, num_threads);
+      },
+      nogil);
+  m.def("int8_linear_dynamic_workspace_bytes_cpu", &fastq::int8_linear_dynamic_workspace_bytes_cpu);
+  m.def(
+      "int8_linear_dynamic_cpu",
+      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
+         int64_t m_, int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace, int64_t workspace_bytes,
+         int num_threads) {
+        fastq::Int8LinearArgs a;
+        a.x = ptr<const void>(x);
+        a.x_dtype = static_cast<DType>(x_dtype);
+        a.w_packed = ptr<const int8_t>(w_packed);
+        a.w_scale = ptr<const float>(w_scale);
+        a.bias = ptr<const float>(bias);
+        a.y = ptr<void>(y);
+        a.y_dtype = static_cast<DType>(y_dtype);
+        a.m = m_;
+        a.n = n;
+        a.k = k;
+        a.act_symmetric = act_symmetric;
+        a.workspace = ptr<void>(workspace);
+        a.workspace_bytes = workspace_bytes;
+        a.num_threads = num_threads;
+        fastq::int8_linear_dynamic_cpu(a);
+      },
+      nogil);
+  m.def(
+      "int8_weight_only_linear_cpu",
+      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, int64_t scale_groups, uintptr_t bias,
+         uintptr_t y, int y_dtype, int64_t m_, int64_t n, int64_t k, int num_threads) {
+        fastq::Int8LinearArgs a;
+        a.x = ptr<const void>(x);
+        a.x_dtype = static_cast<DType>(x_dtype);
+        a.w_packed = ptr<const int8_t>(w_packed);
+        a.w_scale = ptr<const float>(w_scale);
+        a.scale_groups = scale_groups;
+        a.bias = ptr<const float>(bias);
+        a.y = ptr<void>(y);
+        a.y_dtype = static_cast<DType>(y_dtype);
+        a.m = m_;
+        a.n = n;
+        a.k = k;
+        a.num_threads = num_threads;
+        fastq::int8_weight_only_linear_cpu(a);
+      },
+      nogil);
+  m.def("cpu_peak_int8_gops", &fastq::cpu_peak_int8_gops, nogil);
+  m.def("cpu_peak_fp32_gflops", &fastq::cpu_peak_fp32_gflops, nogil);
 }

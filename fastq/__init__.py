@@ -41,3 +41,9 @@ from fastq.nn.sparse import SparseLinear  # noqa: E402
 from fastq.sparsify import sparsify_  # noqa: E402
 
 __all__ += ["SparseLinear", "sparsify_"]
+
+# ---- modules and quantization API (branch modules) ----------------------------------------------
+from fastq import nn  # noqa: E402
+from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
+
+__all__ += ["Int8DynamicConfig", "Int8WeightOnlyConfig", "nn", "quantize_", "summary"]

@@ -12,6 +12,14 @@ const QuantKernels& quant_kernels() {
   }
 }
 
+const GemmKernels& gemm_kernels() {
+  switch (cpu_isa_active()) {
+    case kAvx512: return gemm_kernels_avx512;
+    case kAvx2: return gemm_kernels_avx2;
+    default: return gemm_kernels_scalar;
+  }
+}
+
 }  // namespace fastq::cpu
 
 // ---- sparse masked matmul ----

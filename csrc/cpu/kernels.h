@@ -31,6 +31,63 @@ extern const QuantKernels quant_kernels_avx512;
 // The active ISA's table (dispatch.cpp).
 const QuantKernels& quant_kernels();
 
+// ---- int8 GEMM family (csrc/cpu/gemm.cpp drives these) ------------------------------------------
+// Weights are always in reference.int8_pack_weight's layout: 16-column blocks, each K_pad/4 groups of
+// 64 bytes (16 columns x 4 consecutive k), zero padded, column sums after the blocks.
+// Activations reach the int8 tiles in the ISA's own format, prepared by the driver:
+//   kActS16:      int16 (code - zero_point), exact for int8 and uint8 codes (pmaddwd);
+//   kActU8Offset: uint8 (code + 128 for int8 codes, code for uint8) plus a per-row offset (128 or
+//                 zero_point) the epilogue removes exactly as offset * colsum (vpdpbusd).
+// Rows are K_pad long and zero padded (padded weights are 0, so the pad value only needs to be finite).
+enum ActFormat : int { kActS16 = 0, kActU8Offset = 1 };
+
+// What a tile does with its int32 accumulators.
+struct GemmEpilogue {
+  // int8_gemm: c[m, n] = acc (or += acc when accumulating over K chunks).
+  int32_t* c = nullptr;
+  int64_t ldc = 0;
+  bool accumulate = false;
+  const int32_t* row_off = nullptr;  // kActU8Offset: acc -= row_off[m] * colsum[n]
+  // linear: y[m, n] = float(acc) * (a_scale[m] * w_scale[n]) (+ bias[n]), rounded to y_dtype.
+  const float* a_scale = nullptr;
+  const float* w_scale = nullptr;
+  const float* bias = nullptr;
+  void* y = nullptr;
+  int64_t ldy = 0;
+  DType y_dtype = DType::f32;
+};
+
+struct GemmKernels {
+  int act_format;  // ActFormat
+  int mr, nr;      // int8 tile: at most mr rows, nr columns (a multiple of 16)
+  // Rows [m0, m0 + mr) x columns [n0, n0 + n_valid) (n_valid <= nr): act rows at `lda` elements
+  // apart (K_pad long); w points at the panel's first 16-column block, blocks w_bstride bytes
+  // apart; colsum at the panel's first column; kq = K_pad / 4. Accumulates, then the epilogue.
+  void (*gemm_tile)(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
+                    const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0, int64_t n0);
+  // Weight-only, small M: rows [m0, m0 + mr) (mr <= wo_direct_max_m) x 16-column blocks [nb0, nb1),
+  // dequantizing in registers. Needs (K / scale_groups) % 4 == 0.
+  int wo_direct_max_m;
+  void (*wo_direct)(const Int8LinearArgs& a, int64_t m0, int mr, int64_t nb0, int64_t nb1);
+  // Weight-only, larger M: a float32 GEMM on dequantized panels of wo_nr columns.
+  int wo_mr, wo_nr;
+  // Dequantize one k-quad of nb (<= wo_nr / 16) blocks: dst row r (wo_nr floats) = w[k + r, :] * s[r][:];
+  // columns past nb * 16 become 0.
+  void (*wo_dequant_quad)(const int8_t* w, int64_t w_bstride, int nb, const float* const s[4], float* dst);
+  // c[mr x wo_nr] (= if first, else +=) a[mr x kc] (rows lda apart) . panel[kc x wo_nr].
+  void (*sgemm_tile)(const float* a, int64_t lda, int mr, const float* panel, int64_t kc, float* c, bool first);
+  void (*to_f32[3])(const void* x, int64_t n, float* dst);  // indexed by DType
+  // Register-only peak loops: run `iters` iterations, return the integer / float ops done.
+  double (*peak_int8)(int64_t iters);
+  double (*peak_fp32)(int64_t iters);
+};
+
+extern const GemmKernels gemm_kernels_scalar;
+extern const GemmKernels gemm_kernels_avx2;
+extern const GemmKernels gemm_kernels_avx512;
+
+const GemmKernels& gemm_kernels();
+
 }  // namespace fastq::cpu
 
 // ---- sparse masked matmul micro-kernels (sparse_impl.h, one instantiation per ISA) ------------

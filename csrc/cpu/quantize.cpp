@@ -17,39 +17,16 @@
 #include "common/parallel.h"
 #include "cpu/kernels.h"
 #include "cpu/quant_math.h"
+#include "cpu/quant_scale.h"
 
 namespace fastq {
 namespace {
 
-constexpr float kFltMin = std::numeric_limits<float>::min();
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr int64_t kMaxThreads = 256;
 // A single row longer than this is split across threads (per-tensor dynamic is one long row).
 constexpr int64_t kSplitRowAt = int64_t{1} << 16;
 // Elements per thread below which threading costs more than it saves.
 constexpr int64_t kGrainElems = int64_t{1} << 14;
-
-struct RowScale {
-  float scale, inv;
-  int32_t zero_point;
-  bool poisoned;
-};
-
-RowScale symmetric_scale(uint32_t absmax_bits) {
-  if (absmax_bits >= 0x7f800000u) return {kNaN, 0.0f, 0, true};
-  const float scale = std::max(bits_f32(absmax_bits) / 127.0f, kFltMin);
-  return {scale, 1.0f / scale, 0, false};
-}
-
-RowScale asymmetric_scale(float lo, float hi, bool nan_seen) {
-  if (nan_seen || std::isinf(lo) || std::isinf(hi)) return {kNaN, 0.0f, 0, true};
-  lo = std::min(lo, 0.0f);
-  hi = std::max(hi, 0.0f);
-  const float scale = std::max((hi - lo) / 255.0f, kFltMin);
-  const float inv = 1.0f / scale;
-  const float zp = std::min(std::max(std::nearbyint(-lo * inv), 0.0f), 255.0f);
-  return {scale, inv, static_cast<int32_t>(zp), false};
-}
 
 size_t elem_size(DType d) { return d == DType::f32 ? 4 : 2; }
 

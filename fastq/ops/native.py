@@ -184,3 +184,102 @@ def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Ten
     if x.numel() == 0:
         return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
     return _sparse_run("sparse_bsr_linear", x, n, k_pad, values, None, block_col, row_ptr, None, (br, bc), bias)
+
+
+# ---- int8 GEMM family ---------------------------------------------------------------------------
+# CPU calls get torch.get_num_threads(); CUDA calls the *_cuda twins with the same arguments and the
+# current stream in place of the thread count. x of shape [*, K] runs as [M, K].
+
+def _device_call(name: str, x: Tensor, *args) -> None:
+    if x.device.type == "cpu":
+        getattr(_native._C, f"{name}_cpu")(*args, _native.num_threads())
+    else:
+        with torch.cuda.device(x.device):
+            getattr(_native._C, f"{name}_cuda")(*args, _native.cuda_stream(x))
+
+
+def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
+    _checks.check_int8_gemm(a, b)
+    m, k = a.shape
+    n = b.shape[0]
+    c = torch.empty((m, n), dtype=torch.int32, device=a.device)
+    if m == 0 or n == 0:
+        return c
+    if k == 0:
+        return c.zero_()
+    _native.record("int8_gemm", a.device.type)
+    a, b = a.contiguous(), b.contiguous()
+    _device_call("int8_gemm", a, a.data_ptr(), b.data_ptr(), c.data_ptr(), m, n, k)
+    return c
+
+
+def _launch_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                           act_symmetric: bool, y: Tensor) -> None:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    if x.device.type == "cpu":
+        ws_bytes = _native._C.int8_linear_dynamic_workspace_bytes_cpu(m, n, k)
+    else:
+        ws_bytes = _native._C.int8_linear_dynamic_workspace_bytes_cuda(m, n, k)
+    workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=x.device)
+    bias_c = _contig(bias)
+    _device_call("int8_linear_dynamic", x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype], w_packed.contiguous().data_ptr(),
+                 w_scale.contiguous().data_ptr(), _ptr(bias_c), y.data_ptr(), _native.DTYPE_CODES[y.dtype], m, n, k,
+                 act_symmetric, workspace.data_ptr(), ws_bytes)
+
+
+def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                        act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"int8_linear_dynamic: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    y = torch.empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    _native.record("int8_linear_dynamic", x.device.type)
+    _launch_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, y)
+    return y
+
+
+def int8_linear_dynamic_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                            act_symmetric: bool, out: Tensor) -> None:
+    _checks.check_packed_linear("int8_linear_dynamic_out", x, w_packed, w_scale, bias, n, False)
+    _checks.check_linear_out("int8_linear_dynamic_out", x, n, out, out.dtype)
+    if out.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"int8_linear_dynamic_out: out must be float32, float16 or bfloat16, got {out.dtype}")
+    if out.numel() == 0:
+        return
+    _native.record("int8_linear_dynamic_out", x.device.type)
+    _launch_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out)
+
+
+def _launch_weight_only(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, y: Tensor) -> None:
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    w_scale_c = w_scale.contiguous()
+    bias_c = _contig(bias)
+    _device_call("int8_weight_only_linear", x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype],
+                 w_packed.contiguous().data_ptr(), w_scale_c.data_ptr(), w_scale_c.shape[1], _ptr(bias_c),
+                 y.data_ptr(), _native.DTYPE_CODES[y.dtype], m, n, k)
+
+
+def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
+    _checks.check_packed_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, n, True)
+    y = torch.empty(tuple(x.shape[:-1]) + (n,), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    _native.record("int8_weight_only_linear", x.device.type)
+    _launch_weight_only(x, w_packed, w_scale, bias, n, y)
+    return y
+
+
+def int8_weight_only_linear_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                                out: Tensor) -> None:
+    _checks.check_packed_linear("int8_weight_only_linear_out", x, w_packed, w_scale, bias, n, True)
+    _checks.check_linear_out("int8_weight_only_linear_out", x, n, out, x.dtype)
+    if out.numel() == 0:
+        return
+    _native.record("int8_weight_only_linear_out", x.device.type)
+    _launch_weight_only(x, w_packed, w_scale, bias, n, out)

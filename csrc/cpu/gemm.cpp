@@ -1,0 +1,332 @@
+// Drivers of the int8 GEMM family on CPU: validation, blocking, threading, activation preparation;
+// the arithmetic is the active ISA's micro-kernels (kernels.h: GemmKernels). Compiled with no ISA
+// flags. Invariants:
+//  - never allocates: int8_gemm packs B / converts A chunks into fixed-size stack buffers;
+//    int8_linear_dynamic quantizes activations into the caller's workspace; weight-only panels
+//    live on the stack;
+//  - threads split the output into a grid of N panels x M blocks (N first: each thread streams its
+//    own slice of the weight once), at most num_threads OpenMP threads, none left spinning;
+//  - W8A8 activations are quantized exactly as quantize_int8 (same micro-kernels, same scale
+//    math: cpu/quant_scale.h), and the int32 accumulators never leave registers before the
+//    float epilogue.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "api.h"
+#include "common/error.h"
+#include "common/parallel.h"
+#include "cpu/gemm_math.h"
+#include "cpu/kernels.h"
+#include "cpu/quant_scale.h"
+
+namespace fastq {
+namespace {
+
+using cpu::kKR;
+using cpu::kNR;
+
+constexpr int64_t kGemmKC = 512;  // int8_gemm: K chunk packed at a time (multiple of 4)
+constexpr int64_t kGemmMB = 48;   // int8_gemm: rows converted at a time (a multiple of every mr)
+constexpr int64_t kMaxNR = 64;
+constexpr int64_t kWoKC = 256;  // weight-only panel path: K chunk
+constexpr int64_t kWoMB = 48;   // rows per block (a multiple of every wo_mr)
+constexpr int64_t kMaxWoNR = 32;
+
+int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+size_t dtype_size(DType d) { return d == DType::f32 ? 4 : 2; }
+
+// Runs f(n_lo, n_hi, m_lo, m_hi) over a grid of threads: N units split first, M units only when
+// there are fewer N units than threads.
+template <typename F>
+void run_grid(int threads, int64_t n_units, int64_t m_units, const F& f) {
+  threads = std::max(1, threads);
+  int64_t tn = std::min<int64_t>(threads, n_units), tm = 1;
+  if (tn < threads) tm = std::max<int64_t>(1, std::min<int64_t>(threads / tn, m_units));
+  parallel_for(0, tn * tm, 1, static_cast<int>(tn * tm), [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t i = t / tm, j = t % tm;
+      f(n_units * i / tn, n_units * (i + 1) / tn, m_units * j / tm, m_units * (j + 1) / tm);
+    }
+  });
+}
+
+cpu::GemmEpilogue offset_epilogue(const cpu::GemmEpilogue& ep, int64_t m, int64_t n) {
+  cpu::GemmEpilogue e = ep;
+  if (e.c) e.c += m * e.ldc + n;
+  if (e.row_off) e.row_off += m;
+  if (e.a_scale) e.a_scale += m;
+  if (e.w_scale) e.w_scale += n;
+  if (e.bias) e.bias += n;
+  if (e.y) e.y = static_cast<char*>(e.y) + (m * e.ldy + n) * dtype_size(e.y_dtype);
+  return e;
+}
+
+void check_linear(const Int8LinearArgs& a) {
+  FASTQ_CHECK(a.x && a.w_packed && a.w_scale && a.y, "null pointer");
+  FASTQ_CHECK(a.m >= 0 && a.n > 0 && a.k > 0, "bad sizes m=", a.m, " n=", a.n, " k=", a.k);
+}
+
+}  // namespace
+
+// ---- int8_gemm ----------------------------------------------------------------------------------
+
+void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int64_t n, int64_t k, int num_threads) {
+  FASTQ_CHECK(a && b && c, "null pointer");
+  FASTQ_CHECK(m >= 0 && n >= 0 && k >= 0, "negative size");
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    std::fill(c, c + m * n, 0);
+    return;
+  }
+  const cpu::GemmKernels& kr = cpu::gemm_kernels();
+  const bool u8 = kr.act_format == cpu::kActU8Offset;
+  const int64_t nr = kr.nr;
+  run_grid(num_threads, ceil_div(n, nr), ceil_div(m, kGemmMB), [&](int64_t p0, int64_t p1, int64_t b0, int64_t b1) {
+    alignas(64) int8_t bp[kMaxNR * kGemmKC];
+    alignas(64) int32_t colsum[kMaxNR];
+    alignas(64) int16_t ap[kGemmMB * kGemmKC];  // int16 rows, or uint8 rows in its first bytes
+    int32_t off[kGemmMB];
+    std::fill(off, off + kGemmMB, 128);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * nr, nv = std::min(nr, n - n0), nblk = ceil_div(nv, kNR);
+      for (int64_t k0 = 0; k0 < k; k0 += kGemmKC) {
+        const int64_t kc = std::min(kGemmKC, k - k0), kcp = round_up(kc, kKR);
+        // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart).
+        for (int64_t j = 0; j < nblk; ++j) {
+          for (int c16 = 0; c16 < kNR; ++c16) {
+            const int64_t col = n0 + j * kNR + c16;
+            int32_t s = 0;
+            int8_t* dst = bp + j * kcp * kNR + c16 * kKR;
+            for (int64_t kk = 0; kk < kcp; ++kk) {
+              const int8_t v = (col < n && kk < kc) ? b[col * k + k0 + kk] : int8_t{0};
+              dst[(kk / kKR) * cpu::kBlockBytes + kk % kKR] = v;
+              s += v;
+            }
+            colsum[j * kNR + c16] = s;
+          }
+        }
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t r0 = blk * kGemmMB, rows = std::min(kGemmMB, m - r0);
+          for (int64_t i = 0; i < rows; ++i) {
+            const int8_t* src = a + (r0 + i) * k + k0;
+            if (u8) {
+              uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + i * kcp;
+              for (int64_t kk = 0; kk < kcp; ++kk) d8[kk] = kk < kc ? static_cast<uint8_t>(src[kk] ^ 0x80) : 0;
+            } else {
+              int16_t* d16 = ap + i * kcp;
+              for (int64_t kk = 0; kk < kcp; ++kk) d16[kk] = kk < kc ? src[kk] : 0;
+            }
+          }
+          cpu::GemmEpilogue ep;
+          ep.c = c;
+          ep.ldc = n;
+          ep.accumulate = k0 > 0;
+          ep.row_off = u8 ? off : nullptr;
+          for (int64_t r = 0; r < rows; r += kr.mr) {
+            const int mr = static_cast<int>(std::min<int64_t>(kr.mr, rows - r));
+            cpu::GemmEpilogue e = offset_epilogue(ep, r0 + r, n0);
+            e.row_off = ep.row_off ? off + r : nullptr;
+            const void* act = u8 ? static_cast<const void*>(reinterpret_cast<const uint8_t*>(ap) + r * kcp)
+                                 : static_cast<const void*>(ap + r * kcp);
+            kr.gemm_tile(act, kcp, mr, bp, kcp * kNR, colsum, kcp / kKR, static_cast<int>(nv), e, 0, 0);
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---- int8_linear_dynamic ------------------------------------------------------------------------
+
+namespace {
+int64_t act_bytes(int64_t m, int64_t k) { return round_up(m * round_up(k, kKR) * 2, 64); }
+}  // namespace
+
+int64_t int8_linear_dynamic_workspace_bytes_cpu(int64_t m, int64_t n, int64_t k) {
+  (void)n;
+  // Activations as int16 (the widest format any ISA uses), then per-row scale and offset.
+  return act_bytes(m, k) + 8 * m;
+}
+
+void int8_linear_dynamic_cpu(const Int8LinearArgs& a) {
+  check_linear(a);
+  FASTQ_CHECK(a.workspace && a.workspace_bytes >= int8_linear_dynamic_workspace_bytes_cpu(a.m, a.n, a.k),
+              "workspace too small: ", a.workspace_bytes, " < ", int8_linear_dynamic_workspace_bytes_cpu(a.m, a.n, a.k));
+  if (a.m == 0) return;
+  const cpu::GemmKernels& kr = cpu::gemm_kernels();
+  const cpu::QuantKernels& qk = cpu::quant_kernels();
+  const bool u8 = kr.act_format == cpu::kActU8Offset;
+  const int64_t m = a.m, n = a.n, k = a.k, k_pad = round_up(k, kKR), n_pad = round_up(n, kNR);
+  const int d = static_cast<int>(a.x_dtype);
+  const size_t xsz = dtype_size(a.x_dtype), act_esz = u8 ? 1 : 2;
+  char* act = static_cast<char*>(a.workspace);
+  float* a_scale = reinterpret_cast<float*>(act + act_bytes(m, k));
+  int32_t* row_off = reinterpret_cast<int32_t*>(a_scale + m);
+  const int32_t* colsum = reinterpret_cast<const int32_t*>(a.w_packed + n_pad * k_pad);
+
+  // Per-token quantization (the quantize_int8 sequence), then the ISA's activation format.
+  auto prepare_row = [&](int64_t r) {
+    const void* x = static_cast<const char*>(a.x) + r * k * xsz;
+    RowScale s;
+    if (a.act_symmetric) {
+      s = symmetric_scale(qk.absmax_bits[d](x, k));
+    } else {
+      float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+      const bool nan = qk.minmax[d](x, k, &lo, &hi);
+      s = asymmetric_scale(lo, hi, nan);
+    }
+    a_scale[r] = s.scale;
+    uint8_t* row8 = reinterpret_cast<uint8_t*>(act + r * k_pad * act_esz);
+    if (s.poisoned) std::memset(row8, 0, k);
+    else if (a.act_symmetric) qk.quant_sym[d](x, k, s.inv, reinterpret_cast<int8_t*>(row8));
+    else qk.quant_asym[d](x, k, s.inv, s.zero_point, row8);
+    const int32_t zp = a.act_symmetric ? 0 : s.zero_point;
+    if (u8) {
+      if (a.act_symmetric)
+        for (int64_t i = 0; i < k; ++i) row8[i] ^= 0x80;
+      std::memset(row8 + k, 0, k_pad - k);
+      row_off[r] = a.act_symmetric ? 128 : zp;
+    } else {
+      // Widen in place, back to front (element i's two bytes never cover an unread code).
+      int16_t* row16 = reinterpret_cast<int16_t*>(row8);
+      for (int64_t i = k; i < k_pad; ++i) row16[i] = 0;
+      for (int64_t i = k - 1; i >= 0; --i)
+        row16[i] = a.act_symmetric ? static_cast<int16_t>(static_cast<int8_t>(row8[i]))
+                                   : static_cast<int16_t>(static_cast<int32_t>(row8[i]) - zp);
+      row_off[r] = 0;
+    }
+  };
+
+  const int threads = std::max(1, a.num_threads);
+  const int64_t quant_grain = std::max<int64_t>(1, (int64_t{1} << 14) / k);
+  parallel_for(0, m, quant_grain, threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) prepare_row(r);
+  });
+
+  cpu::GemmEpilogue ep;
+  ep.row_off = u8 ? row_off : nullptr;
+  ep.a_scale = a_scale;
+  ep.w_scale = a.w_scale;
+  ep.bias = a.bias;
+  ep.y = a.y;
+  ep.ldy = n;
+  ep.y_dtype = a.y_dtype;
+  const int64_t nr = kr.nr;
+  run_grid(threads, ceil_div(n, nr), ceil_div(m, kr.mr), [&](int64_t p0, int64_t p1, int64_t t0, int64_t t1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * nr, nv = std::min(nr, n - n0);
+      const int8_t* w = a.w_packed + n0 * k_pad;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t r = t * kr.mr;
+        const int mr = static_cast<int>(std::min<int64_t>(kr.mr, m - r));
+        const cpu::GemmEpilogue e = offset_epilogue(ep, r, n0);
+        kr.gemm_tile(act + r * k_pad * act_esz, k_pad, mr, w, k_pad * kNR, colsum + n0, k_pad / kKR,
+                     static_cast<int>(nv), e, 0, 0);
+      }
+    }
+  });
+}
+
+// ---- int8_weight_only_linear --------------------------------------------------------------------
+
+void int8_weight_only_linear_cpu(const Int8LinearArgs& a) {
+  check_linear(a);
+  FASTQ_CHECK(a.scale_groups >= 1 && a.k % a.scale_groups == 0, "scale_groups ", a.scale_groups,
+              " must divide k=", a.k);
+  if (a.m == 0) return;
+  const cpu::GemmKernels& kr = cpu::gemm_kernels();
+  const int64_t m = a.m, n = a.n, k = a.k, k_pad = round_up(k, kKR), G = a.scale_groups, gs = k / G;
+  const int threads = std::max(1, a.num_threads);
+
+  if (m <= kr.wo_direct_max_m && gs % kKR == 0) {
+    // Decode path: stream each weight block once, all rows at a time, threads over N.
+    const int64_t nblk = ceil_div(n, kNR);
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / (k_pad * kNR));
+    parallel_for(0, nblk, grain, threads, [&](int64_t lo, int64_t hi) {
+      kr.wo_direct(a, 0, static_cast<int>(m), lo, hi);
+    });
+    return;
+  }
+
+  const int64_t nr = kr.wo_nr, xsz = static_cast<int64_t>(dtype_size(a.x_dtype));
+  const int d = static_cast<int>(a.x_dtype);
+  run_grid(threads, ceil_div(n, nr), ceil_div(m, kWoMB), [&](int64_t p0, int64_t p1, int64_t b0, int64_t b1) {
+    alignas(64) float panel[kWoKC * kMaxWoNR];
+    alignas(64) float cbuf[kWoMB * kMaxWoNR];
+    alignas(64) float abuf[kWoMB * kWoKC];
+    alignas(64) float sbuf[(kWoKC + 1) * kMaxWoNR];
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * nr, nv = std::min(nr, n - n0);
+      const int nb = static_cast<int>(ceil_div(nv, kNR));
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t r0 = blk * kWoMB, rows = std::min(kWoMB, m - r0);
+        for (int64_t k0 = 0; k0 < k; k0 += kWoKC) {
+          const int64_t kc = std::min(kWoKC, k - k0), kcq = ceil_div(kc, kKR);
+          // Scale rows of the groups this chunk touches (0 for columns past n).
+          const int64_t g_lo = k0 / gs, g_hi = std::min(G - 1, (k0 + kcq * kKR - 1) / gs);
+          for (int64_t g = g_lo; g <= g_hi; ++g)
+            for (int64_t c = 0; c < nr; ++c) sbuf[(g - g_lo) * nr + c] = c < nv ? a.w_scale[(n0 + c) * G + g] : 0.0f;
+          for (int64_t q = 0; q < kcq; ++q) {
+            const int64_t kk = k0 + q * kKR;
+            const float* s[4];
+            for (int r = 0; r < kKR; ++r) s[r] = sbuf + (std::min(G - 1, (kk + r) / gs) - g_lo) * nr;
+            kr.wo_dequant_quad(a.w_packed + n0 * k_pad + (kk / kKR) * cpu::kBlockBytes, k_pad * kNR, nb, s,
+                               panel + q * kKR * nr);
+          }
+          const float* ap;
+          int64_t lda;
+          if (a.x_dtype == DType::f32) {
+            ap = static_cast<const float*>(a.x) + r0 * k + k0;
+            lda = k;
+          } else {
+            for (int64_t i = 0; i < rows; ++i)
+              kr.to_f32[d](static_cast<const char*>(a.x) + ((r0 + i) * k + k0) * xsz, kc, abuf + i * kWoKC);
+            ap = abuf;
+            lda = kWoKC;
+          }
+          for (int64_t r = 0; r < rows; r += kr.wo_mr) {
+            const int mr = static_cast<int>(std::min<int64_t>(kr.wo_mr, rows - r));
+            kr.sgemm_tile(ap + r * lda, lda, mr, panel, kc, cbuf + r * nr, k0 == 0);
+          }
+        }
+        for (int64_t i = 0; i < rows; ++i)
+          for (int64_t c = 0; c < nv; ++c) {
+            float v = cbuf[i * nr + c];
+            if (a.bias) v += a.bias[n0 + c];
+            cpu::store_out(a.y_dtype, a.y, (r0 + i) * n + n0 + c, v);
+          }
+      }
+    }
+  });
+}
+
+// ---- register-only peaks (for benchmarks) -------------------------------------------------------
+
+namespace {
+double measure_peak(int num_threads, bool int8) {
+  const cpu::GemmKernels& kr = cpu::gemm_kernels();
+  const int threads = std::max(1, num_threads);
+  const int64_t iters = int64_t{1} << 22;
+  auto run = [&]() {
+    double ops[256] = {};
+    const auto t0 = std::chrono::steady_clock::now();
+    parallel_for(0, threads, 1, threads, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) ops[t % 256] = int8 ? kr.peak_int8(iters) : kr.peak_fp32(iters);
+    });
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double total = 0;
+    for (int t = 0; t < std::min(threads, 256); ++t) total += ops[t];
+    return total / sec * 1e-9;
+  };
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) best = std::max(best, run());
+  return best;
+}
+}  // namespace
+
+double cpu_peak_int8_gops(int num_threads) { return measure_peak(num_threads, true); }
+double cpu_peak_fp32_gflops(int num_threads) { return measure_peak(num_threads, false); }
+
+}  // namespace fastq

@@ -1,0 +1,145 @@
+"""``quantize_``: swap a model's float layers for fastq modules in place, via a handler registry.
+
+Invariants:
+  * Handlers are looked up by the EXACT module type (``type(m)``), as in torchao: a subclass such as
+    nn.MultiheadAttention's ``NonDynamicallyQuantizableLinear`` is left alone, because its parent
+    reads ``.weight`` directly and a swap would break it.
+  * A layer a handler cannot take (it raises ``UnsupportedLayerError``) stays exactly as it was and
+    gets the reason in ``SKIP_ATTR``, which ``summary`` prints. quantize_ never leaves a layer
+    half-converted: the replacement is built completely before it is swapped in.
+  * Layers excluded by ``skip`` or ``filter_fn`` (of a type that has a handler) are noted too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from fastq.nn import QuantConv2d, QuantLinear, UnsupportedLayerError
+from fastq.quantization.configs import Int8DynamicConfig, Int8WeightOnlyConfig
+
+# Attribute set on a float layer that quantize_ left as it was: the reason, shown by summary().
+SKIP_ATTR = "_fastq_skip_reason"
+
+Handler = Callable[[nn.Module, object], nn.Module]
+_HANDLERS: dict = {}
+CONFIG_TYPES = (Int8DynamicConfig, Int8WeightOnlyConfig)
+
+
+def register_handler(module_type: type, handler: Handler) -> None:
+    """Make ``quantize_`` replace modules of exactly ``module_type`` with ``handler(module, config)``.
+
+    The handler returns the replacement module or raises ``UnsupportedLayerError`` with a reason.
+    """
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    _HANDLERS[module_type] = handler
+
+
+def handler_for(module: nn.Module) -> Optional[Handler]:
+    return _HANDLERS.get(type(module))
+
+
+def _smaller_only(from_float: Handler) -> Handler:
+    """Wrap ``from_float`` so layers whose int8 form is not smaller than fp32 are skipped: tiny K or N
+    (the packed layout pads N to 16 and K to 4, and adds per-channel sums and scales)."""
+
+    def handler(module: nn.Module, config) -> nn.Module:
+        q = from_float(module, config)
+        if q.weight_bytes() >= q.float_weight_bytes():
+            shape = "x".join(map(str, q.weight_shape()))
+            raise UnsupportedLayerError(f"too small to gain from int8: weight {shape} takes {q.weight_bytes()} B "
+                                        f"packed (N padded to 16, K to 4) vs {q.float_weight_bytes()} B in fp32")
+        return q
+
+    return handler
+
+
+register_handler(nn.Linear, _smaller_only(QuantLinear.from_float))
+register_handler(nn.Conv2d, _smaller_only(QuantConv2d.from_float))
+
+
+def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tuple]:
+    if isinstance(skip, (str, type)):
+        skip = (skip,)
+    skip_names, skip_types = [], []
+    for entry in skip:
+        if isinstance(entry, str):
+            if entry not in names and not any(n.startswith(entry + ".") for n in names):
+                close = difflib.get_close_matches(entry, sorted(n for n in names if n), n=3)
+                raise ValueError(f"skip entry {entry!r} names no module of the model"
+                                 + (f"; did you mean one of {close}?" if close else ""))
+            skip_names.append(entry)
+        elif isinstance(entry, type) and issubclass(entry, nn.Module):
+            skip_types.append(entry)
+        else:
+            raise TypeError(f"skip entries must be module names (str) or nn.Module types, got {entry!r}")
+    return tuple(skip_names), tuple(skip_types)
+
+
+def _skipped_by_name(name: str, skip_names: tuple) -> bool:
+    return any(name == s or name.startswith(s + ".") for s in skip_names)
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+              skip: Iterable[Union[str, type]] = ()) -> nn.Module:
+    """Quantize ``model``'s layers in place according to ``config``.
+
+    Args:
+        model: any nn.Module. Layers of a registered type (nn.Linear, nn.Conv2d) are replaced.
+        config: ``Int8DynamicConfig`` (W8A8) or ``Int8WeightOnlyConfig``.
+        filter_fn: optional ``(module, fully_qualified_name) -> bool``; False keeps that layer float.
+        skip: module names (a name also skips everything under it, e.g. ``"encoder.layer.0"``) and/or
+            module types to keep float. A name that matches no module is an error (a typo would
+            otherwise quantize the layer you meant to protect).
+
+    Returns:
+        ``model`` (the same object). If ``model`` itself is a layer with a handler, it cannot be
+        swapped in place and the quantized replacement is returned instead.
+
+    Layers that cannot be quantized are left unchanged and noted; ``fastq.summary(model)`` lists
+    them with the reason.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"quantize_ expects an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, CONFIG_TYPES):
+        raise TypeError(f"config must be one of {[c.__name__ for c in CONFIG_TYPES]}, got {type(config).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError("filter_fn must be a callable (module, name) -> bool")
+    names = {n for n, _ in model.named_modules()}
+    skip_names, skip_types = _check_skip(skip, names)
+
+    # Decide every swap first, then apply them, so the walk never sees half-replaced trees. A module
+    # registered under several names (shared) is decided once and replaced everywhere.
+    replacements: dict = {}
+    for name, module in model.named_modules():
+        handler = handler_for(module)
+        if handler is None:
+            continue
+        if hasattr(module, SKIP_ATTR):
+            delattr(module, SKIP_ATTR)
+        if _skipped_by_name(name, skip_names) or isinstance(module, skip_types):
+            setattr(module, SKIP_ATTR, "excluded by skip=")
+            continue
+        if filter_fn is not None and not filter_fn(module, name):
+            setattr(module, SKIP_ATTR, "excluded by filter_fn")
+            continue
+        try:
+            new = handler(module, config)
+        except UnsupportedLayerError as exc:
+            setattr(module, SKIP_ATTR, str(exc))
+            continue
+        new.train(module.training)
+        replacements[id(module)] = new
+
+    if id(model) in replacements:
+        return replacements[id(model)]
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):  # not named_children: it dedups
+            if id(child) in replacements:
+                setattr(parent, child_name, replacements[id(child)])
+    return model

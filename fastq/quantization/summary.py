@@ -1,0 +1,139 @@
+"""``summary(model)``: a per-layer table of how a model is stored, with totals and compression ratio.
+
+Invariants: every module that owns tensors itself (parameters or persistent buffers, not counting
+its children) is one row, so the totals are the whole model's bytes. fastq modules report their
+own bytes (``weight_bytes``) and those of the fp32 layer they replaced (``float_weight_bytes``);
+other modules count as unchanged. compression ratio = original bytes / stored bytes. Layers that
+``quantize_`` left as they were carry a note with the reason. Nothing here modifies the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from fastq.quantization.api import SKIP_ATTR
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    shape: tuple  # weight shape: [out, in] for linear layers, [out, in, kh, kw] for convolutions
+    bits: int  # bits per weight element as stored
+    bytes: int  # bytes the module stores itself (weights, scales, bias, other own tensors)
+    original_bytes: int  # bytes before quantization (fp32 for a fastq module, else == bytes)
+    sparsity: Optional[float]  # fraction of zero weight elements (None: no weight)
+    detail: str = ""  # mode / granularity of fastq modules
+    note: Optional[str] = None  # why quantize_ left the layer as it was
+    quantized: bool = False  # a fastq module (it reports weight_bytes / float_weight_bytes)
+
+
+def _own_tensors(m: nn.Module) -> list:
+    bufs = [b for n, b in m._buffers.items() if b is not None and n not in m._non_persistent_buffers_set]
+    return [p for p in m._parameters.values() if p is not None] + bufs
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+@dataclass
+class Summary:
+    """Per-layer storage of a model. ``str(summary)`` is a readable table."""
+
+    layers: list = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(r.bytes for r in self.layers)
+
+    @property
+    def original_bytes(self) -> int:
+        return sum(r.original_bytes for r in self.layers)
+
+    @property
+    def compression_ratio(self) -> float:
+        """original bytes / stored bytes of the whole model (1.0 for an untouched model)."""
+        return self.original_bytes / self.total_bytes if self.total_bytes else 1.0
+
+    @property
+    def quantized(self) -> list:
+        return [r for r in self.layers if r.quantized]
+
+    @property
+    def notes(self) -> list:
+        """(layer name, reason) for every layer quantize_ skipped."""
+        return [(r.name, r.note) for r in self.layers if r.note]
+
+    def __str__(self) -> str:
+        head = ("name", "type", "shape", "bits", "bytes", "sparsity", "detail")
+        rows = [(r.name or "(root)", r.type, "x".join(map(str, r.shape)) if r.shape else "-", str(r.bits),
+                 _fmt_bytes(r.bytes), "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
+                 r.detail or ("left as is (see notes)" if r.note else ""))
+                for r in self.layers]
+        widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+        right = (False, False, False, True, True, True, False)
+
+        def line(cells) -> str:
+            return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
+
+        out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+        q = self.quantized
+        q_orig, q_now = sum(r.original_bytes for r in q), sum(r.bytes for r in q)
+        out.append("")
+        out.append(f"total: {_fmt_bytes(self.total_bytes)} (original {_fmt_bytes(self.original_bytes)}), "
+                   f"compression ratio {self.compression_ratio:.2f}x")
+        if q:
+            out.append(f"quantized layers: {len(q)}, {_fmt_bytes(q_now)} (original {_fmt_bytes(q_orig)}), "
+                       f"{q_orig / q_now:.2f}x")
+        if self.notes:
+            out.append("notes (left as they were):")
+            out.extend(f"  {name or '(root)'}: {reason}" for name, reason in self.notes)
+        return "\n".join(out)
+
+
+def _bits(t: torch.Tensor) -> int:
+    return t.element_size() * 8
+
+
+@torch.no_grad()
+def _layer_info(name: str, m: nn.Module) -> Optional[LayerInfo]:
+    if hasattr(m, "weight_bytes") and hasattr(m, "float_weight_bytes"):
+        shape = tuple(getattr(m, "weight_shape", lambda: ())())
+        sparsity = m.weight_sparsity() if hasattr(m, "weight_sparsity") else None
+        detail = getattr(m, "mode", "")
+        if hasattr(m, "granularity"):
+            detail += f" {m.granularity()}"
+        return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), int(m.weight_bytes()),
+                         int(m.float_weight_bytes()), sparsity, detail.strip(), None, True)
+    tensors = _own_tensors(m)
+    if not tensors:
+        return None
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    w = getattr(m, "weight", None)
+    if not isinstance(w, torch.Tensor):
+        w = tensors[0]
+    sparsity = float((w == 0).float().mean()) if w.numel() else None
+    return LayerInfo(name, type(m).__name__, tuple(w.shape), _bits(w), nbytes, nbytes, sparsity, "",
+                     getattr(m, SKIP_ATTR, None))
+
+
+def summary(model: nn.Module) -> Summary:
+    """Per-layer storage of ``model``: name, type, weight shape, bits, bytes, sparsity, notes.
+
+    Returns:
+        A ``Summary``; print it for the table, or read ``layers``, ``total_bytes``,
+        ``original_bytes``, ``compression_ratio`` and ``notes``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"summary expects an nn.Module, got {type(model).__name__}")
+    rows = [_layer_info(name, m) for name, m in model.named_modules()]
+    return Summary([r for r in rows if r is not None])
