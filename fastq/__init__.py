@@ -47,3 +47,9 @@ from fastq import nn  # noqa: E402
 from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
 
 __all__ += ["Int8DynamicConfig", "Int8WeightOnlyConfig", "nn", "quantize_", "summary"]
+
+# ---- distillation (branch recovery): distill_ ----
+from fastq import distill  # noqa: E402
+from fastq.distill import distill_  # noqa: E402
+
+__all__ += ["distill", "distill_"]
