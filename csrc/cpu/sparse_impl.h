@@ -5,7 +5,9 @@
 // V provides: W (lanes), kMaxLanes / kBsrLanes (activation rows per transposed pass, multiples of
 // 16), vec, ivec, zero(), load(const float*), bcast(float), fma(a, b, c) = a * b + c, add, sum(vec),
 // store(float*, vec), idx_u16(const uint16_t*) / idx_i32(const int32_t*) -> W indices,
-// gather(const float* base, ivec), load_i8(const int8_t*) -> W floats, fmas(float, float, float).
+// gather(const float* base, ivec), load_i8(const int8_t*) -> W floats, fmas(float, float, float),
+// s24_index(32 bits of 2:4 codes) and s24_pick(x + 2 j, index, u): the activations of stored values
+// j + u W .. j + u W + W - 1 of a 16-value 2:4 step (value t's input is 4 (t / 2) + code_t).
 //
 // Invariants: CSR rows hold a multiple of 16 entries (padding is value 0 at a column the row
 // already reads), so the CSR loops need no tails; nothing here allocates on the heap or threads.
@@ -129,7 +131,8 @@ struct SparseImpl {
       for_lane_chunks<V::kMaxLanes>(a, [&](auto nv, int64_t mc) { csr_t_run<I8, decltype(nv)::value>(a, n, mc); });
   }
 
-  // ---- 2:4, x row-major ---------------------------------------------------------------------
+  // ---- 2:4, x row-major: 16 stored values cover 32 consecutive inputs, so their activations are
+  // picked from registers with the ISA's permute (V::s24_index / V::s24_pick), not gathered ------
   template <int MM>
   static void s24_row(const SparseLinearArgs& a, int64_t m0, int64_t n) {
     const int64_t kv = a.k / 2;
@@ -138,16 +141,14 @@ struct SparseImpl {
     const float* x = a.x + m0 * a.k;
     vec acc[MM];
     for (int i = 0; i < MM; ++i) acc[i] = V::zero();
-    alignas(64) int32_t idx[16];
     int64_t j = 0;
     for (; j + 16 <= kv; j += 16) {
       uint32_t word;
       std::memcpy(&word, meta + j / 4, 4);  // 16 two-bit codes
-      for (int t = 0; t < 16; ++t) idx[t] = static_cast<int32_t>(2 * j + (t >> 1) * 4 + ((word >> (2 * t)) & 3));
+      const auto idx = V::s24_index(word);
       for (int u = 0; u < 16 / W; ++u) {
         const vec w = V::load(v + j + u * W);
-        const auto iv = V::idx_i32(idx + u * W);
-        for (int i = 0; i < MM; ++i) acc[i] = V::fma(w, V::gather(x + i * a.k, iv), acc[i]);
+        for (int i = 0; i < MM; ++i) acc[i] = V::fma(w, V::s24_pick(x + i * a.k + 2 * j, idx, u), acc[i]);
       }
     }
     float tail[MM] = {};

@@ -36,6 +36,25 @@ struct Avx2V {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static float fmas(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+  // Two halves of 8 values, each over 16 inputs: index in [0, 16) per lane.
+  struct Idx24 {
+    __m256i lo, hi;
+  };
+  static __m256i s24_half(uint32_t bits16) {
+    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+    const __m256i base = _mm256_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12);
+    const __m256i codes = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(bits16)), shifts),
+                                           _mm256_set1_epi32(3));
+    return _mm256_add_epi32(codes, base);
+  }
+  static Idx24 s24_index(uint32_t word) { return {s24_half(word & 0xFFFFu), s24_half(word >> 16)}; }
+  static vec s24_pick(const float* x32, const Idx24& idx, int u) {
+    const __m256i i = u ? idx.hi : idx.lo;
+    const float* p = x32 + 16 * u;
+    const __m256 lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), i);
+    const __m256 hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(p + 8), i);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(i, 28)));  // bit 3 selects
+  }
 };
 
 }  // namespace

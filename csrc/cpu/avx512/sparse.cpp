@@ -31,6 +31,17 @@ struct Avx512V {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
   static float fmas(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+  // 16 values over 32 inputs: a 5-bit index per lane for vpermt2ps.
+  static __m512i s24_index(uint32_t word) {
+    const __m512i shifts = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    const __m512i codes = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(word)), shifts),
+                                           _mm512_set1_epi32(3));
+    return _mm512_add_epi32(codes, base);
+  }
+  static vec s24_pick(const float* x32, __m512i idx, int) {
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(x32), idx, _mm512_loadu_ps(x32 + 16));
+  }
 };
 
 }  // namespace

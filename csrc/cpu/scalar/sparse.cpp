@@ -24,6 +24,8 @@ struct ScalarV {
   static vec gather(const float* base, ivec i) { return base[i]; }
   static vec load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static float fmas(float a, float b, float c) { return a * b + c; }
+  static uint32_t s24_index(uint32_t word) { return word; }
+  static vec s24_pick(const float* x32, uint32_t word, int u) { return x32[(u >> 1) * 4 + ((word >> (2 * u)) & 3)]; }
 };
 
 }  // namespace

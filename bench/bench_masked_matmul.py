@@ -1,0 +1,251 @@
+"""bench_masked_matmul: fastq's sparse masked matmul kernels against dense and sparse peers.
+
+Run as a script for the interleaved comparison table (markdown):
+
+    python bench/bench_masked_matmul.py [--quick] [--threads 2]
+
+or under pytest-benchmark (one benchmark per candidate x case; a small grid):
+
+    PYTHONPATH=. python -m pytest bench/bench_masked_matmul.py --benchmark-enable
+
+Invariants:
+  * Every candidate computes y = x @ (W * M)^T for the same Gaussian W, mask and x; all run with
+    torch.set_num_threads(threads) (scipy is single-threaded: it is what scipy offers).
+  * Ratios come from ONE run: per row, the candidates are timed in interleaved rounds (one call
+    each per round, median over rounds), so load from other processes on a shared machine hits
+    them alike. Peers: dense F.linear on the pruned weight, torch.sparse CSR with int32 indices,
+    torch.sparse BSR (block rows), scipy CSR.
+  * Nothing asserts on speed; the target/met columns report the targets of issue 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import warnings
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import fastq
+except ImportError:  # run as `python bench/bench_masked_matmul.py` from a source checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import fastq
+
+from fastq.ops import _library as L
+
+SHAPES = [(4096, 4096), (768, 3072)]  # (N, K): a Llama-7B-sized square layer, the BERT FFN down
+MS = [1, 8, 32, 128]
+SPARSITIES = [0.5, 0.6, 0.75, 0.9, 0.95]
+BLOCK_SHAPES = [(4, 4), (1, 4), (8, 1)]
+BLOCK_SPARSITIES = [0.6, 0.9]
+
+
+def time_round_robin(fns: dict, rounds: int, budget_s: float = 20.0) -> dict:
+    """Median seconds per call of each fn, one call of each per round (after a warm-up call)."""
+    for f in fns.values():
+        f()
+    samples = {k: [] for k in fns}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            samples[k].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def make_case(n: int, k: int, kind: str, sparsity: float, gen: torch.Generator):
+    """(pruned weight, mask) for kind 'unstructured' | '2:4' | 'block RxC'."""
+    w = torch.randn(n, k, generator=gen) / k ** 0.5
+    if kind == "2:4":
+        mask = (torch.rand(n, k // 4, 4, generator=gen).argsort(dim=2) < 2).reshape(n, k)
+    elif kind.startswith("block"):
+        br, bc = map(int, kind[5:].split("x"))
+        keep = torch.rand(n // br, k // bc, generator=gen) >= sparsity
+        mask = keep.repeat_interleave(br, 0).repeat_interleave(bc, 1)
+    else:
+        mask = torch.rand(n, k, generator=gen) >= sparsity
+    return w * mask, mask
+
+
+def candidates(wm: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, kind: str, int8: bool = False) -> dict:
+    """name -> zero-argument callable computing y (or y^T for the torch/scipy sparse peers)."""
+    n = wm.shape[0]
+    out: dict = {"dense": lambda: F.linear(x, wm)}
+    if kind == "2:4":
+        values, meta = L.sparse_24_pack(wm, mask)
+        out["fastq"] = lambda: L.sparse_24_linear(x, values, meta, None)
+    elif kind.startswith("block"):
+        br, bc = map(int, kind[5:].split("x"))
+        packed = L.sparse_bsr_pack(wm, mask, br, bc)
+        out["fastq"] = lambda: L.sparse_bsr_linear(x, *packed, None, n)
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+        try:
+            bsr = wm.to_sparse_bsr((br, bc))
+            torch.mm(bsr, x.t())
+            out["torch_bsr"] = lambda: torch.mm(bsr, x.t())
+        except (RuntimeError, NotImplementedError):
+            pass
+    else:
+        packed = L.sparse_csr_pack(wm, mask)
+        out["fastq"] = lambda: L.sparse_csr_linear(x, *packed, None, n)
+        if int8:
+            q = L.sparse_int8_pack(wm, mask)
+            out["fastq_int8"] = lambda: L.sparse_int8_linear(x, *q, None)
+    if not kind.startswith("block") and not int8:
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # torch.sparse beta notices
+        csr64 = wm.to_sparse_csr()
+        csr = torch.sparse_csr_tensor(csr64.crow_indices().int(), csr64.col_indices().int(), csr64.values(),
+                                      size=wm.shape)
+        out["torch_csr"] = lambda: torch.mm(csr, x.t())
+        try:
+            import scipy.sparse as sps
+
+            s = sps.csr_matrix(wm.numpy())
+            xt = x.t().contiguous().numpy()
+            out["scipy_csr"] = lambda: s @ xt
+        except ImportError:
+            pass
+    return out
+
+
+def target_for(kind: str, m: int, sparsity: float, int8: bool) -> tuple[str, Optional[Callable[[dict], bool]], str]:
+    """(target text, check(times) -> bool, which ratio it uses) for a row, or no target."""
+    def vs_dense(name: str, x: float, strict: bool = False):
+        return lambda t: t["dense"] / t[name] > x if strict else t["dense"] / t[name] >= x
+
+    if int8:
+        return (">=12x dense", vs_dense("fastq_int8", 12.0), "int8") if m == 1 else ("", None, "")
+    if kind == "unstructured":
+        if m == 1:
+            goal = {0.5: 1.0, 0.75: 2.3, 0.9: 5.0, 0.95: 8.0}.get(sparsity)
+            if goal is None:
+                return ("", None, "")
+            strict = goal == 1.0  # "faster than dense"
+            return (f"{'>' if strict else '>='}{goal:g}x dense", vs_dense("fastq", goal, strict), "")
+        if m >= 32 and sparsity == 0.6:
+            return (">1x dense (crossover <=60%)", vs_dense("fastq", 1.0), "")
+        if m >= 32 and sparsity >= 0.9:
+            return (">=1.3x best peer", lambda t: min(v for k, v in t.items() if k not in ("fastq",)) / t["fastq"] >= 1.3, "")
+        return ("", None, "")
+    if kind == "2:4":
+        goal = {1: 1.3, 32: 1.1, 128: 1.0}.get(m)
+        return (f">={goal:g}x dense", vs_dense("fastq", goal), "") if goal else ("", None, "")
+    # blocks
+    def block_ok(t):
+        ok = "torch_bsr" not in t or t["torch_bsr"] / t["fastq"] >= 1.2
+        return ok and (sparsity != 0.6 or t["dense"] / t["fastq"] >= 1.0)
+    return (">=1.2x torch BSR" + (", >1x dense" if sparsity == 0.6 else ""), block_ok, "")
+
+
+def run(quick: bool, threads: int) -> list:
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    shapes = SHAPES
+    ms = [1, 32, 128] if quick else MS
+    plan = []
+    for n, k in shapes:
+        small = (n, k) != SHAPES[0]
+        for m in ms:
+            if quick and small and m == 128:
+                continue
+            for sp in SPARSITIES:
+                if m == 1 and sp == 0.6 or m > 1 and sp == 0.5 and quick:
+                    continue
+                plan.append((n, k, m, "unstructured", sp, False))
+            plan.append((n, k, m, "2:4", 0.5, False))
+            for bs in (BLOCK_SHAPES[:1] if quick else BLOCK_SHAPES):
+                for sp in BLOCK_SPARSITIES:
+                    plan.append((n, k, m, f"block{bs[0]}x{bs[1]}", sp, False))
+        plan.append((n, k, 1, "unstructured", 0.9, True))
+    cache = {}
+    for n, k, m, kind, sp, int8 in plan:
+        key = (n, k, kind, sp)
+        if key not in cache:
+            cache.clear()
+            cache[key] = make_case(n, k, kind, sp, gen)
+        wm, mask = cache[key]
+        x = torch.randn(m, k, generator=gen)
+        fns = candidates(wm, mask, x, kind, int8)
+        rounds = (7 if m >= 32 else 15) if quick else (15 if m >= 32 else 41)
+        t = time_round_robin(fns, rounds, budget_s=6.0 if quick else 20.0)
+        text, check, _ = target_for(kind, m, sp, int8)
+        fq = t["fastq_int8"] if int8 else t["fastq"]
+        peers = {k2: v for k2, v in t.items() if k2 not in ("dense", "fastq", "fastq_int8")}
+        best_peer = min(peers.values()) if peers else None
+        rows.append({
+            "shape": f"{n}x{k}", "M": m, "pattern": kind + (" +int8" if int8 else ""), "sparsity": sp,
+            "dense_ms": t["dense"] * 1e3, "fastq_ms": fq * 1e3,
+            "torch_csr_ms": t.get("torch_csr", float("nan")) * 1e3, "torch_bsr_ms": t.get("torch_bsr", float("nan")) * 1e3,
+            "scipy_ms": t.get("scipy_csr", float("nan")) * 1e3,
+            "x_dense": t["dense"] / fq, "x_best_peer": (best_peer / fq) if best_peer else float("nan"),
+            "target": text, "met": ("yes" if check(t) else "NO") if check else "",
+        })
+        print(_fmt_row(rows[-1]), flush=True)
+    return rows
+
+
+COLUMNS = ["shape", "M", "pattern", "sparsity", "dense_ms", "fastq_ms", "torch_csr_ms", "torch_bsr_ms", "scipy_ms",
+           "x_dense", "x_best_peer", "target", "met"]
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.0%}" if v < 1 and v in SPARSITIES + BLOCK_SPARSITIES else f"{v:.3g}"
+    return str(v)
+
+
+def _fmt_row(r: dict) -> str:
+    return "| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |"
+
+
+def markdown(rows: list) -> str:
+    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+    return head + "\n" + "\n".join(_fmt_row(r) for r in rows)
+
+
+# ---- pytest-benchmark ---------------------------------------------------------------------------
+try:
+    import pytest
+
+    _BENCH = [(m, kind, sp) for m in (1, 32) for kind, sp in (("unstructured", 0.9), ("2:4", 0.5), ("block4x4", 0.9))]
+
+    @pytest.mark.parametrize("m,kind,sp", _BENCH, ids=lambda v: str(v))
+    @pytest.mark.parametrize("who", ["dense", "fastq", "torch_csr", "torch_bsr", "scipy_csr"])
+    def test_masked_matmul(benchmark, who, m, kind, sp):
+        torch.set_num_threads(2)
+        wm, mask = make_case(4096, 4096, kind, sp, torch.Generator().manual_seed(0))
+        fns = candidates(wm, mask, torch.randn(m, 4096), kind)
+        if who not in fns:
+            pytest.skip(f"{who} does not serve {kind}")
+        benchmark(fns[who])
+except ImportError:  # script use without pytest
+    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer shapes, M values and rounds")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    print(f"fastq {fastq.__version__}, isa {fastq.cpu_isa()}, torch {torch.__version__}, threads {args.threads}")
+    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
+    rows = run(args.quick, args.threads)
+    met = [r["met"] for r in rows if r["met"]]
+    print(f"\ntargets met: {met.count('yes')}/{len(met)}")
+    print("\n" + markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
