@@ -99,6 +99,16 @@ class Int8GemmModule(nn.Module):
         if self.bias is not None:
             self.bias = bias.detach().to(device=device, dtype=torch.float32).clone()
 
+    def _apply(self, fn, recurse=True):
+        # model.half() / model.to(torch.bfloat16) would cast the float32 scales and bias (the ops
+        # require float32, and fp16 scales would lose precision): let conversions move them between
+        # devices only. The int8 packed weight is not floating, so dtype casts leave it alone anyway.
+        keep = {name: t for name, t in self._buffers.items() if name in ("weight_scale", "bias") and t is not None}
+        super()._apply(fn, recurse)
+        for name, t in keep.items():
+            self._buffers[name] = t.to(self._buffers[name].device)
+        return self
+
     def _gemm(self, x: Tensor) -> Tensor:
         """[*, K] -> [*, N] through the fastq op of this module's mode; output dtype = x's dtype."""
         if self.mode == W8A8:

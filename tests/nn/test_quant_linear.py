@@ -193,10 +193,11 @@ def test_native_kernel_runs_and_matches_reference(isa, name):
     op = op_for(cfg)
     if not native_op(op):
         pytest.skip(f"no native {op} kernel in this build")
-    lin = gaussian_linear(129, 65)
+    k = 160 if getattr(cfg, "group_size", None) else 129  # a K the group size divides
+    lin = gaussian_linear(k, 65)
     q = QuantLinear.from_float(lin, cfg)
     for m in (1, 8, 17):
-        x = torch.randn(m, 129)
+        x = torch.randn(m, k)
         before = fastq.native_calls(op, "cpu")
         with torch.no_grad():
             y = q(x)
@@ -299,3 +300,15 @@ def test_bad_inputs_raise_clear_errors():
         QuantLinear(0, 16)
     with pytest.raises(RuntimeError, match="size mismatch"):  # a state_dict of another shape
         QuantLinear(64, 16).load_state_dict(QuantLinear(32, 16).state_dict())
+
+
+def test_dtype_casts_keep_float32_scales():
+    lin = gaussian_linear(64, 32)
+    q = QuantLinear.from_float(lin, CONFIGS["w8a8_sym"])
+    scale, bias = q.weight_scale.clone(), q.bias.clone()
+    model = torch.nn.Sequential(q).to(torch.bfloat16)  # what users do to a whole model
+    q.half()
+    assert q.weight_scale.dtype == torch.float32 and torch.equal(q.weight_scale, scale)
+    assert torch.equal(q.bias, bias) and q.weight_packed.dtype == torch.int8
+    with torch.no_grad():
+        assert model(torch.randn(3, 64, dtype=torch.float16)).dtype == torch.float16
