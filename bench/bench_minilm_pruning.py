@@ -10,10 +10,10 @@ What it measures (the model-level result of issue 4):
   and the 50% unstructured model stored as sparse-int8 (sparsify_(int8=True), no extra training);
 - quality: cosine of each variant's sentence embeddings to fp32 (mean and worst) on held-out real
   sentences, from documents of gensim's Lee corpus that the fine-tune never sees;
-- recovery: distill_ (cosine loss on pooled embeddings, AdamW, student in eval mode) toward the
-  fp32 model, on sentences of the other documents; the same batches for every variant, with the
-  teacher's embeddings of them computed once and reused (embed_fn returns them for the teacher);
-  pruning masks hold throughout (checked);
+- recovery: distill_ (cosine loss on pooled embeddings, AdamW, student in eval mode, embedding
+  tables frozen) toward the fp32 model, on sentences of the other documents; the same batches
+  for every variant, with the teacher's embeddings of them computed once and reused (embed_fn
+  returns them for the teacher); pruning masks hold throughout (checked);
 - "before" cosines are of the masked dense model (the same weights the sparse model stores, so
   they differ from the sparse kernels' only by float summation order); "after" cosines are of the
   model as shipped (SparseLinear after sparsify_);
@@ -172,14 +172,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=16, help="sentences per fine-tune step")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-length", type=int, default=64, help="tokens per training sentence at most")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the latency timing")
+    ap.add_argument("--train-threads", type=int, default=1,
+                    help="torch threads for fine-tuning and evaluation (1: on a shared, oversubscribed machine "
+                         "two threads spin against each other and train 3-5x slower)")
+    ap.add_argument("--train-embeddings", action="store_true",
+                    help="also fine-tune the embedding tables (default: only the encoder and pooler, which is "
+                         "where pruning changed weights; AdamW over the 11.7M-entry word table costs time)")
     ap.add_argument("--rounds", type=int, help="timing rounds (default 9, quick 5)")
     ap.add_argument("--gensim-wheel", default="/tmp/gs/gensim-*.whl")
     args = ap.parse_args(argv)
     steps = args.steps or (30 if args.quick else 100)
     rounds = args.rounds or (5 if args.quick else 9)
     n_eval = 128 if args.quick else 256
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.train_threads)
     torch.manual_seed(0)
 
     docs = lee_documents(args.gensim_wheel)
@@ -199,8 +205,9 @@ def main(argv=None) -> dict:
     timing_batch = tok(held[:32], padding=True, truncation=True, max_length=256, return_tensors="pt")
     ref = embed(teacher, tok, held)
     print(f"# {len(train)} training sentences from {len(docs) - 40} documents, {len(held)} held-out sentences "
-          f"from 40 other documents; {steps} steps x {args.batch} sentences (<= {args.max_length} tokens), lr {args.lr}; "
-          f"{torch.get_num_threads()} threads; sparse kernels: {'yes' if sparsify_ else 'NO (masked dense timed)'}; "
+          f"from 40 other documents; {steps} steps x {args.batch} sentences (<= {args.max_length} tokens), "
+          f"lr {args.lr}; {args.train_threads} thread(s) for training, {args.threads} for timing; "
+          f"sparse kernels: {'yes' if sparsify_ else 'NO (masked dense timed)'}; "
           f"native: {fastq.native_available()}, ISA {fastq.cpu_isa()}", flush=True)
 
     def pruned(kind):
@@ -216,6 +223,8 @@ def main(argv=None) -> dict:
     rows = {"fp32": {"before": (1.0, 1.0), "after": None, "model": teacher, "train_s": None, "losses": None}}
     for kind in ("unstructured 50%", "2:4", "FFN channels 50%"):
         student = pruned(kind)
+        if not args.train_embeddings:
+            student.embeddings.requires_grad_(False)
         before = cosine_stats(embed(student, tok, held), ref)
         t0 = time.perf_counter()
         hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
@@ -242,6 +251,7 @@ def main(argv=None) -> dict:
 
     # Latency: round-robin, one warm-up round, median per variant.
     times = {k: [] for k in rows}
+    torch.set_num_threads(args.threads)
     with torch.inference_mode():
         for r in range(rounds + 1):
             for k, row in rows.items():
@@ -251,7 +261,9 @@ def main(argv=None) -> dict:
                     times[k].append(time.perf_counter() - t0)
     base = statistics.median(times["fp32"])
     tokens = int(timing_batch["attention_mask"].sum())
-    result = {"config": {"steps": steps, "batch": args.batch, "max_length": args.max_length, "lr": args.lr, "threads": torch.get_num_threads(),
+    result = {"config": {"steps": steps, "batch": args.batch, "max_length": args.max_length, "lr": args.lr,
+                         "threads": args.threads, "train_threads": args.train_threads,
+                         "train_embeddings": args.train_embeddings,
                          "rounds": rounds, "eval_sentences": len(held), "train_sentences": len(train),
                          "timing_batch": list(timing_batch["input_ids"].shape), "timing_tokens": tokens,
                          "sparse_kernels": sparsify_ is not None, "native": fastq.native_available(),

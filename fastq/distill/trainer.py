@@ -212,7 +212,9 @@ def distill_(
             out = _as_target(forward(student, batch), "student")
             value = loss_fn(out, target, **kwargs)
             if not bool(torch.isfinite(value)):
-                raise FloatingPointError(f"distillation loss is {float(value.detach())} at step {step}; lower lr= or clip")
+                raise FloatingPointError(
+                    f"distillation loss is {float(value.detach())} at step {step}; lower lr= or clip"
+                )
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             if config.max_grad_norm is not None:
