@@ -3,7 +3,7 @@
 The public surface: ops (``fastq.ops``: quantize_int8, dequantize_int8, the int8 GEMM family),
 native status (``kernel_for``, ``cpu_isa``, ``set_cpu_isa``, ``native_calls``), quantization
 (``quantize_`` with ``Int8DynamicConfig`` / ``Int8WeightOnlyConfig``, ``summary``), pruning
-(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), and deployment (``save`` / ``load``).
+(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), distillation (``distill_``), and deployment (``save`` / ``load``).
 """
 
 from fastq import _native
@@ -12,7 +12,8 @@ from fastq.ops import PER_ROW, PER_TENSOR, QuantizedInt8, dequantize_int8, kerne
 
 __version__ = "0.1.0"
 
-from fastq import nn, pruning  # noqa: E402
+from fastq import distill, nn, pruning  # noqa: E402
+from fastq.distill import distill_  # noqa: E402
 from fastq.io import LoadError, load, save  # noqa: E402
 from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
 from fastq.nn import SparseLinear  # noqa: E402
@@ -30,6 +31,8 @@ __all__ = [
     "__version__",
     "cpu_isa",
     "dequantize_int8",
+    "distill",
+    "distill_",
     "detected_cpu_isa",
     "kernel_for",
     "load",
