@@ -109,7 +109,8 @@ def test_demo_on_tiny_bert(tiny_bert_dir, tmp_path):
     for name in recipes():
         r = rows[name]
         assert int(r["layers"]) > 0
-        assert float(r["size x"]) > 1.5  # int8 weights: the linear layers shrink ~4x
+        # int8 weights shrink the linear layers ~4x; 50% / 2:4 sparse formats store less than dense
+        assert float(r["size x"]) > (1.0 if name.startswith("sparse") else 1.5)
         assert 0.5 < float(r["mean cos"]) <= 1.0001 and float(r["worst cos"]) <= float(r["mean cos"]) + 1e-4
         assert float(r["latency ms"]) > 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
