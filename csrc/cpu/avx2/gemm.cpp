@@ -261,15 +261,15 @@ void to_f32__avx2(const void* x, int64_t n, float* dst) {
 // 12 independent vpmaddwd + vpaddd chains: the int8 (via int16) multiply-add rate our tiles use.
 double peak_int8__avx2(int64_t iters) {
   __m256i acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
+  FASTQ_UNROLL for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_epi32(i);
   __m256i a = _mm256_set1_epi16(3), b = _mm256_set1_epi16(5);
   __asm__ volatile("" : "+x"(a), "+x"(b));
   for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 12; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a, b));
+    FASTQ_UNROLL for (int i = 0; i < 12; ++i) acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(a, b));
     __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]));
   }
   __m256i s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
+  FASTQ_UNROLL for (int i = 1; i < 12; ++i) s = _mm256_add_epi32(s, acc[i]);
   volatile int sink = _mm256_extract_epi32(s, 0);
   (void)sink;
   return static_cast<double>(iters) * 12 * 16 * 2;
@@ -277,15 +277,15 @@ double peak_int8__avx2(int64_t iters) {
 
 double peak_fp32__avx2(int64_t iters) {
   __m256 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+  FASTQ_UNROLL for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
   __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
   __asm__ volatile("" : "+x"(a), "+x"(b));
   for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+    FASTQ_UNROLL for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
     __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]), "+x"(acc[4]), "+x"(acc[5]));
   }
   __m256 s = acc[0];
-  for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
+  FASTQ_UNROLL for (int i = 1; i < 12; ++i) s = _mm256_add_ps(s, acc[i]);
   volatile float sink = _mm256_cvtss_f32(s);
   (void)sink;
   return static_cast<double>(iters) * 12 * 8 * 2;
