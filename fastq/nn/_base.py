@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from fastq.ops import PER_ROW, quantize_int8
+from fastq.ops import PER_ROW, call_op, quantize_int8
 from fastq.ops._checks import FLOAT_DTYPES
 from fastq.ops.reference import int8_unpack_weight, packed_sizes
 
@@ -112,9 +112,9 @@ class Int8GemmModule(nn.Module):
     def _gemm(self, x: Tensor) -> Tensor:
         """[*, K] -> [*, N] through the fastq op of this module's mode; output dtype = x's dtype."""
         if self.mode == W8A8:
-            return torch.ops.fastq.int8_linear_dynamic(x, self.weight_packed, self.weight_scale, self.bias,
-                                                       self._n, self.act_symmetric, x.dtype)
-        return torch.ops.fastq.int8_weight_only_linear(x, self.weight_packed, self.weight_scale, self.bias, self._n)
+            return call_op("int8_linear_dynamic", x, self.weight_packed, self.weight_scale, self.bias, self._n,
+                           self.act_symmetric, x.dtype)
+        return call_op("int8_weight_only_linear", x, self.weight_packed, self.weight_scale, self.bias, self._n)
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):

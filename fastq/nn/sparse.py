@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from fastq.ops import _library as L
+from fastq.ops import call_op
 from fastq.ops._checks import SPARSE_BLOCK_SIZES
 
 FORMATS = ("csr", "24", "bsr", "int8")
@@ -165,13 +166,13 @@ class SparseLinear(nn.Module):
             x = x.float()
         b, n = self.bias, self.out_features
         if self.format == "csr":
-            y = L.sparse_csr_linear(x, self.values, self.cols, self.row_ptr, b, n)
+            y = call_op("sparse_csr_linear", x, self.values, self.cols, self.row_ptr, b, n)
         elif self.format == "int8":
-            y = L.sparse_int8_linear(x, self.q, self.scale, self.cols, self.row_ptr, b)
+            y = call_op("sparse_int8_linear", x, self.q, self.scale, self.cols, self.row_ptr, b)
         elif self.format == "24":
-            y = L.sparse_24_linear(x, self.values, self.meta, b)
+            y = call_op("sparse_24_linear", x, self.values, self.meta, b)
         else:
-            y = L.sparse_bsr_linear(x, self.values, self.block_col, self.row_ptr, b, n)
+            y = call_op("sparse_bsr_linear", x, self.values, self.block_col, self.row_ptr, b, n)
         return y.to(dtype)
 
     def dense_weight(self) -> Tensor:

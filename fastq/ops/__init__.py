@@ -91,9 +91,16 @@ def _dispatch(name: str, *tensors: Optional[Tensor]):
     from fastq.ops import native
 
     first = tensors[0]
-    if (isinstance(first, Tensor) and _library._REGISTERED.get((name, first.device.type))
-            and all(_plain(t) for t in tensors) and not torch.compiler.is_compiling()
+    # is_compiling first: under torch.compile nothing below may be traced.
+    if (not torch.compiler.is_compiling() and isinstance(first, Tensor)
+            and _library._REGISTERED.get((name, first.device.type)) and all(_plain(t) for t in tensors)
             and torch.utils._python_dispatch._get_current_dispatch_mode() is None
             and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None):
         return getattr(native, name)
     return getattr(_library, name)
+
+
+def call_op(name: str, *args):
+    """Call op ``name`` with ``args`` through the eager fast path above when it applies (so a module's
+    forward does not pay the torch.library dispatch cost in plain eager inference), else the op."""
+    return _dispatch(name, *(a for a in args if isinstance(a, Tensor)))(*args)
