@@ -206,57 +206,20 @@ def build_ort(model: nn.Sequential) -> Forward:
     return forward
 
 
-def _fastq_packed(lin: nn.Linear):
-    codes, scale, _ = fastq.ops.quantize_int8(lin.weight.detach(), fastq.PER_ROW, True)  # [N, K], [N, 1]
-    bias = None if lin.bias is None else lin.bias.detach().float().contiguous()
-    return torch.ops.fastq.int8_pack_weight(codes), scale, bias
+def _fastq_model(model: nn.Sequential, kind: str) -> nn.Module:
+    """What a user runs: a copy of the layer (or stack) after ``fastq.quantize_``, whose QuantLinear
+    modules call the native kernels (symmetric per-token activations for W8A8)."""
+    q = copy.deepcopy(model)
+    fastq.quantize_(q, fastq.Int8DynamicConfig() if kind == "w8a8" else fastq.Int8WeightOnlyConfig())
+    return q
 
 
 def build_fastq_w8a8(model: nn.Sequential) -> Forward:
-    """Layer rows: the op itself (symmetric per-token activations, float32 out). End to end:
-    ``fastq.quantize_`` with ``Int8DynamicConfig`` when the modules are present, else the same op
-    per Linear."""
-    if len(model) > 1:
-        return _fastq_model(model, "w8a8")
-    lin = model[0]
-    w_packed, scale, bias = _fastq_packed(lin)
-    w_scale, n = scale.reshape(-1).contiguous(), lin.out_features
-    op = torch.ops.fastq.int8_linear_dynamic
-    return lambda x: op(x, w_packed, w_scale, bias, n, True, torch.float32)
+    return _fastq_model(model, "w8a8")
 
 
 def build_fastq_wo(model: nn.Sequential) -> Forward:
-    if len(model) > 1:
-        return _fastq_model(model, "wo")
-    lin = model[0]
-    w_packed, w_scale, bias = _fastq_packed(lin)
-    n = lin.out_features
-    op = torch.ops.fastq.int8_weight_only_linear
-    return lambda x: op(x, w_packed, w_scale, bias, n)
-
-
-class _OpLinear(nn.Module):
-    """Fallback when fastq.nn is absent: one fastq linear op with the weights packed once."""
-
-    def __init__(self, lin: nn.Linear, kind: str) -> None:
-        super().__init__()
-        self.kind, self.n = kind, lin.out_features
-        self.w_packed, scale, self.bias = _fastq_packed(lin)
-        self.w_scale = scale.reshape(-1).contiguous() if kind == "w8a8" else scale
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.kind == "w8a8":
-            return torch.ops.fastq.int8_linear_dynamic(x, self.w_packed, self.w_scale, self.bias, self.n, True, x.dtype)
-        return torch.ops.fastq.int8_weight_only_linear(x, self.w_packed, self.w_scale, self.bias, self.n)
-
-
-def _fastq_model(model: nn.Sequential, kind: str) -> nn.Module:
-    q = copy.deepcopy(model)
-    if hasattr(fastq, "quantize_"):
-        config = fastq.Int8DynamicConfig() if kind == "w8a8" else fastq.Int8WeightOnlyConfig()
-        fastq.quantize_(q, config)
-        return q
-    return nn.Sequential(*[_OpLinear(m, kind) if isinstance(m, nn.Linear) else m for m in q])
+    return _fastq_model(model, "wo")
 
 
 BUILDERS: dict[str, Callable[[nn.Sequential], Forward]] = {
@@ -669,8 +632,8 @@ def notes(result: dict) -> list[str]:
         "candidates: fp32 = F.linear; ao-* = torch.ao quantize_dynamic (qint8) under that quantized engine; "
         "torchao-* = torchao quantize_ with Int8DynamicActivationInt8WeightConfig / Int8WeightOnlyConfig; "
         "ort-dqmm = onnxruntime com.microsoft DynamicQuantizeMatMul, int8 per-column weights, spinning off; "
-        "fastq-w8a8 = int8_linear_dynamic (symmetric per-token activations, fp32 out); "
-        "fastq-wo = int8_weight_only_linear (per-channel scales).",
+        "fastq-w8a8 = fastq.quantize_(Int8DynamicConfig()) -> QuantLinear (int8_linear_dynamic, symmetric per-token activations); "
+        "fastq-wo = fastq.quantize_(Int8WeightOnlyConfig()) -> QuantLinear (int8_weight_only_linear, per-channel scales).",
         "times and 'met' use medians; the '(min)' columns are the same ratios of the fastest samples, "
         "which a loaded machine disturbs less (a stalled thread costs a call tens of ms).",
         "best peer = the fastest non-fastq int8 candidate of the row (fp32 excluded); "
