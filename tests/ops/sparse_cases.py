@@ -3,7 +3,6 @@ forcing, seeded generators. Pruning algorithms live in fastq.pruning; these test
 
 from __future__ import annotations
 
-import zlib
 
 import torch
 
@@ -13,8 +12,7 @@ SPARSITIES = (0.5, 0.75, 0.9, 0.95)
 BLOCKS = ((1, 4), (4, 4), (8, 1), (2, 8), (4, 1), (1, 2))
 
 
-def generator(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
 
 
 def random_mask(n: int, k: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:

@@ -9,7 +9,6 @@ before native code runs; opcheck and the CUDA kernel agree with the reference.
 
 from __future__ import annotations
 
-import zlib
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ import torch
 import fastq
 from fastq.ops import reference
 from fastq.ops._checks import PER_ROW, PER_TENSOR, layout
+from _compare import assert_bits_equal, generator
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TAILS = (1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
@@ -48,24 +48,7 @@ def threads(request):
     torch.set_num_threads(saved)
 
 
-def generator(*key) -> torch.Generator:
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
-
-def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
-    """Bit-exact equality; NaNs must sit in the same places (equal_nan semantics, any payload)."""
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    actual, expected = actual.cpu(), expected.cpu()
-    if actual.is_floating_point():
-        nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
-        assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
-        int_t = {4: torch.int32, 2: torch.int16}[actual.element_size()]
-        actual = actual.masked_fill(nan_a, 0).view(int_t)
-        expected = expected.masked_fill(nan_e, 0).view(int_t)
-    if not torch.equal(actual, expected):
-        bad = (actual != expected).nonzero()[:5].tolist()
-        raise AssertionError(f"{what}: {int((actual != expected).sum())} elements differ, first at {bad}")
 
 
 def make_qtensor(shape: tuple, group_size: int, symmetric: bool, gen: torch.Generator, nan_scale: bool = True):

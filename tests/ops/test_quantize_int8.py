@@ -11,7 +11,6 @@ bad input raises TypeError/ValueError before any native code runs.
 from __future__ import annotations
 
 import math
-import zlib
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ import torch
 import fastq
 from fastq.ops import reference
 from fastq.ops._checks import FLT_MIN, PER_ROW, PER_TENSOR, layout
+from _compare import assert_bits_equal, generator
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Row lengths that hit every vector tail of the 8-, 16-, 32- and 64-wide loops.
@@ -51,9 +51,7 @@ CASES = (
 )
 
 
-def generator(*key) -> torch.Generator:
-    """A generator seeded from the test's parameters: fresh data per case, reproducible on failure."""
-    return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
+
 
 
 def make_input(shape: tuple, dtype: torch.dtype, symmetric: bool, gen: torch.Generator) -> torch.Tensor:
@@ -73,22 +71,6 @@ def static_qparams(x: torch.Tensor, group_size: int, symmetric: bool, gen: torch
     if symmetric:
         return s, None
     return s, torch.randint(0, 256, s.shape, generator=gen, dtype=torch.int32)
-
-
-def assert_bits_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
-    """Bit-exact equality; NaNs must sit in the same places (equal_nan semantics, any payload)."""
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    actual, expected = actual.cpu(), expected.cpu()
-    if actual.is_floating_point():
-        nan_a, nan_e = torch.isnan(actual), torch.isnan(expected)
-        assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
-        int_t = {4: torch.int32, 2: torch.int16}[actual.element_size()]
-        actual = actual.masked_fill(nan_a, 0).view(int_t)
-        expected = expected.masked_fill(nan_e, 0).view(int_t)
-    if not torch.equal(actual, expected):
-        bad = (actual != expected).nonzero()[:5].tolist()
-        raise AssertionError(f"{what}: {int((actual != expected).sum())} elements differ, first at {bad}")
 
 
 def assert_same_quant(got, want, what: str) -> None:

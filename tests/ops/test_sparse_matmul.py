@@ -15,7 +15,8 @@ import fastq
 from fastq.ops import _library as L
 from fastq.ops import reference as R
 
-from sparse_cases import BLOCKS, SPARSITIES, block_mask, generator, mask_24, random_mask
+from _compare import generator
+from sparse_cases import BLOCKS, SPARSITIES, block_mask, mask_24, random_mask
 
 SHAPES = [(7, 129), (33, 64), (16, 17), (65, 31), (1, 127), (9, 8), (127, 65), (64, 384)]
 MS = (1, 7, 8, 33)

@@ -10,7 +10,8 @@ import torch
 from fastq.ops import _library as L
 from fastq.ops.reference import SPARSE_ROW_PAD
 
-from sparse_cases import BLOCKS, SPARSITIES, TAILS, block_mask, generator, mask_24, random_mask, topk_mask
+from _compare import generator
+from sparse_cases import BLOCKS, SPARSITIES, TAILS, block_mask, mask_24, random_mask, topk_mask
 
 SHAPES = [(n, k) for n, k in zip(TAILS, reversed(TAILS))] + [(64, 768), (3, 4096)]
 
