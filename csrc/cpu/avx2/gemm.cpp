@@ -135,18 +135,6 @@ void dot_s16s8s32_4xk__avx2(const void* act, int64_t lda, int mr, const int8_t* 
 
 // ---- weight-only -------------------------------------------------------------------------------
 
-template <DType D>
-inline __m128 load4(const void* p, int64_t i) {
-  if constexpr (D == DType::f32) {
-    return _mm_loadu_ps(static_cast<const float*>(p) + i);
-  } else if constexpr (D == DType::f16) {
-    return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
-  } else {
-    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
-    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16));
-  }
-}
-
 // p[j] holds columns 2j (low lane) and 2j + 1 (high lane), 4 k each -> 8 column sums in order.
 inline __m256 reduce4(__m256 p0, __m256 p1, __m256 p2, __m256 p3) {
   const __m256 s01 = _mm256_add_ps(_mm256_shuffle_ps(p0, p1, 0x44), _mm256_shuffle_ps(p0, p1, 0xEE));

@@ -1,6 +1,6 @@
 // AVX2 float loads/stores of f32/f16/bf16 (bf16 stores round to nearest even, NaN -> 0x7fc0,
 // like quant_math.h's scalar versions), shared by this ISA's micro-kernels. Include only from
-// csrc/cpu/avx2/ (it needs that directory's ISA flags); internal linkage.
+// csrc/cpu/avx2/ or csrc/cpu/avx512/ (it needs AVX2 + F16C flags); internal linkage.
 #pragma once
 #include <immintrin.h>
 
@@ -53,6 +53,19 @@ inline void store8<DType::bf16>(void* p, int64_t i, __m256 v) {
   // packus works per 128-bit lane: [b0..3, b0..3 | b4..7, b4..7]; take the low 64 bits of each lane.
   const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(b, b), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(p) + i), _mm256_castsi256_si128(packed));
+}
+
+// 4 floats of f32/f16/bf16 (used by both the AVX2 and AVX-512 weight-only kernels).
+template <DType D>
+inline __m128 load4(const void* p, int64_t i) {
+  if constexpr (D == DType::f32) {
+    return _mm_loadu_ps(static_cast<const float*>(p) + i);
+  } else if constexpr (D == DType::f16) {
+    return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
+  } else {
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16));
+  }
 }
 
 }  // namespace

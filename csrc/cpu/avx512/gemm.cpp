@@ -9,6 +9,7 @@
 
 #include <cstring>
 
+#include "cpu/avx2/vec.h"  // load4 (the AVX-512 flags include AVX2 + F16C)
 #include "cpu/avx512/vec.h"
 #include "cpu/gemm_math.h"
 #include "cpu/kernels.h"
@@ -163,18 +164,6 @@ void dot_u8s8s32_4xk__avx512vnni(const void* act, int64_t lda, int mr, const int
 }
 
 // ---- weight-only -------------------------------------------------------------------------------
-
-template <DType D>
-inline __m128 load4(const void* p, int64_t i) {
-  if constexpr (D == DType::f32) {
-    return _mm_loadu_ps(static_cast<const float*>(p) + i);
-  } else if constexpr (D == DType::f16) {
-    return _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i)));
-  } else {
-    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
-    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(h), 16));
-  }
-}
 
 // p[j] holds columns 4j..4j+3 (one per 128-bit lane), 4 k each -> 16 column sums in order.
 inline __m512 reduce4(__m512 p0, __m512 p1, __m512 p2, __m512 p3) {
