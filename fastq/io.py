@@ -107,6 +107,8 @@ def save(model: nn.Module, directory: Union[str, os.PathLike]) -> Path:
     Returns:
         The directory as a ``Path``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fastq.save: model must be an nn.Module, got {type(model).__name__}")
     from safetensors.torch import save_file
 
     out = Path(directory)

@@ -27,6 +27,8 @@ def sparsify_(model: nn.Module, int8: bool = False,
         ``model`` itself. The format of each layer follows its ``fastq_prune_pattern``
         (``SparseLinear`` docstring).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify_: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Linear):
         raise TypeError("sparsify_ swaps submodules in place; wrap a bare nn.Linear in a container "
                         "or call SparseLinear.from_float(linear)")

@@ -244,3 +244,8 @@ def test_loaded_model_compiles_and_exports(tmp_path, config_name):
     # The fastq ops are opaque to the compiler, so the int8 path is unchanged; only the float
     # glue (GELU) may be code-generated, within float32 rounding.
     torch.testing.assert_close(compiled(x), want)
+
+
+def test_save_rejects_a_non_module(tmp_path):
+    with pytest.raises(TypeError, match="nn.Module"):
+        fastq.save("not a model", tmp_path / "out")

@@ -381,6 +381,8 @@ def prune_channels_(
         A StructuredReport (channels before/after per producer, kept indices, removed blocks,
         skipped layers with the reason).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prune_channels_: model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(config, PruneConfig):
         raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}")
     if config.pattern != "channels":

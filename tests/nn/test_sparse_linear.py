@@ -133,3 +133,8 @@ def test_errors_name_the_layer():
         SparseLinear.from_float(nn.Linear(4, 4))
     with pytest.raises(TypeError):
         fastq.sparsify_(nn.Linear(4, 4))
+
+
+def test_sparsify_rejects_a_non_module():
+    with pytest.raises(TypeError, match="nn.Module"):
+        fastq.sparsify_("not a model")

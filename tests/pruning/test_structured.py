@@ -375,3 +375,8 @@ def test_shrinking_through_an_nm_mask_is_refused():
     with pytest.raises(ValueError, match=r"layer '2' carries a 2:4 mask"):
         prune_channels_(model, CH)
     assert model[0].out_features == 16
+
+
+def test_prune_channels_rejects_a_non_module():
+    with pytest.raises(TypeError, match="nn.Module"):
+        fastq.prune_channels_("not a model", fastq.PruneConfig(sparsity=0.5, pattern="channels"))
