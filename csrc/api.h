@@ -140,3 +140,34 @@ void sparse_24_linear_cuda(const SparseLinearArgs& args, void* stream);
 #endif
 
 }  // namespace fastq
+
+namespace fastq {
+
+// ---- sliced-ELL sparse linear (fastq/ops/reference.py: sparse_ell_pack, sparse_ell_linear) -------
+// Layout (ISA-independent): output rows in groups of 16 (lane = row within its group; the last
+// group is zero-padded), inputs in tiles of 32 columns; G = ceil(n / 16), T = ceil(k / 32). Group g
+// and tile t own steps[g * T + t] (<= 32) consecutive "steps", stored in (g, t, step) order from
+// step group_ptr[g]; step j holds, per lane r, values[j * 16 + r] (float32 or int8) and
+// offsets[j * 16 + r] (its column within the tile, < 32), the r-th row's kept weights of the tile
+// in column order, then padding (value 0, offset 0). Every lane computes, in step order,
+//     acc = acc + (v != 0 ? v * x[m, 32 t + offset] : +0.0f)      (float32, two roundings, no FMA)
+// then y = acc (* scale[n] for int8) (+ bias[n]): bit-exact with the reference. Zero slots are
+// skipped so padding never lets a NaN/Inf of x reach a row that does not keep its column. Offsets,
+// steps and group_ptr are trusted (Python validates them against x's k once per tensor version).
+struct SparseEllArgs {
+  const float* x = nullptr;  // [m, k] row-major float32
+  int64_t m = 0, n = 0, k = 0;
+  const void* values = nullptr;  // [total_steps, 16] float32, or int8 when int8
+  bool int8 = false;
+  const uint8_t* offsets = nullptr;    // [total_steps, 16]
+  const uint8_t* steps = nullptr;      // [G, T]
+  const int64_t* group_ptr = nullptr;  // [G + 1], group_ptr[0] == 0
+  const float* scale = nullptr;        // [n], int8 only
+  const float* bias = nullptr;         // [n] or nullptr
+  float* y = nullptr;                  // [m, n] float32
+  int num_threads = 1;
+};
+
+void sparse_ell_linear_cpu(const SparseEllArgs& args);
+
+}  // namespace fastq

@@ -256,6 +256,29 @@ PYBIND11_MODULE(_C, m) {
   FASTQ_SPARSE_DEF(sparse_bsr_linear);
   FASTQ_SPARSE_DEF(sparse_int8_linear);
 #undef FASTQ_SPARSE_DEF
+  // ---- sliced-ELL sparse linear: (x, m, n, k, values, int8, offsets, steps, group_ptr, scale,
+  // bias, y, num_threads) ----
+  m.def(
+      "sparse_ell_linear_cpu",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t values, bool int8, uintptr_t offsets,
+         uintptr_t steps, uintptr_t group_ptr, uintptr_t scale, uintptr_t bias, uintptr_t y, int num_threads) {
+        fastq::SparseEllArgs a;
+        a.x = ptr<const float>(x);
+        a.m = mm;
+        a.n = n;
+        a.k = k;
+        a.values = ptr<const void>(values);
+        a.int8 = int8;
+        a.offsets = ptr<const uint8_t>(offsets);
+        a.steps = ptr<const uint8_t>(steps);
+        a.group_ptr = ptr<const int64_t>(group_ptr);
+        a.scale = ptr<const float>(scale);
+        a.bias = ptr<const float>(bias);
+        a.y = ptr<float>(y);
+        a.num_threads = num_threads;
+        fastq::sparse_ell_linear_cpu(a);
+      },
+      nogil);
 #ifdef FASTQ_WITH_CUDA
   m.def(
       "sparse_csr_linear_cuda",

@@ -130,3 +130,21 @@ extern const SparseKernels sparse_kernels_avx512;
 const SparseKernels& sparse_kernels();
 
 }  // namespace fastq::cpu
+
+// ---- sliced-ELL sparse linear micro-kernels (sparse_ell_impl.h, one instantiation per ISA) -----
+namespace fastq::cpu {
+
+// Each computes y for row groups [g0, g1) of args (16 output rows each), all m activation rows.
+using SparseEllGroupsFn = void (*)(const SparseEllArgs& args, int64_t g0, int64_t g1);
+
+struct SparseEllKernels {
+  SparseEllGroupsFn f32, int8;  // by the values' dtype
+};
+
+extern const SparseEllKernels sparse_ell_kernels_scalar;
+extern const SparseEllKernels sparse_ell_kernels_avx2;
+extern const SparseEllKernels sparse_ell_kernels_avx512;
+
+const SparseEllKernels& sparse_ell_kernels();
+
+}  // namespace fastq::cpu

@@ -8,6 +8,7 @@ fake implementations, which only know shapes.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple, Optional
 
 import torch
@@ -397,3 +398,98 @@ def sparse_max_index(idx: Tensor) -> int:
     except (AttributeError, RuntimeError):
         pass
     return m
+
+
+# ---- sliced-ELL sparse linear (layout: fastq/ops/reference.py) -----------------------------------
+# Shapes and dtypes are checked on every call (fakes included); the values that native code would
+# trust (offsets < 32, steps <= 32, group_ptr the running sum of steps ending at the step count)
+# are scanned once per tensor version and the verdict cached on the tensors.
+
+ELL_ROWS = 16  # output rows per group (lanes of a step)
+ELL_TILE = 32  # input columns per tile
+
+
+def check_sparse_ell(op: str, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                     scale: Optional[Tensor], n: int, k: int, ref: Tensor, ref_name: str) -> bool:
+    """Shapes, dtypes, devices and contiguity of a packed ELL weight for an [n, k] layer (``ref``
+    is the tensor the others must share a device with). Returns whether the values are int8."""
+    if n <= 0:
+        raise ValueError(f"{op}: n (output features) must be positive, got {n}")
+    if not isinstance(values, Tensor) or values.dtype not in (torch.float32, torch.int8):
+        got = values.dtype if isinstance(values, Tensor) else type(values).__name__
+        raise TypeError(f"{op}: values must be float32 or int8 (sparse_ell_pack's output), got {got}")
+    for name, t, dtype, dim in (("values", values, values.dtype, 2), ("offsets", offsets, torch.uint8, 2),
+                                ("steps", steps, torch.uint8, 2), ("group_ptr", group_ptr, torch.int64, 1)):
+        _check_t(op, name, t, dtype, dim, ref)
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous (pass what sparse_ell_pack returned)")
+    if values.shape[1] != ELL_ROWS or tuple(offsets.shape) != tuple(values.shape):
+        raise ValueError(f"{op}: values and offsets must both be [steps, {ELL_ROWS}], got "
+                         f"{tuple(values.shape)} and {tuple(offsets.shape)}")
+    groups, tiles = -(-n // ELL_ROWS), -(-k // ELL_TILE)
+    if steps.shape[0] != groups:
+        raise ValueError(f"{op}: steps has {steps.shape[0]} row groups but n={n} needs ceil(n / {ELL_ROWS}) = {groups}")
+    if steps.shape[1] != tiles:
+        raise ValueError(f"{op}: steps has {steps.shape[1]} column tiles but K={k} needs ceil(K / {ELL_TILE}) = "
+                         f"{tiles}: K mismatch between {ref_name} and the packed weight?")
+    if group_ptr.numel() != groups + 1:
+        raise ValueError(f"{op}: group_ptr must have ceil(n / {ELL_ROWS}) + 1 = {groups + 1} entries, "
+                         f"got {group_ptr.numel()}")
+    int8 = values.dtype == torch.int8
+    if int8:
+        if scale is None:
+            raise ValueError(f"{op}: int8 values need their float32 scale [{n}]")
+        _check_t(op, "scale", scale, torch.float32, 1, ref)
+        if scale.numel() != n:
+            raise ValueError(f"{op}: scale must have n = {n} entries, got {scale.numel()}")
+    elif scale is not None and (not isinstance(scale, Tensor) or scale.numel()):
+        raise ValueError(f"{op}: float32 values take no scale (None or the empty tensor sparse_ell_pack returns)")
+    return int8
+
+
+def check_sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                            scale: Optional[Tensor], bias: Optional[Tensor], n: int) -> tuple[int, bool]:
+    """(K, int8) after checking every argument's dtype, shape and device."""
+    op = "sparse_ell_linear"
+    k = _check_sparse_x(op, x)
+    int8 = check_sparse_ell(op, values, offsets, steps, group_ptr, scale, n, k, x, "x")
+    _check_bias(op, bias, n, x)
+    return k, int8
+
+
+def _cached_scan(t: Tensor, tag: str, key: tuple, scan, partner: Optional[Tensor] = None) -> object:
+    """``scan()``, cached on ``t`` while ``key`` (the versions the scan read) is unchanged and, when
+    given, ``partner`` is still the very tensor it was computed with (held by weak reference, so a
+    new tensor that reuses a freed one's id cannot inherit its verdict)."""
+    cached = getattr(t, tag, None)
+    if cached is not None and cached[0] == key and (partner is None or cached[2]() is partner):
+        return cached[1]
+    result = scan()
+    try:
+        setattr(t, tag, (key, result, weakref.ref(partner) if partner is not None else None))
+    except (AttributeError, RuntimeError, TypeError):
+        pass
+    return result
+
+
+def check_sparse_ell_values(op: str, offsets: Tensor, steps: Tensor, group_ptr: Tensor) -> None:
+    """Value checks of a packed ELL weight (they read memory): offsets < 32, steps <= 32, and
+    group_ptr = [0, running sum of each group's steps] ending at the stored step count. Each scan
+    runs once per tensor version."""
+    def max_of(t: Tensor):
+        return lambda: int(t.max()) if t.numel() else 0
+
+    if _cached_scan(offsets, "_fastq_max", (offsets._version,), max_of(offsets)) >= ELL_TILE:
+        raise ValueError(f"{op}: an offset is >= {ELL_TILE}: offsets hold columns within a {ELL_TILE}-column tile")
+    if _cached_scan(steps, "_fastq_max", (steps._version,), max_of(steps)) > ELL_TILE:
+        raise ValueError(f"{op}: a step count exceeds {ELL_TILE}, the columns of a tile")
+
+    def consistent() -> bool:
+        counts = steps.to(torch.int64).sum(dim=1)
+        return (int(group_ptr[0]) == 0 and int(group_ptr[-1]) == offsets.shape[0]
+                and bool(torch.equal(group_ptr.diff(), counts)))
+
+    key = (group_ptr._version, steps._version, offsets.shape[0])
+    if not _cached_scan(group_ptr, "_fastq_ell_valid", key, consistent, partner=steps):
+        raise ValueError(f"{op}: group_ptr does not match steps and the {offsets.shape[0]} stored steps "
+                         "(step counts inconsistent with the values' length?); pass what sparse_ell_pack returned")

@@ -312,3 +312,49 @@ def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_pt
                        bias: Optional[Tensor]) -> Tensor:
     _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
     return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+
+
+# ---- sliced-ELL sparse linear -----------------------------------------------------------------
+# Packing is reference-only (its step count depends on the mask: a dynamic size in the fake). The
+# linear has a native CPU kernel; CUDA (and any other device) runs the reference.
+
+def _sparse_ell_pack_fake(w, mask, int8=False):
+    _checks.check_sparse_pack("sparse_ell_pack", w, mask, max_cols=None, check_values=False)
+    n, k = w.shape
+    groups, tiles = -(-n // _checks.ELL_ROWS), -(-k // _checks.ELL_TILE)
+    total = _nnz_size()
+    return (w.new_empty((total, _checks.ELL_ROWS), dtype=torch.int8 if int8 else torch.float32),
+            w.new_empty((total, _checks.ELL_ROWS), dtype=torch.uint8), w.new_empty((groups, tiles), dtype=torch.uint8),
+            w.new_empty((groups + 1,), dtype=torch.int64), w.new_empty((n if int8 else 0,), dtype=torch.float32))
+
+
+@_define("sparse_ell_pack", "sparse_pack", (), _sparse_ell_pack_fake)
+def sparse_ell_pack(w: Tensor, mask: Tensor, int8: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    _checks.check_sparse_pack("sparse_ell_pack", w, mask, max_cols=None)
+    return reference.sparse_ell_pack(w, mask, int8)
+
+
+def _sparse_ell_unpack_fake(values, offsets, steps, group_ptr, scale, n, k):
+    _checks.check_sparse_ell("sparse_ell_unpack", values, offsets, steps, group_ptr, scale, n, k, values, "k")
+    return values.new_empty((n, k), dtype=torch.float32)
+
+
+@_define("sparse_ell_unpack", "sparse_pack", (), _sparse_ell_unpack_fake)
+def sparse_ell_unpack(values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor, scale: Optional[Tensor],
+                      n: int, k: int) -> Tensor:
+    _checks.check_sparse_ell("sparse_ell_unpack", values, offsets, steps, group_ptr, scale, n, k, values, "k")
+    _checks.check_sparse_ell_values("sparse_ell_unpack", offsets, steps, group_ptr)
+    return reference.sparse_ell_unpack(values, offsets, steps, group_ptr, scale, n, k)
+
+
+def _sparse_ell_linear_fake(x, values, offsets, steps, group_ptr, scale, bias, n):
+    _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,))
+
+
+@_define("sparse_ell_linear", "sparse_ell_linear", (), _sparse_ell_linear_fake)
+def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                      scale: Optional[Tensor], bias: Optional[Tensor], n: int) -> Tensor:
+    _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    _checks.check_sparse_ell_values("sparse_ell_linear", offsets, steps, group_ptr)
+    return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)

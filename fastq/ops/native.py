@@ -301,3 +301,27 @@ def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Ten
     if x.numel() == 0:
         return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
     return _sparse_run("sparse_bsr_linear", x, n, k_pad, values, None, block_col, row_ptr, None, (br, bc), bias)
+
+
+# ---- sliced-ELL sparse linear (CPU only) ----------------------------------------------------------
+# x stays row-major for every M (the kernel blocks activation rows itself); bfloat16 x is widened to
+# float32 exactly and y rounded once to x's dtype, as in _sparse_run.
+
+def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                      scale: Optional[Tensor], bias: Optional[Tensor], n: int) -> Tensor:
+    op = "sparse_ell_linear"
+    k, int8 = _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    _checks.check_sparse_ell_values(op, offsets, steps, group_ptr)
+    if x.numel() == 0:
+        return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    _native.record(op, x.device.type)
+    x2 = x.reshape(-1, k)
+    x2 = (x2.float() if x2.dtype != torch.float32 else x2).contiguous()
+    m = x2.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    scale = _contig(scale) if int8 else None
+    bias = _contig(bias)
+    _native._C.sparse_ell_linear_cpu(x2.data_ptr(), m, n, k, values.data_ptr(), int8, offsets.data_ptr(),
+                                     steps.data_ptr(), group_ptr.data_ptr(), _ptr(scale), _ptr(bias), y.data_ptr(),
+                                     _native.num_threads())
+    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))

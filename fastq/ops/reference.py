@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastq.ops._checks import FLT_MIN, layout
+from fastq.ops._checks import ELL_ROWS, ELL_TILE, FLT_MIN, layout
 
 
 def _poison(scale: Tensor, finite: Tensor) -> Tensor:
@@ -397,11 +397,16 @@ def sparse_int8_pack(w: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, T
         (same entry layout as ``sparse_csr_pack``).
     """
     values, cols, row_ptr = sparse_csr_pack(w, mask)
-    amax = (w.float().abs() * mask).amax(dim=1)
-    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    scale = _sparse_int8_scale(w, mask)
     rows = torch.repeat_interleave(torch.arange(w.shape[0], device=w.device), row_ptr.diff())
     q = torch.clamp(torch.round(values / scale[rows]), -127, 127).to(torch.int8)
     return q, scale, cols, row_ptr
+
+
+def _sparse_int8_scale(w: Tensor, mask: Tensor) -> Tensor:
+    """float32 [N]: ``amax / 127`` of each row's kept weights, 1.0 for a row keeping no nonzero."""
+    amax = (w.float().abs() * mask).amax(dim=1)
+    return torch.where(amax > 0, amax / 127, torch.ones_like(amax))
 
 
 def sparse_int8_unpack(q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor, k: int) -> Tensor:
@@ -417,4 +422,111 @@ def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_pt
     n = scale.numel()
     rows = torch.repeat_interleave(torch.arange(n, device=x.device), row_ptr.diff())
     y = _gather_linear(x, rows, _u16(cols), q.float(), n) * scale
+    return _finish(y, x, bias, n)
+
+
+# ---- sliced-ELL sparse linear (sparse_ell_pack / sparse_ell_unpack / sparse_ell_linear) ---------
+# W * M ([N, K]) cut into "steps" a SIMD kernel consumes without gathers (csrc/api.h: SparseEllArgs):
+#   * output rows in groups of ELL_ROWS = 16: lane r of group g is row 16 g + r (the last group is
+#     padded with empty rows); inputs in tiles of ELL_TILE = 32 columns; G = ceil(N / 16) groups,
+#     T = ceil(K / 32) tiles;
+#   * steps[g, t] (uint8, <= 32) = the most weights any row of group g keeps in tile t;
+#   * the s-th step of (g, t) holds, per lane r, the s-th kept weight of row 16 g + r in tile t (in
+#     column order): values[j, r] and offsets[j, r] = its column - 32 t (uint8, < 32); rows keeping
+#     fewer get padding (value 0, offset 0);
+#   * steps are stored in (g, t, s) order; group g owns steps [group_ptr[g], group_ptr[g + 1]).
+# values are float32 (exact) or int8 codes with sparse_int8_pack's per-row scale (float32 [N]).
+# Every output row reads its tile's x at each of its slots, kept or not, so a group costs
+# sum_t steps[g, t] * 16 multiply-adds: ELL pays for the row imbalance within a group and tile
+# (about 2x the kept weights at 90% sparsity) to get rid of the gathers.
+
+
+def sparse_ell_pack(w: Tensor, mask: Tensor, int8: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Pack ``w * mask`` ([N, K]) into sliced ELL (layout above); any K.
+
+    int8: kept weights become ``clamp(round_half_even(w / scale[n]), -127, 127)`` with
+    ``sparse_int8_pack``'s scale (``amax / 127`` of the row's kept weights, 1.0 for a row keeping
+    no nonzero).
+
+    Returns:
+        values: [S, 16] float32 (int8 codes when int8), offsets: uint8 [S, 16], steps: uint8 [G, T],
+        group_ptr: int64 [G + 1], scale: float32 [N] when int8, else empty [0].
+    """
+    n, k = w.shape
+    g_n, t_n = -(-n // ELL_ROWS), -(-k // ELL_TILE)
+    kept = torch.zeros(g_n * ELL_ROWS, t_n * ELL_TILE, dtype=torch.bool, device=w.device)
+    kept[:n, :k] = mask
+    tiles = kept.reshape(g_n, ELL_ROWS, t_n, ELL_TILE)  # [g, r, t, c]
+    steps = tiles.sum(dim=3).amax(dim=1)  # [G, T]
+    first = (torch.cumsum(steps, dim=1) - steps).flatten()  # first step of (g, t) within group g
+    group_ptr = torch.zeros(g_n + 1, dtype=torch.int64, device=w.device)
+    group_ptr[1:] = torch.cumsum(steps.sum(dim=1), 0)
+    g, r, t, c = tiles.nonzero(as_tuple=True)  # columns ascend within each (g, r, t)
+    s = (torch.cumsum(tiles, dim=3) - 1)[g, r, t, c]  # rank of the weight within its row and tile
+    j = group_ptr[g] + first[g * t_n + t] + s
+    rows = g * ELL_ROWS + r
+    v = w.float()[rows, t * ELL_TILE + c]
+    if int8:
+        scale = _sparse_int8_scale(w, mask)
+        v = torch.clamp(torch.round(v / scale[rows]), -127, 127).to(torch.int8)
+    else:
+        scale = torch.empty(0, dtype=torch.float32, device=w.device)
+    total = int(group_ptr[-1])
+    values = torch.zeros(total, ELL_ROWS, dtype=v.dtype, device=w.device)
+    offsets = torch.zeros(total, ELL_ROWS, dtype=torch.uint8, device=w.device)
+    values[j, r] = v
+    offsets[j, r] = c.to(torch.uint8)
+    return values, offsets, steps.to(torch.uint8), group_ptr, scale
+
+
+def _ell_tile_of_steps(steps: Tensor) -> tuple[Tensor, Tensor]:
+    """int64 [S] group and tile of every stored step."""
+    g_n, t_n = steps.shape
+    gt = torch.repeat_interleave(torch.arange(g_n * t_n, device=steps.device), steps.flatten().to(torch.int64))
+    return gt // t_n, gt % t_n
+
+
+def sparse_ell_unpack(values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor, scale: Optional[Tensor],
+                      n: int, k: int) -> Tensor:
+    """The dense float32 [N, K] weight back from ``sparse_ell_pack``'s output (``q * scale[n]`` at
+    the kept positions for int8 values, as ``sparse_int8_unpack``)."""
+    g_n, t_n = steps.shape
+    g, t = _ell_tile_of_steps(steps)
+    rows = g[:, None] * ELL_ROWS + torch.arange(ELL_ROWS, device=values.device)
+    cols = t[:, None] * ELL_TILE + offsets.to(torch.int64)
+    dense = torch.zeros(g_n * ELL_ROWS, t_n * ELL_TILE, dtype=torch.float32, device=values.device)
+    dense.index_put_((rows, cols), values.float(), accumulate=True)  # padding adds +0.0: exact
+    dense = dense[:n, :k].contiguous()
+    return dense * scale.unsqueeze(1) if values.dtype == torch.int8 else dense
+
+
+def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                      scale: Optional[Tensor], bias: Optional[Tensor], n: int) -> Tensor:
+    """``x @ (W * M)^T + bias`` from sliced ELL. x: float32/bfloat16 [*, K]; scale: float32 [N] for
+    int8 values (None or empty for float32 values); bias: float32 [N] or None.
+
+    Float-op sequence (float32; the native kernels follow it exactly, so they are bit-exact):
+    each output row starts from ``acc = +0.0`` and takes its lane's slots in storage order (tile by
+    tile, step by step): ``acc = acc + (v * x[m, 32 t + offset] if v != 0 else +0.0)``; then
+    ``acc * scale[n]`` (int8 values), ``+ bias[n]``, one rounding to x.dtype. Slots holding 0
+    (padding, or a kept weight equal to 0) are skipped, so a NaN/Inf in x reaches y[m, n] only
+    through a nonzero kept weight of row n. Returns [*, N] of x.dtype.
+    """
+    k = x.shape[-1]
+    g_n, t_n = steps.shape
+    x2 = torch.nn.functional.pad(x.reshape(-1, k).float(), (0, t_n * ELL_TILE - k))
+    per = steps.to(torch.int64)
+    first = group_ptr[:-1, None] + torch.cumsum(per, dim=1) - per  # [G, T] first step of (g, t)
+    v_all = values.float()
+    acc = x2.new_zeros(x2.shape[0], g_n, ELL_ROWS)
+    for t in range(t_n):
+        for s in range(int(per[:, t].max())):
+            live = (per[:, t] > s).nonzero().squeeze(1)  # the groups with an s-th step in tile t
+            j = first[live, t] + s
+            v = v_all[j]  # [L, 16]
+            xv = x2[:, t * ELL_TILE + offsets[j].to(torch.int64)]  # [M, L, 16]
+            acc[:, live] = acc[:, live] + torch.where(v != 0, v * xv, 0.0)
+    y = acc.reshape(x2.shape[0], g_n * ELL_ROWS)[:, :n]
+    if values.dtype == torch.int8:
+        y = y * scale
     return _finish(y, x, bias, n)
