@@ -10,11 +10,12 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from fastq.nn.sparse import SparseLinear
+from fastq.nn.sparse import STORAGE_FORMATS, SparseLinear
 
 
 def sparsify_(model: nn.Module, int8: bool = False,
-              filter_fn: Optional[Callable[[nn.Module, str], bool]] = None) -> nn.Module:
+              filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+              format: Optional[str] = None) -> nn.Module:
     """Replace every masked ``nn.Linear`` of ``model`` by a ``SparseLinear`` (in place).
 
     Args:
@@ -22,16 +23,20 @@ def sparsify_(model: nn.Module, int8: bool = False,
             ``weight_mask`` buffer and a weight that is zero where the mask is False).
         int8: store the kept weights as int8 with per-output-row scales (Deep Compression style).
         filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which masked linears to swap.
+        format: "csr" or "ell" stores every swapped layer that way (with int8: "int8" /
+            "ell_int8"); None (default) chooses per layer (``fastq.nn.sparse.choose_format``).
 
     Returns:
         ``model`` itself. The format of each layer follows its ``fastq_prune_pattern``
-        (``SparseLinear`` docstring).
+        (``SparseLinear`` docstring) unless ``format`` is given.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"sparsify_: model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, nn.Linear):
         raise TypeError("sparsify_ swaps submodules in place; wrap a bare nn.Linear in a container "
                         "or call SparseLinear.from_float(linear)")
+    if format is not None and format not in STORAGE_FORMATS:
+        raise ValueError(f"sparsify_: format must be one of {STORAGE_FORMATS} or None (automatic), got {format!r}")
     targets = []
     for fqn, mod in model.named_modules():
         if type(mod) is nn.Linear and getattr(mod, "weight_mask", None) is not None:
@@ -41,7 +46,7 @@ def sparsify_(model: nn.Module, int8: bool = False,
         parent_name, _, child = fqn.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         try:
-            setattr(parent, child, SparseLinear.from_float(getattr(parent, child), int8=int8))
+            setattr(parent, child, SparseLinear.from_float(getattr(parent, child), int8=int8, format=format))
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"sparsify_: layer {fqn!r}: {exc}") from exc
     return model

@@ -120,6 +120,21 @@ def test_pruned_model_round_trip_keeps_masks(tmp_path):
     assert torch.equal(loaded[0].weight == 0, ~loaded[0].weight_mask)
 
 
+@pytest.mark.parametrize("fmt,int8", [("csr", False), ("ell", False), ("ell", True)], ids=str)
+def test_sparse_model_round_trip(tmp_path, fmt, int8):
+    torch.manual_seed(4)
+    model = mlp().eval()
+    fastq.prune_(model, fastq.PruneConfig(sparsity=0.8))
+    fastq.sparsify_(model, int8=int8, format=fmt)
+    assert n_fastq_modules(model) == 2
+    fastq.save(model, tmp_path)
+    loaded = fastq.load(tmp_path, base_model=mlp)
+    assert [type(m) for m in loaded.modules()] == [type(m) for m in model.modules()]
+    assert loaded[0].format == model[0].format
+    x = torch.randn(5, 64)
+    assert torch.equal(loaded(x), model(x))
+
+
 # ---- bad files: each raises LoadError --------------------------------------------------------------
 
 @pytest.fixture

@@ -14,7 +14,11 @@ Formats (``fastq.ops.reference`` documents the layouts):
   "csr"  padded CSR, float32 values + 16-bit columns: unstructured and any other pattern;
   "24"   2:4 values [N, K/2] + 2-bit indices: pattern "2:4" (or "1:4") with K % 4 == 0;
   "bsr"  block-CSR: pattern "blockRxC" with R, C in {1, 2, 4, 8};
-  "int8" padded CSR with int8 values and a float32 scale per output row (``int8=True``).
+  "int8" padded CSR with int8 values and a float32 scale per output row (``int8=True``);
+  "ell"  sliced ELL (16-row groups x 32-column tiles, gather-free kernel), float32 values;
+  "ell_int8" sliced ELL with int8 values and a float32 scale per output row.
+Unstructured masks get ``UNSTRUCTURED_DEFAULT`` unless ``format=`` asks for "csr" or "ell" (see
+``choose_format`` for the measurements behind the default).
 """
 
 from __future__ import annotations
@@ -27,11 +31,21 @@ from torch import Tensor, nn
 
 from fastq.ops import _library as L
 from fastq.ops import call_op
-from fastq.ops._checks import SPARSE_BLOCK_SIZES
+from fastq.ops._checks import ELL_ROWS, ELL_TILE, SPARSE_BLOCK_SIZES
 
-FORMATS = ("csr", "24", "bsr", "int8")
+FORMATS = ("csr", "24", "bsr", "int8", "ell", "ell_int8")
+STORAGE_FORMATS = ("csr", "ell")  # what format= may ask for; int8 picks their int8 variant
 _BLOCK = re.compile(r"^block(\d+)x(\d+)$")
 _NM = re.compile(r"^(\d+):(\d+)$")
+
+
+# Storage of unstructured masks (and of int8=True) when format=None; measured in choose_format.
+UNSTRUCTURED_DEFAULT = "csr"
+
+
+def _unstructured(storage: str, int8: bool) -> str:
+    """The format name of a storage ("csr" / "ell") with float32 or int8 values."""
+    return {"csr": "int8", "ell": "ell_int8"}[storage] if int8 else storage
 
 
 def _is_24(mask: Tensor) -> bool:
@@ -47,10 +61,20 @@ def _is_block(mask: Tensor, br: int, bc: int) -> bool:
     return torch.equal(blocks.repeat_interleave(br, 0).repeat_interleave(bc, 1), mask)
 
 
-def choose_format(mask: Tensor, pattern: Optional[str], int8: bool) -> tuple[str, int, int]:
-    """(format, block_rows, block_cols) for a mask and its pattern name (None: detect from the mask)."""
+def choose_format(mask: Tensor, pattern: Optional[str], int8: bool,
+                  format: Optional[str] = None) -> tuple[str, int, int]:
+    """(format, block_rows, block_cols) for a mask and its pattern name (None: detect from the mask).
+
+    ``format`` ("csr" or "ell") forces that storage for any pattern, its int8 variant when int8;
+    None keeps structured patterns in their formats and stores unstructured ones (and int8) as
+    ``UNSTRUCTURED_DEFAULT``.
+    """
+    if format is not None:
+        if format not in STORAGE_FORMATS:
+            raise ValueError(f"format must be one of {STORAGE_FORMATS} or None (automatic), got {format!r}")
+        return _unstructured(format, int8), 1, 1
     if int8:
-        return "int8", 1, 1
+        return _unstructured(UNSTRUCTURED_DEFAULT, True), 1, 1
     p = (pattern or "").strip().lower()
     if p:
         nm = _NM.match(p)
@@ -60,18 +84,20 @@ def choose_format(mask: Tensor, pattern: Optional[str], int8: bool) -> tuple[str
         if blk and int(blk.group(1)) in SPARSE_BLOCK_SIZES and int(blk.group(2)) in SPARSE_BLOCK_SIZES \
                 and int(blk.group(1)) * int(blk.group(2)) > 1:
             return "bsr", int(blk.group(1)), int(blk.group(2))
-        return "csr", 1, 1
+        return UNSTRUCTURED_DEFAULT, 1, 1
     # no pattern: detect the structured ones the kernels serve
     if mask.float().mean() <= 0.5 and _is_24(mask):
         return "24", 1, 1
     for br, bc in ((4, 4), (8, 1), (1, 4)):
         if _is_block(mask, br, bc):
             return "bsr", br, bc
-    return "csr", 1, 1
+    return UNSTRUCTURED_DEFAULT, 1, 1
 
 
 _BUFFERS = {"csr": ("values", "cols", "row_ptr"), "int8": ("q", "scale", "cols", "row_ptr"),
-            "24": ("values", "meta"), "bsr": ("values", "block_col", "row_ptr")}
+            "24": ("values", "meta"), "bsr": ("values", "block_col", "row_ptr"),
+            # in sparse_ell_pack's output order (float32 ell drops its empty scale)
+            "ell": ("values", "offsets", "steps", "group_ptr"), "ell_int8": ("q", "offsets", "steps", "group_ptr", "scale")}
 
 
 class SparseLinear(nn.Module):
@@ -84,7 +110,8 @@ class SparseLinear(nn.Module):
         in_features, out_features: K and N of the weight.
         bias: whether a float32 bias buffer [N] exists.
         format: one of ``FORMATS``.
-        entries: stored entries (csr/int8: padded entry count; bsr: block count; unused for 24).
+        entries: stored entries (csr/int8: padded entry count; bsr: block count; ell/ell_int8:
+            step count; unused for 24).
         kept: number of kept weights (for sparsity reports).
         block_rows, block_cols: bsr block shape.
     """
@@ -117,6 +144,14 @@ class SparseLinear(nn.Module):
         elif format == "24":
             self.register_buffer("values", torch.zeros(n, k // 2, dtype=f32))
             self.register_buffer("meta", torch.zeros(n, (k // 2 + 3) // 4, dtype=torch.uint8))
+        elif format in ("ell", "ell_int8"):
+            q8, groups = format == "ell_int8", -(-n // ELL_ROWS)
+            self.register_buffer("q" if q8 else "values", torch.zeros(entries, ELL_ROWS, dtype=torch.int8 if q8 else f32))
+            self.register_buffer("offsets", torch.zeros(entries, ELL_ROWS, dtype=torch.uint8))
+            self.register_buffer("steps", torch.zeros(groups, -(-k // ELL_TILE), dtype=torch.uint8))
+            self.register_buffer("group_ptr", torch.zeros(groups + 1, dtype=i64))
+            if q8:
+                self.register_buffer("scale", torch.ones(n, dtype=f32))
         else:
             self.register_buffer("values", torch.zeros(entries, block_rows, block_cols, dtype=f32))
             self.register_buffer("block_col", torch.zeros(entries, dtype=i16))
@@ -124,13 +159,15 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(n, dtype=f32) if bias else None)
 
     @classmethod
-    def from_float(cls, module: nn.Linear, int8: bool = False, pattern: Optional[str] = None) -> "SparseLinear":
+    def from_float(cls, module: nn.Linear, int8: bool = False, pattern: Optional[str] = None,
+                   format: Optional[str] = None) -> "SparseLinear":
         """Compress a pruned ``nn.Linear`` (see the mask contract above).
 
         Args:
             module: an ``nn.Linear`` with a bool ``weight_mask`` buffer.
             int8: store kept weights as int8 with a per-output-row scale (sparse-int8).
             pattern: overrides ``module.fastq_prune_pattern`` when given.
+            format: "csr" or "ell" to force that storage (see ``choose_format``); None chooses.
         """
         if not isinstance(module, nn.Linear):
             raise TypeError(f"SparseLinear.from_float takes an nn.Linear, got {type(module).__name__}")
@@ -142,7 +179,7 @@ class SparseLinear(nn.Module):
         mask = mask.to(w.device)
         if pattern is None:
             pattern = getattr(module, "fastq_prune_pattern", None)
-        fmt, br, bc = choose_format(mask, pattern, int8)
+        fmt, br, bc = choose_format(mask, pattern, int8, format)
         n, k = w.shape
         if fmt == "csr":
             packed = L.sparse_csr_pack(w, mask)
@@ -150,6 +187,8 @@ class SparseLinear(nn.Module):
             packed = L.sparse_int8_pack(w, mask)
         elif fmt == "24":
             packed = L.sparse_24_pack(w, mask)
+        elif fmt in ("ell", "ell_int8"):
+            packed = L.sparse_ell_pack(w, mask, fmt == "ell_int8")
         else:
             packed = L.sparse_bsr_pack(w, mask, br, bc)
         entries = 0 if fmt == "24" else packed[0].shape[0]
@@ -171,6 +210,10 @@ class SparseLinear(nn.Module):
             y = call_op("sparse_int8_linear", x, self.q, self.scale, self.cols, self.row_ptr, b)
         elif self.format == "24":
             y = call_op("sparse_24_linear", x, self.values, self.meta, b)
+        elif self.format == "ell":
+            y = call_op("sparse_ell_linear", x, self.values, self.offsets, self.steps, self.group_ptr, None, b, n)
+        elif self.format == "ell_int8":
+            y = call_op("sparse_ell_linear", x, self.q, self.offsets, self.steps, self.group_ptr, self.scale, b, n)
         else:
             y = call_op("sparse_bsr_linear", x, self.values, self.block_col, self.row_ptr, b, n)
         return y.to(dtype)
@@ -184,6 +227,10 @@ class SparseLinear(nn.Module):
             return L.sparse_int8_unpack(self.q, self.scale, self.cols, self.row_ptr, k)
         if self.format == "24":
             return L.sparse_24_unpack(self.values, self.meta, k)
+        if self.format in ("ell", "ell_int8"):
+            values = self.q if self.format == "ell_int8" else self.values
+            return L.sparse_ell_unpack(values, self.offsets, self.steps, self.group_ptr,
+                                       self.scale if self.format == "ell_int8" else None, n, k)
         return L.sparse_bsr_unpack(self.values, self.block_col, self.row_ptr, n, k)
 
     def init_kwargs(self) -> dict:

@@ -418,21 +418,30 @@ def check_sparse_ell(op: str, values: Tensor, offsets: Tensor, steps: Tensor, gr
     if not isinstance(values, Tensor) or values.dtype not in (torch.float32, torch.int8):
         got = values.dtype if isinstance(values, Tensor) else type(values).__name__
         raise TypeError(f"{op}: values must be float32 or int8 (sparse_ell_pack's output), got {got}")
+    device = ref.device  # one device object, compared four times (the linear runs per token)
     for name, t, dtype, dim in (("values", values, values.dtype, 2), ("offsets", offsets, torch.uint8, 2),
                                 ("steps", steps, torch.uint8, 2), ("group_ptr", group_ptr, torch.int64, 1)):
-        _check_t(op, name, t, dtype, dim, ref)
+        if not isinstance(t, Tensor) or t.dtype != dtype:
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"{op}: {name} must be {dtype}, got {got}")
+        if t.dim() != dim:
+            raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
+        if t.device != device:
+            _check_same_device(f"{op}: {name}", t, ref, ref_name)
         if not t.is_contiguous():
             raise ValueError(f"{op}: {name} must be contiguous (pass what sparse_ell_pack returned)")
-    if values.shape[1] != ELL_ROWS or tuple(offsets.shape) != tuple(values.shape):
+    shape = values.shape
+    if shape[1] != ELL_ROWS or offsets.shape != shape:
         raise ValueError(f"{op}: values and offsets must both be [steps, {ELL_ROWS}], got "
-                         f"{tuple(values.shape)} and {tuple(offsets.shape)}")
+                         f"{tuple(shape)} and {tuple(offsets.shape)}")
     groups, tiles = -(-n // ELL_ROWS), -(-k // ELL_TILE)
-    if steps.shape[0] != groups:
-        raise ValueError(f"{op}: steps has {steps.shape[0]} row groups but n={n} needs ceil(n / {ELL_ROWS}) = {groups}")
-    if steps.shape[1] != tiles:
-        raise ValueError(f"{op}: steps has {steps.shape[1]} column tiles but K={k} needs ceil(K / {ELL_TILE}) = "
+    g_n, t_n = steps.shape
+    if g_n != groups:
+        raise ValueError(f"{op}: steps has {g_n} row groups but n={n} needs ceil(n / {ELL_ROWS}) = {groups}")
+    if t_n != tiles:
+        raise ValueError(f"{op}: steps has {t_n} column tiles but K={k} needs ceil(K / {ELL_TILE}) = "
                          f"{tiles}: K mismatch between {ref_name} and the packed weight?")
-    if group_ptr.numel() != groups + 1:
+    if group_ptr.shape[0] != groups + 1:
         raise ValueError(f"{op}: group_ptr must have ceil(n / {ELL_ROWS}) + 1 = {groups + 1} entries, "
                          f"got {group_ptr.numel()}")
     int8 = values.dtype == torch.int8
@@ -457,39 +466,24 @@ def check_sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: T
     return k, int8
 
 
-def _cached_scan(t: Tensor, tag: str, key: tuple, scan, partner: Optional[Tensor] = None) -> object:
-    """``scan()``, cached on ``t`` while ``key`` (the versions the scan read) is unchanged and, when
-    given, ``partner`` is still the very tensor it was computed with (held by weak reference, so a
-    new tensor that reuses a freed one's id cannot inherit its verdict)."""
-    cached = getattr(t, tag, None)
-    if cached is not None and cached[0] == key and (partner is None or cached[2]() is partner):
-        return cached[1]
-    result = scan()
-    try:
-        setattr(t, tag, (key, result, weakref.ref(partner) if partner is not None else None))
-    except (AttributeError, RuntimeError, TypeError):
-        pass
-    return result
-
-
 def check_sparse_ell_values(op: str, offsets: Tensor, steps: Tensor, group_ptr: Tensor) -> None:
     """Value checks of a packed ELL weight (they read memory): offsets < 32, steps <= 32, and
-    group_ptr = [0, running sum of each group's steps] ending at the stored step count. Each scan
-    runs once per tensor version."""
-    def max_of(t: Tensor):
-        return lambda: int(t.max()) if t.numel() else 0
-
-    if _cached_scan(offsets, "_fastq_max", (offsets._version,), max_of(offsets)) >= ELL_TILE:
+    group_ptr = [0, running sums of each group's steps] ending at the stored step count. Cached on
+    group_ptr per version of the three tensors; the others are held by weak reference, so a new
+    tensor that reuses a freed one's id cannot inherit its verdict."""
+    key = (group_ptr._version, steps._version, offsets._version)
+    cached = getattr(group_ptr, "_fastq_ell_valid", None)
+    if cached is not None and cached[0] == key and cached[1]() is steps and cached[2]() is offsets:
+        return
+    if offsets.numel() and int(offsets.max()) >= ELL_TILE:
         raise ValueError(f"{op}: an offset is >= {ELL_TILE}: offsets hold columns within a {ELL_TILE}-column tile")
-    if _cached_scan(steps, "_fastq_max", (steps._version,), max_of(steps)) > ELL_TILE:
+    if steps.numel() and int(steps.max()) > ELL_TILE:
         raise ValueError(f"{op}: a step count exceeds {ELL_TILE}, the columns of a tile")
-
-    def consistent() -> bool:
-        counts = steps.to(torch.int64).sum(dim=1)
-        return (int(group_ptr[0]) == 0 and int(group_ptr[-1]) == offsets.shape[0]
-                and bool(torch.equal(group_ptr.diff(), counts)))
-
-    key = (group_ptr._version, steps._version, offsets.shape[0])
-    if not _cached_scan(group_ptr, "_fastq_ell_valid", key, consistent, partner=steps):
+    if (int(group_ptr[0]) != 0 or int(group_ptr[-1]) != offsets.shape[0]
+            or not torch.equal(group_ptr.diff(), steps.to(torch.int64).sum(dim=1))):
         raise ValueError(f"{op}: group_ptr does not match steps and the {offsets.shape[0]} stored steps "
                          "(step counts inconsistent with the values' length?); pass what sparse_ell_pack returned")
+    try:
+        group_ptr._fastq_ell_valid = (key, weakref.ref(steps), weakref.ref(offsets))
+    except (AttributeError, RuntimeError, TypeError):
+        pass

@@ -315,8 +315,11 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     if x.numel() == 0:
         return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
     _native.record(op, x.device.type)
-    x2 = x.reshape(-1, k)
-    x2 = (x2.float() if x2.dtype != torch.float32 else x2).contiguous()
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)  # reshape and .to cost a microsecond each:
+    if x2.dtype != torch.float32:  # skip them when they would do nothing (small M is the use)
+        x2 = x2.float()
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
     m = x2.shape[0]
     y = torch.empty(m, n, dtype=torch.float32)
     scale = _contig(scale) if int8 else None
@@ -324,4 +327,6 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     _native._C.sparse_ell_linear_cpu(x2.data_ptr(), m, n, k, values.data_ptr(), int8, offsets.data_ptr(),
                                      steps.data_ptr(), group_ptr.data_ptr(), _ptr(scale), _ptr(bias), y.data_ptr(),
                                      _native.num_threads())
-    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))
+    if x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y if x.dim() == 2 else y.reshape(tuple(x.shape[:-1]) + (n,))

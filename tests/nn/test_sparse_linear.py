@@ -78,11 +78,12 @@ def test_format_detected_without_pattern():
         assert SparseLinear.from_float(lin).format == fmt
 
 
-@pytest.mark.parametrize("pattern,int8", [("unstructured", False), ("2:4", False), ("block4x4", False),
-                                          ("unstructured", True)], ids=str)
-def test_state_dict_and_init_kwargs_round_trip(pattern, int8):
+@pytest.mark.parametrize("pattern,int8,fmt", [("unstructured", False, None), ("2:4", False, None),
+                                              ("block4x4", False, None), ("unstructured", True, None),
+                                              ("unstructured", False, "ell"), ("unstructured", True, "ell")], ids=str)
+def test_state_dict_and_init_kwargs_round_trip(pattern, int8, fmt):
     gen = _gen(7)
-    sp = SparseLinear.from_float(_pruned_linear(64, 24, pattern, gen), int8=int8)
+    sp = SparseLinear.from_float(_pruned_linear(64, 24, pattern, gen), int8=int8, format=fmt)
     kwargs = json.loads(json.dumps(sp.init_kwargs()))  # JSON-serialisable
     empty = SparseLinear(**kwargs)
     empty.load_state_dict(sp.state_dict())
@@ -138,3 +139,62 @@ def test_errors_name_the_layer():
 def test_sparsify_rejects_a_non_module():
     with pytest.raises(TypeError, match="nn.Module"):
         fastq.sparsify_("not a model")
+
+
+# ---- sliced ELL ("ell" / "ell_int8") ------------------------------------------------------------
+
+@pytest.mark.parametrize("int8", (False, True))
+@pytest.mark.parametrize("m", (1, 5, 9))
+def test_ell_matches_masked_dense_and_the_op(int8, m):
+    from fastq.ops import _library as L
+    from fastq.ops import reference as R
+
+    gen = _gen(11 + m + int8)
+    lin = _pruned_linear(100, 37, "unstructured", gen)  # tails: 37 rows = 3 groups, 100 inputs = 4 tiles
+    sp = SparseLinear.from_float(lin, int8=int8, format="ell")
+    assert sp.format == ("ell_int8" if int8 else "ell")
+    packed = L.sparse_ell_pack(lin.weight.detach(), lin.weight_mask, int8)
+    values = sp.q if int8 else sp.values
+    assert torch.equal(values, packed[0]) and torch.equal(sp.steps, packed[2])
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = torch.randn(2, m, 100, generator=gen).to(dtype)
+        y = sp(x)
+        assert y.dtype == dtype and y.shape == (2, m, 37)
+        xr = x if dtype != torch.float16 else x.float()  # float16 runs in float32
+        ref = R.sparse_ell_linear(xr, *packed, lin.bias.detach(), 37).to(dtype)
+        assert torch.equal(y, ref)  # bit-exact with the reference op
+    dense = sp.dense_weight()
+    if not int8:
+        assert torch.equal(dense, lin.weight.detach() * lin.weight_mask)
+    else:
+        assert bool(((dense - lin.weight.detach()).abs() <= sp.scale[:, None] / 2 + 1e-7).all())
+    x = torch.randn(m, 100, generator=gen)
+    tol = 1e-5 * (x.abs() @ dense.abs().t() + lin.bias.abs()) + 1e-6
+    assert bool(((sp(x) - nn.functional.linear(x, dense, lin.bias.detach())).abs() <= tol).all())
+    assert "format=ell" in repr(sp)
+
+
+def test_format_argument():
+    gen = _gen(13)
+    for pattern in ("unstructured", "2:4", "block4x4"):
+        lin = _pruned_linear(64, 32, pattern, gen)
+        assert SparseLinear.from_float(lin, format="ell").format == "ell"
+        assert SparseLinear.from_float(lin, format="csr").format == "csr"
+        assert SparseLinear.from_float(lin, int8=True, format="ell").format == "ell_int8"
+        assert SparseLinear.from_float(lin, int8=True, format="csr").format == "int8"
+    lin = _pruned_linear(64, 32, "unstructured", gen)
+    assert SparseLinear.from_float(lin).format == fastq.nn.sparse.UNSTRUCTURED_DEFAULT
+    with pytest.raises(ValueError, match="format must be one of"):
+        SparseLinear.from_float(lin, format="bsr")
+
+
+def test_sparsify_with_format():
+    gen = _gen(17)
+    model = nn.Sequential(_pruned_linear(32, 48, "unstructured", gen), nn.ReLU(), _pruned_linear(48, 16, "2:4", gen))
+    x = torch.randn(3, 32, generator=gen)
+    expect = model(x)
+    fastq.sparsify_(model, format="ell")
+    assert model[0].format == "ell" and model[2].format == "ell"
+    torch.testing.assert_close(model(x), expect, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="format must be one of"):
+        fastq.sparsify_(nn.Sequential(_pruned_linear(8, 8, "unstructured", gen)), format="ELL")
