@@ -15,6 +15,16 @@ BLOCKS = ((1, 4), (4, 4), (8, 1), (2, 8), (4, 1), (1, 2))
 
 
 
+def with_threads(threads: int, fn):
+    """``fn()`` run under ``torch.set_num_threads(threads)``; the previous setting is restored."""
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return fn()
+    finally:
+        torch.set_num_threads(saved)
+
+
 def random_mask(n: int, k: int, sparsity: float, gen: torch.Generator) -> torch.Tensor:
     """Bernoulli mask keeping about 1 - sparsity, with at least one kept weight."""
     m = torch.rand(n, k, generator=gen) >= sparsity

@@ -19,7 +19,7 @@ from fastq.ops import reference as R
 from fastq.ops._checks import ELL_ROWS, ELL_TILE
 
 from _compare import assert_bits_equal, generator
-from sparse_cases import random_mask
+from sparse_cases import random_mask, with_threads
 
 SIZES = (1, 7, 31, 33, 65, 129)
 SHAPES = [(n, k) for n, k in zip(SIZES, reversed(SIZES))] + [(16, 32), (33, 7)]
@@ -143,15 +143,8 @@ def test_batched_input_and_thread_independence(isa):
     mask = random_mask(n, k, 0.5, gen)
     for int8 in (False, True):
         packed = L.sparse_ell_pack(w, mask, int8)
-        saved = torch.get_num_threads()
         for x in (torch.randn(2, 3, k, generator=gen), torch.randn(1, k, generator=gen)):
-            try:
-                torch.set_num_threads(1)
-                y1 = L.sparse_ell_linear(x, *packed, None, n)
-                torch.set_num_threads(2)
-                y2 = L.sparse_ell_linear(x, *packed, None, n)
-            finally:
-                torch.set_num_threads(saved)
+            y1, y2 = (with_threads(t, lambda: L.sparse_ell_linear(x, *packed, None, n)) for t in (1, 2))
             assert y1.shape == tuple(x.shape[:-1]) + (n,)
             assert_bits_equal(y1, y2)
             assert_bits_equal(y1, R.sparse_ell_linear(x, *packed, None, n))
@@ -183,20 +176,25 @@ def test_nan_policy(isa):
         assert_bits_equal(y, R.sparse_ell_linear(x, *packed, None, n))
 
 
+def _case(n: int = 20, k: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = generator("ell-case", n, k)
+    return torch.randn(n, k, generator=gen), random_mask(n, k, 0.5, gen)
+
+
+def _packed(int8: bool = False):
+    return L.sparse_ell_pack(*_case(), int8)
+
+
+@pytest.mark.parametrize("int8", (False, True))
 @pytest.mark.parametrize("m", (1, 9))
-def test_opcheck(m):
+def test_opcheck(m, int8):
     gen = generator("ell-opcheck", m)
-    n, k = 20, 40
-    x = torch.randn(m, k, generator=gen)
-    w = torch.randn(n, k, generator=gen)
-    bias = torch.randn(n, generator=gen)
-    mask = random_mask(n, k, 0.6, gen)
-    for int8 in (False, True):
-        packed = L.sparse_ell_pack(w, mask, int8)
-        torch.library.opcheck(L.OPS["sparse_ell_linear"], (x, *packed, bias, n))
-        torch.library.opcheck(L.OPS["sparse_ell_linear"], (x.bfloat16(), *packed, None, n))
-        torch.library.opcheck(L.OPS["sparse_ell_unpack"], (*packed, n, k))
-        torch.library.opcheck(L.OPS["sparse_ell_pack"], (w, mask, int8))
+    packed = _packed(int8)
+    x = torch.randn(m, 40, generator=gen)
+    for args in ((x, *packed, torch.randn(20, generator=gen), 20), (x.bfloat16(), *packed, None, 20)):
+        torch.library.opcheck(L.OPS["sparse_ell_linear"], args)
+    torch.library.opcheck(L.OPS["sparse_ell_unpack"], (*packed, 20, 40))
+    torch.library.opcheck(L.OPS["sparse_ell_pack"], (*_case(), int8))
 
 
 def test_cuda_is_served_by_the_reference():
@@ -213,24 +211,21 @@ def test_cuda_is_served_by_the_reference():
 
 # ---- bad input --------------------------------------------------------------------------------
 
-def _packed(int8: bool = False, n: int = 20, k: int = 40):
-    gen = generator("ell-bad")  # the same mask for both value types
-    return L.sparse_ell_pack(torch.randn(n, k, generator=gen), random_mask(n, k, 0.5, gen), int8)
+_W = torch.randn(8, 16)
+_NON_FINITE = _W.clone()
+_NON_FINITE[2, 3] = float("inf")
 
 
-def test_bad_pack_input():
-    w = torch.randn(8, 16)
-    with pytest.raises(ValueError, match="keeps no weight"):
-        L.sparse_ell_pack(w, torch.zeros(8, 16, dtype=torch.bool))
-    with pytest.raises(TypeError, match="mask must be a bool"):
-        L.sparse_ell_pack(w, torch.ones(8, 16))
-    with pytest.raises(ValueError, match="mask has shape"):
-        L.sparse_ell_pack(w, torch.ones(8, 15, dtype=torch.bool))
-    with pytest.raises(ValueError, match="non-empty 2-D"):
-        L.sparse_ell_pack(torch.randn(0, 16), torch.ones(0, 16, dtype=torch.bool))
-    w[2, 3] = float("inf")
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        L.sparse_ell_pack(w, torch.ones(8, 16, dtype=torch.bool))
+@pytest.mark.parametrize("w,mask,error,match", [
+    (_W, torch.zeros(8, 16, dtype=torch.bool), ValueError, "keeps no weight"),
+    (_W, torch.ones(8, 16), TypeError, "mask must be a bool"),
+    (_W, torch.ones(8, 15, dtype=torch.bool), ValueError, "mask has shape"),
+    (torch.randn(0, 16), torch.ones(0, 16, dtype=torch.bool), ValueError, "non-empty 2-D"),
+    (_NON_FINITE, torch.ones(8, 16, dtype=torch.bool), ValueError, "NaN or Inf"),
+], ids=("empty-mask", "float-mask", "mask-shape", "empty-w", "inf"))
+def test_bad_pack_input(w, mask, error, match):
+    with pytest.raises(error, match=match):
+        L.sparse_ell_pack(w, mask)
 
 
 def test_bad_linear_dtypes_and_shapes():

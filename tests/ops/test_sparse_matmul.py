@@ -16,7 +16,7 @@ from fastq.ops import _library as L
 from fastq.ops import reference as R
 
 from _compare import generator
-from sparse_cases import BLOCKS, SPARSITIES, block_mask, mask_24, random_mask
+from sparse_cases import BLOCKS, SPARSITIES, block_mask, mask_24, random_mask, with_threads
 
 SHAPES = [(7, 129), (33, 64), (16, 17), (65, 31), (1, 127), (9, 8), (127, 65), (64, 384)]
 MS = (1, 7, 8, 33)
@@ -102,15 +102,8 @@ def test_batched_input_and_thread_independence(isa):
     w = torch.randn(n, k, generator=gen)
     mask = random_mask(n, k, 0.5, gen)
     packed = L.sparse_csr_pack(w, mask)
-    saved = torch.get_num_threads()
     for x in (torch.randn(2, 5, k, generator=gen), torch.randn(1, k, generator=gen)):  # [*, K] input
-        try:
-            torch.set_num_threads(1)
-            y1 = L.sparse_csr_linear(x, *packed, None, n)
-            torch.set_num_threads(2)
-            y2 = L.sparse_csr_linear(x, *packed, None, n)
-        finally:
-            torch.set_num_threads(saved)
+        y1, y2 = (with_threads(t, lambda: L.sparse_csr_linear(x, *packed, None, n)) for t in (1, 2))
         assert y1.shape == tuple(x.shape[:-1]) + (n,)
         assert torch.equal(y1, y2)  # rows are split across threads, never a row's sum
         _close(y1, R.sparse_csr_linear(x, *packed, None, n), x, w * mask)
