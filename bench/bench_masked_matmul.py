@@ -11,6 +11,10 @@ or under pytest-benchmark (one benchmark per candidate x case; a small grid):
 Invariants:
   * Every candidate computes y = x @ (W * M)^T for the same Gaussian W, mask and x; all run with
     torch.set_num_threads(threads) (scipy is single-threaded: it is what scipy offers).
+  * fastq runs as SparseLinear calls it (fastq.ops.call_op: the eager fast path to the native
+    kernel, no torch.library dispatch cost). Unstructured rows time both storages, padded CSR
+    ("fastq_csr") and sliced ELL ("fastq_ell"), and int8 rows both int8 variants; the fastq
+    column and the targets use the faster one ("fmt" names it), csr_ms / ell_ms keep both visible.
   * Ratios come from ONE run: per row, the candidates are timed in interleaved rounds (one call
     each per round, median over rounds), so load from other processes on a shared machine hits
     them alike. Peers: dense F.linear on the pruned weight, torch.sparse CSR with int32 indices,
@@ -38,6 +42,7 @@ except ImportError:  # run as `python bench/bench_masked_matmul.py` from a sourc
     import fastq
 
 from fastq.ops import _library as L
+from fastq.ops import call_op
 
 SHAPES = [(4096, 4096), (768, 3072)]  # (N, K): a Llama-7B-sized square layer, the BERT FFN down
 MS = [1, 8, 32, 128]
@@ -82,11 +87,11 @@ def candidates(wm: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, kind: str,
     out: dict = {"dense": lambda: F.linear(x, wm)}
     if kind == "2:4":
         values, meta = L.sparse_24_pack(wm, mask)
-        out["fastq"] = lambda: L.sparse_24_linear(x, values, meta, None)
+        out["fastq"] = lambda: call_op("sparse_24_linear", x, values, meta, None)
     elif kind.startswith("block"):
         br, bc = map(int, kind[5:].split("x"))
         packed = L.sparse_bsr_pack(wm, mask, br, bc)
-        out["fastq"] = lambda: L.sparse_bsr_linear(x, *packed, None, n)
+        out["fastq"] = lambda: call_op("sparse_bsr_linear", x, *packed, None, n)
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
         try:
             bsr = wm.to_sparse_bsr((br, bc))
@@ -96,10 +101,14 @@ def candidates(wm: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, kind: str,
             pass
     else:
         packed = L.sparse_csr_pack(wm, mask)
-        out["fastq"] = lambda: L.sparse_csr_linear(x, *packed, None, n)
+        out["fastq_csr"] = lambda: call_op("sparse_csr_linear", x, *packed, None, n)
+        ell = L.sparse_ell_pack(wm, mask)
+        out["fastq_ell"] = lambda: call_op("sparse_ell_linear", x, *ell, None, n)
         if int8:
             q = L.sparse_int8_pack(wm, mask)
-            out["fastq_int8"] = lambda: L.sparse_int8_linear(x, *q, None)
+            out["fastq_csr_int8"] = lambda: call_op("sparse_int8_linear", x, *q, None)
+            ell8 = L.sparse_ell_pack(wm, mask, True)
+            out["fastq_ell_int8"] = lambda: call_op("sparse_ell_linear", x, *ell8, None, n)
     if not kind.startswith("block") and not int8:
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")  # torch.sparse beta notices
         csr64 = wm.to_sparse_csr()
@@ -114,6 +123,24 @@ def candidates(wm: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, kind: str,
             out["scipy_csr"] = lambda: s @ xt
         except ImportError:
             pass
+    return out
+
+
+PEERS = ("torch_csr", "torch_bsr", "scipy_csr")
+
+
+def best_fastq(t: dict) -> dict:
+    """Times with each fastq storage's time moved under its short name ("csr", "ell", "csr_int8",
+    "ell_int8") and "fastq" / "fastq_int8" set to the faster float32 / int8 storage ("fmt" /
+    "fmt_int8" name it), so the targets judge fastq's best format. Other rows pass through."""
+    out = {k: v for k, v in t.items() if not k.startswith("fastq_")}
+    for suffix in ("", "_int8"):
+        fmts = {f"{s}{suffix}": t[f"fastq_{s}{suffix}"] for s in ("csr", "ell") if f"fastq_{s}{suffix}" in t}
+        if fmts:
+            out.update(fmts)
+            out[f"fmt{suffix}"] = min(fmts, key=fmts.get)
+            out[f"fastq{suffix}"] = fmts[out[f"fmt{suffix}"]]
+    out.setdefault("fmt", "")
     return out
 
 
@@ -134,7 +161,7 @@ def target_for(kind: str, m: int, sparsity: float, int8: bool) -> tuple[str, Opt
         if m >= 32 and sparsity == 0.6:
             return (">1x dense (crossover <=60%)", vs_dense("fastq", 1.0), "")
         if m >= 32 and sparsity >= 0.9:
-            return (">=1.3x best peer", lambda t: min(v for k, v in t.items() if k not in ("fastq",)) / t["fastq"] >= 1.3, "")
+            return (">=1.3x best peer", lambda t: min(v for k, v in t.items() if k == "dense" or k in PEERS) / t["fastq"] >= 1.3, "")
         return ("", None, "")
     if kind == "2:4":
         goal = {1: 1.3, 32: 1.1, 128: 1.0}.get(m)
@@ -177,14 +204,16 @@ def run(quick: bool, threads: int) -> list:
         x = torch.randn(m, k, generator=gen)
         fns = candidates(wm, mask, x, kind, int8)
         rounds = (7 if m >= 32 else 31) if quick else (15 if m >= 32 else 61)
-        t = time_round_robin(fns, rounds, budget_s=6.0 if quick else 20.0)
+        t = best_fastq(time_round_robin(fns, rounds, budget_s=6.0 if quick else 20.0))
         text, check, _ = target_for(kind, m, sp, int8)
         fq = t["fastq_int8"] if int8 else t["fastq"]
-        peers = {k2: v for k2, v in t.items() if k2 not in ("dense", "fastq", "fastq_int8")}
+        peers = {k2: v for k2, v in t.items() if k2 in PEERS}
         best_peer = min(peers.values()) if peers else None
         rows.append({
             "shape": f"{n}x{k}", "M": m, "pattern": kind + (" +int8" if int8 else ""), "sparsity": sp,
-            "dense_ms": t["dense"] * 1e3, "fastq_ms": fq * 1e3,
+            "dense_ms": t["dense"] * 1e3, "fastq_ms": fq * 1e3, "fmt": t["fmt_int8" if int8 else "fmt"],
+            "csr_ms": t.get("csr_int8" if int8 else "csr", float("nan")) * 1e3,
+            "ell_ms": t.get("ell_int8" if int8 else "ell", float("nan")) * 1e3,
             "torch_csr_ms": t.get("torch_csr", float("nan")) * 1e3, "torch_bsr_ms": t.get("torch_bsr", float("nan")) * 1e3,
             "scipy_ms": t.get("scipy_csr", float("nan")) * 1e3,
             "x_dense": t["dense"] / fq, "x_best_peer": (best_peer / fq) if best_peer else float("nan"),
@@ -194,8 +223,8 @@ def run(quick: bool, threads: int) -> list:
     return rows
 
 
-COLUMNS = ["shape", "M", "pattern", "sparsity", "dense_ms", "fastq_ms", "torch_csr_ms", "torch_bsr_ms", "scipy_ms",
-           "x_dense", "x_best_peer", "target", "met"]
+COLUMNS = ["shape", "M", "pattern", "sparsity", "dense_ms", "fastq_ms", "fmt", "csr_ms", "ell_ms", "torch_csr_ms",
+           "torch_bsr_ms", "scipy_ms", "x_dense", "x_best_peer", "target", "met"]
 
 
 def _cell(v) -> str:
@@ -222,7 +251,7 @@ try:
     _BENCH = [(m, kind, sp) for m in (1, 32) for kind, sp in (("unstructured", 0.9), ("2:4", 0.5), ("block4x4", 0.9))]
 
     @pytest.mark.parametrize("m,kind,sp", _BENCH, ids=lambda v: str(v))
-    @pytest.mark.parametrize("who", ["dense", "fastq", "torch_csr", "torch_bsr", "scipy_csr"])
+    @pytest.mark.parametrize("who", ["dense", "fastq", "fastq_csr", "fastq_ell", "torch_csr", "torch_bsr", "scipy_csr"])
     def test_masked_matmul(benchmark, who, m, kind, sp):
         torch.set_num_threads(2)
         wm, mask = make_case(4096, 4096, kind, sp, torch.Generator().manual_seed(0))
