@@ -39,7 +39,14 @@ _BLOCK = re.compile(r"^block(\d+)x(\d+)$")
 _NM = re.compile(r"^(\d+):(\d+)$")
 
 
-# Storage of unstructured masks (and of int8=True) when format=None; measured in choose_format.
+# Storage of unstructured masks (and of int8=True) when format=None. Measured with
+# bench/bench_masked_matmul.py's shapes (768x3072 and 4096x4096, 50-95% sparse, M = 1..128, 1 and 2
+# threads, Zen 4): on AVX-512 ELL beats CSR at M <= 4 (1.1-4x; int8 1.2-4x) and mostly at M = 8,
+# but at M >= 32 it is 0.6-0.9x of CSR above 75% sparsity on the large layer, at M = 1 it is 0.7-0.8x
+# on 4096x4096 at 90-95% float32 (ELL's padding bytes, memory-bound), and on AVX2-only CPUs it is
+# 0.4-0.5x at M >= 32. Not uniformly better, so CSR stays the default; ask for format="ell" for
+# small batches (token-by-token decoding, M <= 8) on AVX-512 CPUs, above all with int8=True, or
+# for any batch at <= 50-60% sparsity, where ELL led at every M measured.
 UNSTRUCTURED_DEFAULT = "csr"
 
 
@@ -67,7 +74,7 @@ def choose_format(mask: Tensor, pattern: Optional[str], int8: bool,
 
     ``format`` ("csr" or "ell") forces that storage for any pattern, its int8 variant when int8;
     None keeps structured patterns in their formats and stores unstructured ones (and int8) as
-    ``UNSTRUCTURED_DEFAULT``.
+    ``UNSTRUCTURED_DEFAULT`` (see its comment for when "ell" is the better choice).
     """
     if format is not None:
         if format not in STORAGE_FORMATS:

@@ -355,6 +355,9 @@ def _sparse_ell_linear_fake(x, values, offsets, steps, group_ptr, scale, bias, n
 @_define("sparse_ell_linear", "sparse_ell_linear", (), _sparse_ell_linear_fake)
 def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
                       scale: Optional[Tensor], bias: Optional[Tensor], n: int) -> Tensor:
+    """``x @ (W * M)^T + bias`` from sparse_ell_pack's output (reference.sparse_ell_linear states
+    the float-op sequence). Native kernel on CPU only (scalar / AVX2 / AVX-512, bit-exact with the
+    reference); CUDA and other devices run the reference."""
     _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
     _checks.check_sparse_ell_values("sparse_ell_linear", offsets, steps, group_ptr)
     return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)

@@ -198,3 +198,14 @@ def test_sparsify_with_format():
     torch.testing.assert_close(model(x), expect, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="format must be one of"):
         fastq.sparsify_(nn.Sequential(_pruned_linear(8, 8, "unstructured", gen)), format="ELL")
+
+
+def test_ell_compiles_and_exports():
+    """The ELL op's fake lets the module trace: torch.compile(fullgraph) and torch.export give the eager result."""
+    gen = _gen(19)
+    sp = SparseLinear.from_float(_pruned_linear(100, 37, "unstructured", gen), int8=True, format="ell")
+    x = torch.randn(3, 100, generator=gen)
+    want = sp(x)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(sp, fullgraph=True)(x), want)
+    assert torch.equal(torch.export.export(nn.Sequential(sp), (x,)).module()(x), want)
