@@ -229,10 +229,12 @@ def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: O
                 cols: Optional[Tensor], row_ptr: Optional[Tensor], meta: Optional[Tensor], block: tuple,
                 bias: Optional[Tensor]) -> Tensor:
     k = x.shape[-1]
-    x2 = x.reshape(-1, k).float()
+    x2 = (x if x.dim() == 2 else x.reshape(-1, k)).float()
     m = x2.shape[0]
     _native.record(op, x.device.type)
-    y = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    # y is allocated in its final shape, so a float32 call ends without reshape/cast (small layers:
+    # each of those costs a microsecond next to a kernel of a few)
+    y = torch.empty(x.shape[:-1] + (n,), dtype=torch.float32, device=x.device)
     # packed tensors come contiguous from the *_pack ops; only views need a copy
     values, scale, cols, row_ptr, meta, bias = (
         t if t is None or t.is_contiguous() else t.contiguous() for t in (values, scale, cols, row_ptr, meta, bias))
@@ -258,7 +260,7 @@ def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: O
             else:
                 _native._C.sparse_24_linear_cuda(xk.data_ptr(), m, n, k, values.data_ptr(), meta.data_ptr(),
                                                  _ptr(bias), y.data_ptr(), _native.cuda_stream(x))
-    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def _check_csr_values(op: str, cols: Tensor, row_ptr: Tensor, limit: int, what: str) -> None:
