@@ -114,6 +114,9 @@ def test_bytes_and_repr():
     assert abs(sp.sparsity - 0.7) < 0.01
     r = repr(sp)
     assert "kernel_size=(3, 3)" in r and "format=csr" in r and "sparsity=" in r
+    row = fastq.summary(model).layers[0]
+    assert (row.shape, row.bits, row.detail, row.bytes) == ((17, 8, 3, 3), 32, "sparse csr", sp.weight_bytes())
+    assert abs(row.sparsity - sp.sparsity) < 1e-12
 
 
 def test_grouped_convolutions_stay_masked():
