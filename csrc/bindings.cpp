@@ -256,6 +256,13 @@ PYBIND11_MODULE(_C, m) {
   FASTQ_SPARSE_DEF(sparse_bsr_linear);
   FASTQ_SPARSE_DEF(sparse_int8_linear);
 #undef FASTQ_SPARSE_DEF
+  m.def(
+      "sparse_transpose_x_cpu",
+      [](uintptr_t x, bool x_bf16, int64_t mm, int64_t k, int64_t k_pad, int64_t ld, uintptr_t xt, int num_threads) {
+        fastq::sparse_transpose_x_cpu(reinterpret_cast<const void*>(x), x_bf16, mm, k, k_pad, ld,
+                                      reinterpret_cast<float*>(xt), num_threads);
+      },
+      nogil);
 #ifdef FASTQ_WITH_CUDA
   m.def(
       "sparse_csr_linear_cuda",

@@ -229,7 +229,7 @@ def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: O
                 cols: Optional[Tensor], row_ptr: Optional[Tensor], meta: Optional[Tensor], block: tuple,
                 bias: Optional[Tensor]) -> Tensor:
     k = x.shape[-1]
-    x2 = (x if x.dim() == 2 else x.reshape(-1, k)).float()
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
     m = x2.shape[0]
     _native.record(op, x.device.type)
     # y is allocated in its final shape, so a float32 call ends without reshape/cast (small layers:
@@ -241,18 +241,21 @@ def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: O
     if x.device.type == "cpu":
         if m >= SPARSE_TRANSPOSE_MIN_M:
             ld = -(-m // 16) * 16
-            xk = torch.zeros(k_pad, ld, dtype=torch.float32)
-            xk[:k, :m] = x2.t()
+            xk = torch.empty(k_pad, ld, dtype=torch.float32)
+            x2 = x2.contiguous()
+            _native._C.sparse_transpose_x_cpu(x2.data_ptr(), x2.dtype == torch.bfloat16, m, k, k_pad, ld,
+                                              xk.data_ptr(), _native.num_threads())
             transposed = True
         else:
             ld = 0
+            x2 = x2.float()
             xk = x2.contiguous() if k_pad == k else torch.nn.functional.pad(x2, (0, k_pad - k)).contiguous()
             transposed = False
         getattr(_native._C, f"{op}_cpu")(
             xk.data_ptr(), transposed, ld, m, n, k_pad, values.data_ptr(), _ptr(scale), _ptr(cols), _ptr(row_ptr),
             _ptr(meta), block[0], block[1], _ptr(bias), y.data_ptr(), _native.num_threads())
     else:
-        xk = x2.contiguous()
+        xk = x2.float().contiguous()
         with torch.cuda.device(x.device):
             if op == "sparse_csr_linear":
                 _native._C.sparse_csr_linear_cuda(xk.data_ptr(), m, n, k, values.data_ptr(), cols.data_ptr(),
