@@ -12,12 +12,19 @@
 //  - bfloat16 x: the kept float32 weights are rounded to bfloat16 (round to nearest even) while
 //    they are staged, products are exact, accumulation is float32 (order unspecified, as in any
 //    tensor-core GEMM), bias is added in float32 and y is float32 (Python rounds it once to bf16).
-//    Relative to the reference each product carries at most one bf16 rounding (2^-9) of its weight.
+//    Relative to the reference each product carries at most one bf16 rounding (2^-8) of its weight.
 //  - float32 x stays on s24_kernel, TF32 allowed or not, bit for bit as before: the TF32 mma.sp
 //    (m16n8k16 / m16n8k8) takes A at 1:2 granularity (PTX ISA 9.7.14.6.1: one kept value per pair of
 //    columns), which a 2:4 weight keeping both values of a pair (columns 0,1 or 2,3) does not meet;
 //    splitting every weight into two 1:2 halves costs two TF32 mma.sp per k-step, i.e. the work of a
 //    dense TF32 GEMM, so there is nothing to gain over torch's dense matmul.
+//
+// Speed (nothing here has run on a GPU yet): the weights are converted on load, so no repacked
+// copy of the stored format is needed, but the float32 kept values are as many bytes as the dense
+// bf16 weight: at small M, where the weight bytes bound the time, this path cannot beat dense bf16;
+// a bf16 copy of the kept values made once at pack time (1.78x fewer bytes than dense) would be
+// essential there. On sm_90, mma.sp.sync issues below the rate of Hopper's wgmma.sp (sm_90a), which
+// cuSPARSELt uses, so matching cuSPARSELt at large M on an H100 may need that instead.
 //
 // Fragment and metadata mapping of mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 (also in
 // mma.cuh), from the PTX ISA (9.x), section 9.7.14.6 "Matrix multiply-accumulate operation using
@@ -167,7 +174,7 @@ struct TcTile {
   static constexpr int kStageBytes = kWBytes + kMetaBytes + kXBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes;
   static constexpr int kWLoads = kBN * 8 / kThreads;  // 4-value weight pieces per thread and stage
-  static_assert(kBN * 8 % kThreads == 0 && kBM * 16 % kThreads == 0 && kStageBytes % 16 == 0, "tile shape");
+  static_assert(kBN * 8 % kThreads == 0 && kBM * 8 % kThreads == 0 && kStageBytes % 16 == 0, "tile shape");
 };
 using TcSmall = TcTile<2, 1, 1, 4, 8>;  // 32 x 32, 2 warps: M <= 64, where the weights' bytes bound time
 using TcMid = TcTile<4, 2, 2, 4, 1>;    // 128 x 64, 8 warps
