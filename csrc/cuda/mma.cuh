@@ -106,7 +106,8 @@ __device__ __forceinline__ void mma_s8(int32_t (&c)[4], const uint32_t (&a)[4], 
 // compute the same product for sorted indices, which is all the callers pass.
 __device__ __forceinline__ void mma_sp_bf16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
                                             uint32_t meta) {
-#if defined(__CUDACC_VER_MAJOR__) && (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 5))
+#if defined(__CUDACC_VER_MAJOR__) && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 5))
 #define FASTQ_MMA_SP "mma.sp::ordered_metadata"
 #else
 #define FASTQ_MMA_SP "mma.sp"
