@@ -50,7 +50,6 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 int sm_count() { return cuda::device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
-
 // ---- epilogues ---------------------------------------------------------------------------------
 
 template <DType D>
