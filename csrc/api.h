@@ -143,6 +143,12 @@ void sparse_transpose_x_cpu(const void* x, bool x_bf16, int64_t m, int64_t k, in
 // CUDA takes x row-major [m, k] always (x_transposed must be false).
 void sparse_csr_linear_cuda(const SparseLinearArgs& args, void* stream);
 void sparse_24_linear_cuda(const SparseLinearArgs& args, void* stream);
+// 2:4 on the sparse tensor cores (mma.sp; compute capability >= 8.0): x bfloat16 row-major [m, k],
+// values/meta as sparse_24_linear_cuda, y float32 [m, n]. The kept weights are rounded to bfloat16
+// on the way in; products are exact and accumulate in float32 (csrc/cuda/sparse.cu). x and values
+// must be 8-byte aligned (16 for the widest loads); any m, n and k % 4 == 0.
+void sparse_24_linear_tc_cuda(const void* x, int64_t m, int64_t n, int64_t k, const float* values,
+                              const uint8_t* meta, const float* bias, float* y, void* stream);
 #endif
 
 }  // namespace fastq

@@ -280,5 +280,14 @@ PYBIND11_MODULE(_C, m) {
                                      ptr<void>(stream));
       },
       nogil);
+  m.def(
+      "sparse_24_linear_tc_cuda",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t values, uintptr_t meta, uintptr_t bias, uintptr_t y,
+         uintptr_t stream) {
+        fastq::sparse_24_linear_tc_cuda(ptr<const void>(x), mm, n, k, ptr<const float>(values),
+                                        ptr<const uint8_t>(meta), ptr<const float>(bias), ptr<float>(y),
+                                        ptr<void>(stream));
+      },
+      nogil);
 #endif
 }
