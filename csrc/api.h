@@ -133,10 +133,22 @@ void sparse_24_linear_cpu(const SparseLinearArgs& args);
 void sparse_bsr_linear_cpu(const SparseLinearArgs& args);
 void sparse_int8_linear_cpu(const SparseLinearArgs& args);
 
+// x_t [k_pad, ld] = x [m, k] transposed (float32, or bfloat16 widened exactly), zero in the
+// padding columns k..k_pad and lanes m..ld: the x_transposed input of the kernels above, written
+// into a caller-owned buffer (a tiled copy: torch's strided transpose runs at a few GB/s).
+void sparse_transpose_x_cpu(const void* x, bool x_bf16, int64_t m, int64_t k, int64_t k_pad, int64_t ld, float* xt,
+                            int num_threads);
+
 #ifdef FASTQ_WITH_CUDA
 // CUDA takes x row-major [m, k] always (x_transposed must be false).
 void sparse_csr_linear_cuda(const SparseLinearArgs& args, void* stream);
 void sparse_24_linear_cuda(const SparseLinearArgs& args, void* stream);
+// 2:4 on the sparse tensor cores (mma.sp; compute capability >= 8.0): x bfloat16 row-major [m, k],
+// values/meta as sparse_24_linear_cuda, y float32 [m, n]. The kept weights are rounded to bfloat16
+// on the way in; products are exact and accumulate in float32 (csrc/cuda/sparse.cu). x and values
+// must be 8-byte aligned (16 for the widest loads); any m, n and k % 4 == 0.
+void sparse_24_linear_tc_cuda(const void* x, int64_t m, int64_t n, int64_t k, const float* values,
+                              const uint8_t* meta, const float* bias, float* y, void* stream);
 #endif
 
 }  // namespace fastq

@@ -256,6 +256,13 @@ PYBIND11_MODULE(_C, m) {
   FASTQ_SPARSE_DEF(sparse_bsr_linear);
   FASTQ_SPARSE_DEF(sparse_int8_linear);
 #undef FASTQ_SPARSE_DEF
+  m.def(
+      "sparse_transpose_x_cpu",
+      [](uintptr_t x, bool x_bf16, int64_t mm, int64_t k, int64_t k_pad, int64_t ld, uintptr_t xt, int num_threads) {
+        fastq::sparse_transpose_x_cpu(reinterpret_cast<const void*>(x), x_bf16, mm, k, k_pad, ld,
+                                      reinterpret_cast<float*>(xt), num_threads);
+      },
+      nogil);
   // ---- sliced-ELL sparse linear: (x, m, n, k, values, int8, offsets, steps, group_ptr, scale,
   // bias, y, num_threads) ----
   m.def(
@@ -294,6 +301,15 @@ PYBIND11_MODULE(_C, m) {
          uintptr_t stream) {
         fastq::sparse_24_linear_cuda(sparse_args(x, false, 0, mm, n, k, values, 0, 0, 0, meta, 1, 1, bias, y, 1),
                                      ptr<void>(stream));
+      },
+      nogil);
+  m.def(
+      "sparse_24_linear_tc_cuda",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t values, uintptr_t meta, uintptr_t bias, uintptr_t y,
+         uintptr_t stream) {
+        fastq::sparse_24_linear_tc_cuda(ptr<const void>(x), mm, n, k, ptr<const float>(values),
+                                        ptr<const uint8_t>(meta), ptr<const float>(bias), ptr<float>(y),
+                                        ptr<void>(stream));
       },
       nogil);
 #endif

@@ -16,7 +16,7 @@ from fastq import distill, nn, pruning  # noqa: E402
 from fastq.distill import distill_  # noqa: E402
 from fastq.io import LoadError, load, save  # noqa: E402
 from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
-from fastq.nn import SparseLinear  # noqa: E402
+from fastq.nn import SparseConv2d, SparseLinear  # noqa: E402
 from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
 from fastq.sparsify import sparsify_  # noqa: E402
 
@@ -45,6 +45,7 @@ __all__ = [
     "quantize_",
     "quantize_int8",
     "save",
+    "SparseConv2d",
     "SparseLinear",
     "sparsify_",
     "set_cpu_isa",

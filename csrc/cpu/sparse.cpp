@@ -2,6 +2,7 @@
 // micro-kernels (sparse_impl.h) over disjoint ranges of weight rows, one OpenMP thread each.
 // Every output element is written by exactly one thread; nothing is allocated here.
 #include <algorithm>
+#include <cstring>
 
 #include "api.h"
 #include "common/error.h"
@@ -64,6 +65,38 @@ void sparse_bsr_linear_cpu(const SparseLinearArgs& a) {
   const auto& k = cpu::sparse_kernels();
   const int64_t block_rows = (a.n + br - 1) / br;
   run(a, block_rows, (a.row_ptr[block_rows] - a.row_ptr[0]) * br * bc, k.bsr, k.bsr_t);
+}
+
+void sparse_transpose_x_cpu(const void* x, bool x_bf16, int64_t m, int64_t k, int64_t k_pad, int64_t ld, float* xt,
+                            int num_threads) {
+  FASTQ_CHECK(x && xt, "null pointer");
+  FASTQ_CHECK(m > 0 && k > 0 && k_pad >= k && ld >= m && ld % 16 == 0, "bad transpose sizes m=", m, " k=", k,
+              " k_pad=", k_pad, " ld=", ld);
+  const auto* xf = static_cast<const float*>(x);
+  const auto* xb = static_cast<const uint16_t*>(x);
+  auto at = [&](int64_t r, int64_t c) -> float {
+    if (!x_bf16) return xf[r * k + c];
+    const uint32_t bits = static_cast<uint32_t>(xb[r * k + c]) << 16;  // bf16 -> f32 is exact
+    float v;
+    std::memcpy(&v, &bits, 4);
+    return v;
+  };
+  constexpr int64_t kTile = 16;  // 16 x 16 tiles: both sides touch 16 cache lines per tile
+  const int64_t grain = std::max<int64_t>(kTile, (int64_t{1} << 15) / ld);  // >= 32K elements per task
+  parallel_for(0, (k_pad + kTile - 1) / kTile, (grain + kTile - 1) / kTile, num_threads, [&](int64_t t0, int64_t t1) {
+    for (int64_t c0 = t0 * kTile; c0 < std::min(k_pad, t1 * kTile); c0 += kTile) {
+      const int64_t c1 = std::min(c0 + kTile, k_pad);
+      for (int64_t r0 = 0; r0 < ld; r0 += kTile) {
+        if (r0 + kTile <= m && c1 <= k) {
+          for (int64_t r = r0; r < r0 + kTile; ++r)
+            for (int64_t c = c0; c < c1; ++c) xt[c * ld + r] = at(r, c);
+        } else {
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t r = r0; r < r0 + kTile; ++r) xt[c * ld + r] = (r < m && c < k) ? at(r, c) : 0.0f;
+        }
+      }
+    }
+  });
 }
 
 }  // namespace fastq

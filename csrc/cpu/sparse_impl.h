@@ -4,7 +4,7 @@
 //
 // V provides: W (lanes), kMaxLanes / kBsrLanes (activation rows per transposed pass, multiples of
 // 16), vec, ivec, zero(), load(const float*), bcast(float), fma(a, b, c) = a * b + c, add, sum(vec),
-// store(float*, vec), idx_u16(const uint16_t*) / idx_i32(const int32_t*) -> W indices,
+// store(float*, vec), repeat<BC>(const float* x) -> x[l % BC] in lane l (BC <= W), idx_u16(const uint16_t*) / idx_i32(const int32_t*) -> W indices,
 // gather(const float* base, ivec), load_i8(const int8_t*) -> W floats, fmas(float, float, float),
 // s24_index(32 bits of 2:4 codes) and s24_pick(x + 2 j, index, u): the activations of stored values
 // j + u W .. j + u W + W - 1 of a 16-value 2:4 step (value t's input is 4 (t / 2) + code_t).
@@ -165,16 +165,27 @@ struct SparseImpl {
     });
   }
 
-  // ---- 2:4, x transposed ----------------------------------------------------------------------
+  // ---- 2:4, x transposed, blocked over K: a panel of kS24BlockK inputs x one lane chunk (16 KB at
+  // 64 lanes) stays in L1 while kS24BlockRows weight rows use it, instead of every row streaming
+  // all of x_t from L2/L3 (which left the FMAs waiting at large M). Each row's two partial sums
+  // live in a stack buffer between panels, so the float-op order per lane is the unblocked one.
+  static constexpr int64_t kS24BlockK = 64;  // inputs per panel: a multiple of 8 (whole meta bytes)
+  static constexpr int64_t kS24BlockRows = 32;
+
   template <int NV>
-  static void s24_t_run(const SparseLinearArgs& a, int64_t n, int64_t mc) {
+  static void s24_t_panel(const SparseLinearArgs& a, int64_t n, int64_t mc, int64_t k0, int64_t k1,
+                          float* part0, float* part1) {
     const int64_t kv = a.k / 2;
     const float* v = static_cast<const float*>(a.values) + n * kv;
     const uint8_t* meta = a.meta + n * ((kv + 3) / 4);
     const float* xt = a.x + mc;
+    // this row's next panel is read after kS24BlockRows - 1 other rows' panels: ask for it now
+    // (the rows' streams interleave too finely for the hardware prefetcher; the weights come from DRAM)
+    for (int64_t b = 0; b < kS24BlockK * 2; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(v + k1 / 2) + b);
+    __builtin_prefetch(meta + k1 / 8);
     vec acc0[NV], acc1[NV];
-    for (int i = 0; i < NV; ++i) acc0[i] = acc1[i] = V::zero();
-    for (int64_t j = 0; j < kv; j += 2) {  // one group of 4 inputs: two stored values
+    for (int i = 0; i < NV; ++i) acc0[i] = V::load(part0 + i * W), acc1[i] = V::load(part1 + i * W);
+    for (int64_t j = k0 / 2; j < k1 / 2; j += 2) {  // one group of 4 inputs: two stored values
       const unsigned codes = meta[j >> 2] >> (2 * (j & 3));
       const int64_t base = 2 * j;
       const float* p0 = xt + (base + (codes & 3)) * a.ld_xt;
@@ -185,27 +196,67 @@ struct SparseImpl {
         acc1[i] = V::fma(w1, V::load(p1 + i * W), acc1[i]);
       }
     }
-    store_column<NV>(a, n, mc, acc0, acc1);
+    for (int i = 0; i < NV; ++i) V::store(part0 + i * W, acc0[i]), V::store(part1 + i * W, acc1[i]);
+  }
+
+  template <int NV>
+  static void s24_t_rows(const SparseLinearArgs& a, int64_t n0, int64_t n1, int64_t mc) {
+    constexpr int L = NV * W;
+    alignas(64) float part[2][kS24BlockRows][L];
+    std::memset(part, 0, sizeof(part));
+    for (int64_t k0 = 0; k0 < a.k; k0 += kS24BlockK)
+      for (int64_t n = n0; n < n1; ++n)
+        s24_t_panel<NV>(a, n, mc, k0, std::min(a.k, k0 + kS24BlockK), part[0][n - n0], part[1][n - n0]);
+    for (int64_t n = n0; n < n1; ++n) {
+      vec acc0[NV], acc1[NV];
+      for (int i = 0; i < NV; ++i) acc0[i] = V::load(part[0][n - n0] + i * W), acc1[i] = V::load(part[1][n - n0] + i * W);
+      store_column<NV>(a, n, mc, acc0, acc1);
+    }
   }
 
   static void s24_t(const SparseLinearArgs& a, int64_t r0, int64_t r1) {
-    for (int64_t n = r0; n < r1; ++n)
-      for_lane_chunks<V::kMaxLanes>(a, [&](auto nv, int64_t mc) { s24_t_run<decltype(nv)::value>(a, n, mc); });
+    for (int64_t n0 = r0; n0 < r1; n0 += kS24BlockRows)
+      for_lane_chunks<V::kMaxLanes>(a, [&](auto nv, int64_t mc) {
+        s24_t_rows<decltype(nv)::value>(a, n0, std::min(r1, n0 + kS24BlockRows), mc);
+      });
   }
 
-  // ---- block-CSR, x row-major ---------------------------------------------------------------
+  // ---- block-CSR, x row-major. A block's BR*BC values are contiguous, so when they fill whole
+  // vectors each block is one or more vector FMAs against x's BC inputs repeated across the lanes
+  // (V::repeat), two accumulator sets alternating blocks; rows are summed out of the lanes at the
+  // end. Smaller blocks (BR*BC < W) run the scalar loop. -----------------------------------------
   template <int BR, int BC>
   static void bsr_rm(const SparseLinearArgs& a, int64_t r0, int64_t r1) {
     const float* vals = static_cast<const float*>(a.values);
+    constexpr int kVecs = BR * BC / W;
     for (int64_t R = r0; R < r1; ++R) {
       for (int64_t m = 0; m < a.m; ++m) {
         const float* x = a.x + m * a.k;
         float acc[BR][BC] = {};  // BC partial sums per row: independent chains
-        for (int64_t b = a.row_ptr[R]; b < a.row_ptr[R + 1]; ++b) {
-          const float* vb = vals + b * BR * BC;
-          const float* xs = x + static_cast<int64_t>(a.cols[b]) * BC;
-          for (int r = 0; r < BR; ++r)
-            for (int c = 0; c < BC; ++c) acc[r][c] = V::fmas(vb[r * BC + c], xs[c], acc[r][c]);
+        if constexpr (kVecs >= 1) {
+          vec va[2][kVecs];
+          for (int u = 0; u < kVecs; ++u) va[0][u] = va[1][u] = V::zero();
+          int64_t b = a.row_ptr[R];
+          const int64_t e = a.row_ptr[R + 1];
+          auto step = [&](vec* acc_set, int64_t blk) {
+            const float* vb = vals + blk * BR * BC;
+            const float* xs = x + static_cast<int64_t>(a.cols[blk]) * BC;
+            for (int u = 0; u < kVecs; ++u) {
+              // lane l of vector u is block element u W + l: input column (u W + l) % BC
+              const vec xv = W >= BC ? V::template repeat<BC>(xs) : V::load(xs + (u * W) % BC);
+              acc_set[u] = V::fma(V::load(vb + u * W), xv, acc_set[u]);
+            }
+          };
+          for (; b + 1 < e; b += 2) step(va[0], b), step(va[1], b + 1);
+          if (b < e) step(va[0], b);
+          for (int u = 0; u < kVecs; ++u) V::store(&acc[0][0] + u * W, V::add(va[0][u], va[1][u]));
+        } else {
+          for (int64_t b = a.row_ptr[R]; b < a.row_ptr[R + 1]; ++b) {
+            const float* vb = vals + b * BR * BC;
+            const float* xs = x + static_cast<int64_t>(a.cols[b]) * BC;
+            for (int r = 0; r < BR; ++r)
+              for (int c = 0; c < BC; ++c) acc[r][c] = V::fmas(vb[r * BC + c], xs[c], acc[r][c]);
+          }
         }
         for (int r = 0; r < BR; ++r) {
           const int64_t row = R * BR + r;

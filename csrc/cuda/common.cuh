@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 #include "api.h"
@@ -63,6 +64,42 @@ void dispatch_dtype(DType d, const F& f) {
 inline int grid_for(int64_t n, int block, int max_blocks = 65535 * 8) {
   const int64_t g = (n + block - 1) / block;
   return static_cast<int>(g < 1 ? 1 : (g > max_blocks ? max_blocks : g));
+}
+
+// An attribute of the current device that never changes (SM count, compute capability), queried
+// once per device and cached.
+template <cudaDeviceAttr kAttr>
+int device_attribute() {
+  static std::atomic<int> cache[64];
+  int dev = 0;
+  FASTQ_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 64) {
+    const int v = cache[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int v = 0;
+  FASTQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, kAttr, dev));
+  if (dev >= 0 && dev < 64) cache[dev].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+inline bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Dynamic shared memory above 48 KiB must be opted into; the carveout hint asks for the largest
+// shared-memory split so that several CTAs fit on one SM. Done once
+// per kernel and device (`done`: one bit per device, a static of the calling instantiation), so
+// steady-state launches (and CUDA-graph captures after a warm-up call) make no attribute calls.
+template <class Kernel>
+void set_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
+  int dev = 0;
+  FASTQ_CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = dev >= 0 && dev < 64 ? (uint64_t{1} << dev) : 0;
+  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
+  if (bytes > 48 * 1024)
+    FASTQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  FASTQ_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  done.fetch_or(bit, std::memory_order_release);
 }
 
 }  // namespace fastq::cuda

@@ -22,6 +22,7 @@
 namespace fastq {
 namespace {
 
+using cuda::aligned;
 using cuda::cp_async16;
 using cuda::cp_async4;
 using cuda::cp_async_commit;
@@ -30,6 +31,7 @@ using cuda::ld_shared_u32;
 using cuda::ldmatrix_x4;
 using cuda::load_elem;
 using cuda::mma_s8;
+using cuda::set_smem;
 using cuda::smem_addr;
 using cuda::st_shared_u32;
 using cuda::store_elem;
@@ -44,39 +46,9 @@ using ITag = std::integral_constant<int, I>;
 constexpr int kThreads = 256;  // every kernel here: 8 warps
 constexpr int kWarps = kThreads / 32;
 
-inline bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-int sm_count() {
-  static std::atomic<int> cache[64];
-  int dev = 0;
-  FASTQ_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < 64) {
-    const int v = cache[dev].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  int v = 0;
-  FASTQ_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-  if (dev >= 0 && dev < 64) cache[dev].store(v, std::memory_order_relaxed);
-  return v;
-}
-
-// Dynamic shared memory above 48 KiB must be opted into; the carveout hint asks for the largest
-// shared-memory split so that two GEMM CTAs (or several streaming CTAs) fit on one SM. Done once
-// per kernel and device (`done`: one bit per device, a static of the calling instantiation), so
-// steady-state launches (and CUDA-graph captures after a warm-up call) make no attribute calls.
-template <class Kernel>
-void set_smem(Kernel kernel, int bytes, std::atomic<uint64_t>& done) {
-  int dev = 0;
-  FASTQ_CUDA_CHECK(cudaGetDevice(&dev));
-  const uint64_t bit = dev >= 0 && dev < 64 ? (uint64_t{1} << dev) : 0;
-  if (bit && (done.load(std::memory_order_acquire) & bit)) return;
-  if (bytes > 48 * 1024)
-    FASTQ_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  FASTQ_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  done.fetch_or(bit, std::memory_order_release);
-}
+int sm_count() { return cuda::device_attribute<cudaDevAttrMultiProcessorCount>(); }
 
 // ---- epilogues ---------------------------------------------------------------------------------
 

@@ -10,8 +10,10 @@ from fastq.nn._base import MODES, UnsupportedLayerError, quantize_weight
 from fastq.nn.conv import QuantConv2d
 from fastq.nn.linear import QuantLinear
 from fastq.nn.sparse import SparseLinear
+from fastq.nn.sparse_conv import SparseConv2d
 
 # class name -> class, for rebuilding saved models.
-MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "SparseLinear": SparseLinear}
+MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "SparseLinear": SparseLinear,
+                      "SparseConv2d": SparseConv2d}
 
-__all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]
+__all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseConv2d", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]

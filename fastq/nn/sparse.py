@@ -258,6 +258,22 @@ class SparseLinear(nn.Module):
     def sparsity(self) -> float:
         return 1.0 - self.kept / (self.in_features * self.out_features)
 
+    # ---- what fastq.summary reads ----------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        """Bits per stored kept weight."""
+        return 8 if self.format in ("int8", "ell_int8") else 32
+
+    @property
+    def mode(self) -> str:
+        return f"sparse {self.format}" if self.format != "bsr" else f"sparse bsr{self.block_rows}x{self.block_cols}"
+
+    def weight_shape(self) -> tuple:
+        return (self.out_features, self.in_features)
+
+    def weight_sparsity(self) -> float:
+        return self.sparsity
+
     def extra_repr(self) -> str:
         fmt = f"bsr{self.block_rows}x{self.block_cols}" if self.format == "bsr" else self.format
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -7,6 +7,7 @@ reference (nothing for a kernel to do). CPU calls get ``torch.get_num_threads()`
 calls run on the input's device and current stream.
 """
 
+import functools
 import threading
 from typing import Optional
 
@@ -222,35 +223,79 @@ def int8_weight_only_linear_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bi
 # bfloat16 x is widened to float32 (exact) before the kernel and y rounded once to x's dtype, the
 # reference's sequence. On CPU, batches of SPARSE_TRANSPOSE_MIN_M rows or more are passed
 # transposed and zero-padded to a multiple of 16 rows ([K, M_pad]); see csrc/api.h.
+# The one exception is sparse_24_linear with bfloat16 x on a CUDA device of compute capability
+# >= 8.0: it runs on the sparse tensor cores (mma.sp, csrc/cuda/sparse.cu), which take x as it is
+# and round the kept weights to bfloat16 (float32 accumulation, y rounded once to bfloat16 as
+# above). float32 x keeps the CUDA-core kernel, whether or not TF32 matmuls are allowed: the TF32
+# mma.sp needs 1:2 sparsity, which 2:4 weights do not have.
 SPARSE_TRANSPOSE_MIN_M = 8
+SPARSE_24_MMA = "sparse_24_linear:mma.sp"  # native_calls key of the tensor-core path
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> tuple:
+    return torch.cuda.get_device_capability(index)
+
+
+def sparse_24_uses_tensor_cores(x: Tensor) -> bool:
+    """Whether ``sparse_24_linear`` on ``x``'s device and dtype runs on the sparse tensor cores."""
+    return (x.device.type == "cuda" and x.dtype == torch.bfloat16 and _native.has("sparse_24_linear_tc_cuda")
+            and _cuda_capability(x.device.index if x.device.index is not None else torch.cuda.current_device())
+            >= (8, 0))
+
+
+def _aligned16(t: Tensor) -> Tensor:
+    """``t`` contiguous with its data on a 16-byte boundary (a copy only for an offset view)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _sparse_24_mma(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
+    k = x.shape[-1]
+    n = values.shape[0]
+    x2 = _aligned16(x.reshape(-1, k))
+    m = x2.shape[0]
+    _native.record("sparse_24_linear", "cuda")
+    _native.record(SPARSE_24_MMA, "cuda")
+    values, meta, bias = _aligned16(values), meta.contiguous(), _contig(bias)
+    y = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    with torch.cuda.device(x.device):
+        _native._C.sparse_24_linear_tc_cuda(x2.data_ptr(), m, n, k, values.data_ptr(), meta.data_ptr(), _ptr(bias),
+                                            y.data_ptr(), _native.cuda_stream(x))
+    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))
 
 
 def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: Optional[Tensor],
                 cols: Optional[Tensor], row_ptr: Optional[Tensor], meta: Optional[Tensor], block: tuple,
                 bias: Optional[Tensor]) -> Tensor:
     k = x.shape[-1]
-    x2 = x.reshape(-1, k).float()
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
     m = x2.shape[0]
     _native.record(op, x.device.type)
-    y = torch.empty(m, n, dtype=torch.float32, device=x.device)
+    # y is allocated in its final shape, so a float32 call ends without reshape/cast (small layers:
+    # each of those costs a microsecond next to a kernel of a few)
+    y = torch.empty(x.shape[:-1] + (n,), dtype=torch.float32, device=x.device)
     # packed tensors come contiguous from the *_pack ops; only views need a copy
     values, scale, cols, row_ptr, meta, bias = (
         t if t is None or t.is_contiguous() else t.contiguous() for t in (values, scale, cols, row_ptr, meta, bias))
     if x.device.type == "cpu":
         if m >= SPARSE_TRANSPOSE_MIN_M:
             ld = -(-m // 16) * 16
-            xk = torch.zeros(k_pad, ld, dtype=torch.float32)
-            xk[:k, :m] = x2.t()
+            xk = torch.empty(k_pad, ld, dtype=torch.float32)
+            x2 = x2.contiguous()
+            _native._C.sparse_transpose_x_cpu(x2.data_ptr(), x2.dtype == torch.bfloat16, m, k, k_pad, ld,
+                                              xk.data_ptr(), _native.num_threads())
             transposed = True
         else:
             ld = 0
+            x2 = x2.float()
             xk = x2.contiguous() if k_pad == k else torch.nn.functional.pad(x2, (0, k_pad - k)).contiguous()
             transposed = False
         getattr(_native._C, f"{op}_cpu")(
             xk.data_ptr(), transposed, ld, m, n, k_pad, values.data_ptr(), _ptr(scale), _ptr(cols), _ptr(row_ptr),
             _ptr(meta), block[0], block[1], _ptr(bias), y.data_ptr(), _native.num_threads())
     else:
-        xk = x2.contiguous()
+        xk = x2.float().contiguous()
         with torch.cuda.device(x.device):
             if op == "sparse_csr_linear":
                 _native._C.sparse_csr_linear_cuda(xk.data_ptr(), m, n, k, values.data_ptr(), cols.data_ptr(),
@@ -258,7 +303,7 @@ def _sparse_run(op: str, x: Tensor, n: int, k_pad: int, values: Tensor, scale: O
             else:
                 _native._C.sparse_24_linear_cuda(xk.data_ptr(), m, n, k, values.data_ptr(), meta.data_ptr(),
                                                  _ptr(bias), y.data_ptr(), _native.cuda_stream(x))
-    return y.to(x.dtype).reshape(tuple(x.shape[:-1]) + (n,))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def _check_csr_values(op: str, cols: Tensor, row_ptr: Tensor, limit: int, what: str) -> None:
@@ -289,6 +334,8 @@ def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Ten
     k = _checks.check_sparse_24_linear(x, values, meta, bias)
     if x.numel() == 0:
         return reference.sparse_24_linear(x, values, meta, bias)
+    if sparse_24_uses_tensor_cores(x):
+        return _sparse_24_mma(x, values, meta, bias)
     return _sparse_run("sparse_24_linear", x, values.shape[0], k, values, None, None, None, meta, (1, 1), bias)
 
 

@@ -201,6 +201,9 @@ def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: 
 # sums), so results agree with this reference within float32 rounding of a K-term dot product,
 # not bit for bit. Pruned weights are never read: a NaN/Inf in x reaches y[m, n] only through a
 # kept weight of row n (unlike a dense matmul on the masked weight, where 0 * NaN = NaN).
+# One documented exception: sparse_24_linear with bfloat16 x on a CUDA GPU of compute capability
+# >= 8.0 runs on the sparse tensor cores, whose operands are bfloat16, so each kept weight is
+# rounded once to bfloat16 (relative error <= 2^-8) before its exact product is summed in float32.
 
 SPARSE_ROW_PAD = 16  # CSR rows are padded with zero entries to a multiple of this many entries
 SPARSE_MAX_COLS = 65536

@@ -27,6 +27,13 @@ struct Avx2V {
     return _mm_cvtss_f32(s);
   }
   static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+  template <int BC>
+  static vec repeat(const float* x) {
+    if constexpr (BC == 1) return _mm256_set1_ps(*x);
+    if constexpr (BC == 2) return _mm256_castpd_ps(_mm256_broadcast_sd(reinterpret_cast<const double*>(x)));
+    if constexpr (BC == 4) return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(x));
+    if constexpr (BC == 8) return _mm256_loadu_ps(x);
+  }
   static ivec idx_u16(const uint16_t* p) {
     return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }

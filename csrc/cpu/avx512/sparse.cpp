@@ -22,6 +22,14 @@ struct Avx512V {
   static vec add(vec a, vec b) { return _mm512_add_ps(a, b); }
   static float sum(vec a) { return _mm512_reduce_add_ps(a); }
   static void store(float* p, vec v) { _mm512_storeu_ps(p, v); }
+  template <int BC>
+  static vec repeat(const float* x) {
+    if constexpr (BC == 1) return _mm512_set1_ps(*x);
+    if constexpr (BC == 2) return _mm512_castpd_ps(_mm512_set1_pd(*reinterpret_cast<const double*>(x)));
+    if constexpr (BC == 4) return _mm512_broadcast_f32x4(_mm_loadu_ps(x));
+    if constexpr (BC == 8) return _mm512_broadcast_f32x8(_mm256_loadu_ps(x));
+    if constexpr (BC == 16) return _mm512_loadu_ps(x);
+  }
   static ivec idx_u16(const uint16_t* p) {
     return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }

@@ -19,6 +19,8 @@ struct ScalarV {
   static vec add(vec a, vec b) { return a + b; }
   static float sum(vec a) { return a; }
   static void store(float* p, vec v) { *p = v; }
+  template <int BC>
+  static vec repeat(const float* x) { return *x; }  // only BC == 1 reaches here (BC <= W)
   static ivec idx_u16(const uint16_t* p) { return *p; }
   static ivec idx_i32(const int32_t* p) { return *p; }
   static vec gather(const float* base, ivec i) { return base[i]; }
