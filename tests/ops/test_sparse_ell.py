@@ -148,6 +148,7 @@ def test_batched_input_and_thread_independence(isa):
             assert y1.shape == tuple(x.shape[:-1]) + (n,)
             assert_bits_equal(y1, y2)
             assert_bits_equal(y1, R.sparse_ell_linear(x, *packed, None, n))
+        assert L.sparse_ell_linear(torch.randn(0, k), *packed, None, n).shape == (0, n)  # no rows: nothing to do
         # a non-contiguous x is copied, not misread
         xt = torch.randn(k, 3, generator=gen).t()
         assert_bits_equal(L.sparse_ell_linear(xt, *packed, None, n), R.sparse_ell_linear(xt.contiguous(), *packed, None, n))
