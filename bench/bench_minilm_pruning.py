@@ -130,12 +130,12 @@ def ffn_pairs(model) -> list:
             for i in range(model.config.num_hidden_layers)]
 
 
-def shipped(model, int8: bool = False):
+def shipped(model, int8: bool = False, format=None):
     """The form a user deploys: masked layers swapped for SparseLinear (a copy; ``model`` is kept)."""
     if sparsify_ is None or not any(is_pruned(m) for m in model.modules()):
         return model
     m = copy.deepcopy(model)
-    sparsify_(m, int8=int8)
+    sparsify_(m, int8=int8, format=format)
     return m
 
 
@@ -168,7 +168,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps, sentences and timing rounds")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--steps", type=int, help="fine-tune steps per variant (default 60, quick 30)")
+    ap.add_argument("--steps", type=int,
+                    help="fine-tune steps per variant (default 60, quick 30; 0: no fine-tune, latency and "
+                         "before-cosines only)")
     ap.add_argument("--batch", type=int, default=16, help="sentences per fine-tune step")
     ap.add_argument("--lr", type=float, default=3e-4, help="AdamW lr (3e-4 beat 1e-4 and 1e-3 on 2:4 at 30 steps)")
     ap.add_argument("--max-length", type=int, default=64, help="tokens per training sentence at most")
@@ -182,7 +184,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", type=int, help="timing rounds (default 9, quick 5)")
     ap.add_argument("--gensim-wheel", default="/tmp/gs/gensim-*.whl")
     args = ap.parse_args(argv)
-    steps = args.steps or (30 if args.quick else 60)
+    steps = args.steps if args.steps is not None else (30 if args.quick else 60)
     rounds = args.rounds or (5 if args.quick else 9)
     n_eval = 128 if args.quick else 256
     torch.set_num_threads(args.train_threads)
@@ -228,26 +230,30 @@ def main(argv=None) -> dict:
         before = cosine_stats(embed(student, tok, held), ref)
         t0 = time.perf_counter()
         hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
-                              embed_fn=embed_fn, train_mode=False)
-        train_s = time.perf_counter() - t0
+                              embed_fn=embed_fn, train_mode=False) if steps else None
+        train_s = time.perf_counter() - t0 if steps else None
         for m in student.modules():  # the mask contract held through training
             if is_pruned(m):
                 assert bool((m.weight.detach()[~m.weight_mask] == 0).all())
         final = shipped(student)
-        after = cosine_stats(embed(final, tok, held), ref)
+        after = cosine_stats(embed(final, tok, held), ref) if steps else None
         rows[kind] = {"before": before, "after": after, "model": final, "train_s": train_s,
-                      "losses": [hist.mean(0, 5), hist.mean(-5)]}
+                      "losses": [hist.mean(0, 5), hist.mean(-5)] if steps else None}
         if kind == "unstructured 50%" and sparsify_ is not None:
             # Deep-Compression style: the same fine-tuned weights stored as int8 (no extra training);
             # "before" is the un-tuned pruned model stored the same way.
             q = shipped(student, int8=True)
             rows[kind + " + int8"] = {
                 "before": cosine_stats(embed(shipped(pruned(kind), int8=True), tok, held), ref),
-                "after": cosine_stats(embed(q, tok, held), ref), "model": q, "train_s": None, "losses": None}
-        print(f"# {kind}: cosine mean {before[0]:.4f} -> {after[0]:.4f}, worst {before[1]:.4f} -> {after[1]:.4f}; "
-              f"distillation loss {hist.mean(0, 5):.4f} -> {hist.mean(-5):.4f} in {train_s:.0f} s", flush=True)
-    rows = {k: rows[k] for k in ("fp32", "unstructured 50%", "unstructured 50% + int8", "2:4", "FFN channels 50%")
-            if k in rows}
+                "after": cosine_stats(embed(q, tok, held), ref) if steps else None, "model": q, "train_s": None,
+                "losses": None}
+            # the same weights in the sliced-ELL storage (format="ell"): identical math, other kernel
+            rows[kind + " (ell)"] = dict(rows[kind], model=shipped(student, format="ell"), train_s=None, losses=None)
+        if steps:
+            print(f"# {kind}: cosine mean {before[0]:.4f} -> {after[0]:.4f}, worst {before[1]:.4f} -> {after[1]:.4f}; "
+                  f"distillation loss {hist.mean(0, 5):.4f} -> {hist.mean(-5):.4f} in {train_s:.0f} s", flush=True)
+    rows = {k: rows[k] for k in ("fp32", "unstructured 50%", "unstructured 50% (ell)", "unstructured 50% + int8",
+                                 "2:4", "FFN channels 50%") if k in rows}
 
     # Latency: round-robin, one warm-up round, median per variant.
     times = {k: [] for k in rows}
