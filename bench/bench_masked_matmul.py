@@ -239,9 +239,12 @@ def _fmt_row(r: dict) -> str:
     return "| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |"
 
 
+def _header() -> str:
+    return "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+
+
 def markdown(rows: list) -> str:
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
-    return head + "\n" + "\n".join(_fmt_row(r) for r in rows)
+    return _header() + "\n" + "\n".join(_fmt_row(r) for r in rows)
 
 
 # ---- pytest-benchmark ---------------------------------------------------------------------------
@@ -269,7 +272,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     print(f"fastq {fastq.__version__}, isa {fastq.cpu_isa()}, torch {torch.__version__}, threads {args.threads}")
-    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
+    print(_header(), flush=True)  # rows stream below as they are measured; the whole table at the end
     rows = run(args.quick, args.threads)
     met = [r["met"] for r in rows if r["met"]]
     print(f"\ntargets met: {met.count('yes')}/{len(met)}")

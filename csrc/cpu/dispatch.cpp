@@ -33,11 +33,6 @@ const SparseKernels& sparse_kernels() {
   }
 }
 
-}  // namespace fastq::cpu
-
-// ---- sliced-ELL sparse linear ----
-namespace fastq::cpu {
-
 const SparseEllKernels& sparse_ell_kernels() {
   switch (cpu_isa_active()) {
     case kAvx512: return sparse_ell_kernels_avx512;

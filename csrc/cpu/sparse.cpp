@@ -1,5 +1,6 @@
 // Drivers of the sparse masked matmul family: last-line argument checks, then the active ISA's
-// micro-kernels (sparse_impl.h) over disjoint ranges of weight rows, one OpenMP thread each.
+// micro-kernels (sparse_impl.h; sliced ELL: sparse_ell_impl.h) over disjoint ranges of weight rows
+// (block rows, row groups), one OpenMP thread each.
 // Every output element is written by exactly one thread; nothing is allocated here.
 #include <algorithm>
 #include <cstring>
@@ -26,12 +27,17 @@ void check(const SparseLinearArgs& a, bool needs_row_ptr) {
               " must be >= m and a multiple of 16");
 }
 
-// entries: stored weights (padding and block zeros included) of the whole layer.
+// Rows (weight rows, block rows or row groups) per task, for a layer of `rows` rows holding
+// `entries` stored weights (padding and block zeros included) times m activation rows.
+int64_t grain_rows(int64_t rows, int64_t entries, int64_t m, int64_t min_rows) {
+  const int64_t work = std::max<int64_t>(1, entries) * m;
+  return std::max<int64_t>(min_rows, (kMinWorkPerTask * rows + work - 1) / work);
+}
+
 void run(const SparseLinearArgs& a, int64_t rows, int64_t entries, cpu::SparseRowsFn rm, cpu::SparseRowsFn tr) {
   const cpu::SparseRowsFn fn = a.x_transposed ? tr : rm;
-  const int64_t work = std::max<int64_t>(1, entries) * a.m;
-  const int64_t grain = std::max<int64_t>(kGrainRows, (kMinWorkPerTask * rows + work - 1) / work);
-  parallel_for(0, rows, grain, a.num_threads, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  parallel_for(0, rows, grain_rows(rows, entries, a.m, kGrainRows), a.num_threads,
+               [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
 }
 
 }  // namespace
@@ -65,6 +71,19 @@ void sparse_bsr_linear_cpu(const SparseLinearArgs& a) {
   const auto& k = cpu::sparse_kernels();
   const int64_t block_rows = (a.n + br - 1) / br;
   run(a, block_rows, (a.row_ptr[block_rows] - a.row_ptr[0]) * br * bc, k.bsr, k.bsr_t);
+}
+
+// Sliced ELL (sparse_ell_impl.h): tasks are ranges of 16-row groups.
+void sparse_ell_linear_cpu(const SparseEllArgs& a) {
+  FASTQ_CHECK(a.x && a.y && a.values && a.offsets && a.steps && a.group_ptr, "null pointer");
+  FASTQ_CHECK(a.m > 0 && a.n > 0 && a.k > 0, "empty problem m=", a.m, " n=", a.n, " k=", a.k);
+  FASTQ_CHECK(!a.int8 || a.scale, "sparse_ell_linear: int8 values need scale");
+  const int64_t groups = (a.n + 15) / 16;
+  const auto& kern = cpu::sparse_ell_kernels();
+  const cpu::SparseEllGroupsFn fn = a.int8 ? kern.int8 : kern.f32;
+  const int64_t slots = (a.group_ptr[groups] - a.group_ptr[0]) * 16;
+  parallel_for(0, groups, grain_rows(groups, slots, a.m, 1), a.num_threads,
+               [&](int64_t g0, int64_t g1) { fn(a, g0, g1); });
 }
 
 void sparse_transpose_x_cpu(const void* x, bool x_bf16, int64_t m, int64_t k, int64_t k_pad, int64_t ld, float* xt,

@@ -206,7 +206,13 @@ class SparseLinear(nn.Module):
             out.bias.copy_(module.bias.detach().float())
         return out
 
+    def _check_input(self, x) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"{type(self).__name__}: input must be a floating point tensor, got {got}")
+
     def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()

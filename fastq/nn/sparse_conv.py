@@ -74,10 +74,7 @@ class SparseConv2d(ConvGeometry, SparseLinear):
         return out
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__}: input must be floating point, got {x.dtype}")
+        self._check_input(x)  # before F.pad / F.unfold see it
         return self._conv(x, super().forward, f"{type(self).__name__}({self.extra_repr()})")
 
     def dense_weight(self) -> Tensor:

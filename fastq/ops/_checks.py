@@ -295,13 +295,13 @@ def _check_sparse_x(op: str, x: Tensor) -> int:
     return x.shape[-1]
 
 
-def _check_t(op: str, name: str, t: Tensor, dtype: torch.dtype, dim: int, x: Tensor) -> None:
+def _check_t(op: str, name: str, t: Tensor, dtype: torch.dtype, dim: int, x: Tensor, x_name: str = "x") -> None:
     if not isinstance(t, Tensor) or t.dtype != dtype:
         got = t.dtype if isinstance(t, Tensor) else type(t).__name__
         raise TypeError(f"{op}: {name} must be {dtype}, got {got}")
     if t.dim() != dim:
         raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
-    _check_same_device(f"{op}: {name}", t, x, "x")
+    _check_same_device(f"{op}: {name}", t, x, x_name)
 
 
 def _check_bias(op: str, bias: Optional[Tensor], n: int, x: Tensor) -> None:
@@ -418,16 +418,9 @@ def check_sparse_ell(op: str, values: Tensor, offsets: Tensor, steps: Tensor, gr
     if not isinstance(values, Tensor) or values.dtype not in (torch.float32, torch.int8):
         got = values.dtype if isinstance(values, Tensor) else type(values).__name__
         raise TypeError(f"{op}: values must be float32 or int8 (sparse_ell_pack's output), got {got}")
-    device = ref.device  # one device object, compared four times (the linear runs per token)
     for name, t, dtype, dim in (("values", values, values.dtype, 2), ("offsets", offsets, torch.uint8, 2),
                                 ("steps", steps, torch.uint8, 2), ("group_ptr", group_ptr, torch.int64, 1)):
-        if not isinstance(t, Tensor) or t.dtype != dtype:
-            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise TypeError(f"{op}: {name} must be {dtype}, got {got}")
-        if t.dim() != dim:
-            raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
-        if t.device != device:
-            _check_same_device(f"{op}: {name}", t, ref, ref_name)
+        _check_t(op, name, t, dtype, dim, ref, ref_name)
         if not t.is_contiguous():
             raise ValueError(f"{op}: {name} must be contiguous (pass what sparse_ell_pack returned)")
     shape = values.shape
@@ -448,7 +441,7 @@ def check_sparse_ell(op: str, values: Tensor, offsets: Tensor, steps: Tensor, gr
     if int8:
         if scale is None:
             raise ValueError(f"{op}: int8 values need their float32 scale [{n}]")
-        _check_t(op, "scale", scale, torch.float32, 1, ref)
+        _check_t(op, "scale", scale, torch.float32, 1, ref, ref_name)
         if scale.numel() != n:
             raise ValueError(f"{op}: scale must have n = {n} entries, got {scale.numel()}")
     elif scale is not None and (not isinstance(scale, Tensor) or scale.numel()):

@@ -368,12 +368,10 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     m = x2.shape[0]
-    y = torch.empty(m, n, dtype=torch.float32)
+    y = torch.empty(x.shape[:-1] + (n,), dtype=torch.float32)  # final shape: no reshape at the end
     scale = _contig(scale) if int8 else None
     bias = _contig(bias)
     _native._C.sparse_ell_linear_cpu(x2.data_ptr(), m, n, k, values.data_ptr(), int8, offsets.data_ptr(),
                                      steps.data_ptr(), group_ptr.data_ptr(), _ptr(scale), _ptr(bias), y.data_ptr(),
                                      _native.num_threads())
-    if x.dtype != torch.float32:
-        y = y.to(x.dtype)
-    return y if x.dim() == 2 else y.reshape(tuple(x.shape[:-1]) + (n,))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)

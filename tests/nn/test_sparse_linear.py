@@ -136,6 +136,14 @@ def test_errors_name_the_layer():
         fastq.sparsify_(nn.Linear(4, 4))
 
 
+def test_non_float_input_is_rejected():
+    sp = SparseLinear.from_float(_pruned_linear(8, 4, "unstructured", _gen(0)))
+    with pytest.raises(TypeError, match="floating point tensor, got torch.int64"):
+        sp(torch.ones(2, 8, dtype=torch.int64))
+    with pytest.raises(TypeError, match="floating point tensor, got list"):
+        sp([1.0] * 8)
+
+
 def test_sparsify_rejects_a_non_module():
     with pytest.raises(TypeError, match="nn.Module"):
         fastq.sparsify_("not a model")
