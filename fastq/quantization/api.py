@@ -1,6 +1,9 @@
 """``quantize_``: swap a model's float layers for fastq modules in place, via a handler registry.
 
 Invariants:
+  * The registry is keyed by (config type, module type): a new config adds its handlers with
+    ``register_handler`` and never an ``if`` chain here. ``quantize_`` accepts any config type that
+    has at least one handler.
   * Handlers are looked up by the EXACT module type (``type(m)``), as in torchao: a subclass such as
     nn.MultiheadAttention's ``NonDynamicallyQuantizableLinear`` is left alone, because its parent
     reads ``.weight`` directly and a swap would break it.
@@ -25,22 +28,32 @@ from fastq.quantization.configs import Int8DynamicConfig, Int8WeightOnlyConfig
 SKIP_ATTR = "_fastq_skip_reason"
 
 Handler = Callable[[nn.Module, object], nn.Module]
-_HANDLERS: dict = {}
-CONFIG_TYPES = (Int8DynamicConfig, Int8WeightOnlyConfig)
+_HANDLERS: dict = {}  # config type -> {module type -> handler}
 
 
-def register_handler(module_type: type, handler: Handler) -> None:
-    """Make ``quantize_`` replace modules of exactly ``module_type`` with ``handler(module, config)``.
+def register_handler(config_type: type, module_type: type, handler: Handler) -> None:
+    """Make ``quantize_(model, config)`` with a ``config_type`` config replace modules of exactly
+    ``module_type`` with ``handler(module, config)``.
 
     The handler returns the replacement module or raises ``UnsupportedLayerError`` with a reason.
     """
+    if not isinstance(config_type, type):
+        raise TypeError(f"config_type must be a class (a config dataclass), got {config_type!r}")
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
-    _HANDLERS[module_type] = handler
+    if not callable(handler):
+        raise TypeError(f"handler must be callable (module, config) -> module, got {handler!r}")
+    _HANDLERS.setdefault(config_type, {})[module_type] = handler
 
 
-def handler_for(module: nn.Module) -> Optional[Handler]:
-    return _HANDLERS.get(type(module))
+def config_types() -> tuple:
+    """The config types ``quantize_`` accepts (those with at least one handler)."""
+    return tuple(_HANDLERS)
+
+
+def handler_for(module: nn.Module, config) -> Optional[Handler]:
+    """The handler ``quantize_`` uses for ``module`` under ``config``, or None."""
+    return _HANDLERS.get(type(config), {}).get(type(module))
 
 
 def _smaller_only(from_float: Handler) -> Handler:
@@ -58,8 +71,9 @@ def _smaller_only(from_float: Handler) -> Handler:
     return handler
 
 
-register_handler(nn.Linear, _smaller_only(QuantLinear.from_float))
-register_handler(nn.Conv2d, _smaller_only(QuantConv2d.from_float))
+for _config in (Int8DynamicConfig, Int8WeightOnlyConfig):
+    register_handler(_config, nn.Linear, _smaller_only(QuantLinear.from_float))
+    register_handler(_config, nn.Conv2d, _smaller_only(QuantConv2d.from_float))
 
 
 def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tuple]:
@@ -91,7 +105,8 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
 
     Args:
         model: any nn.Module. Layers of a registered type (nn.Linear, nn.Conv2d) are replaced.
-        config: ``Int8DynamicConfig`` (W8A8) or ``Int8WeightOnlyConfig``.
+        config: a config with registered handlers (``config_types()``), e.g. ``Int8DynamicConfig``
+            (W8A8) or ``Int8WeightOnlyConfig``.
         filter_fn: optional ``(module, fully_qualified_name) -> bool``; False keeps that layer float.
         skip: module names (a name also skips everything under it, e.g. ``"encoder.layer.0"``) and/or
             module types to keep float. A name that matches no module is an error (a typo would
@@ -106,8 +121,8 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_ expects an nn.Module, got {type(model).__name__}")
-    if not isinstance(config, CONFIG_TYPES):
-        raise TypeError(f"config must be one of {[c.__name__ for c in CONFIG_TYPES]}, got {type(config).__name__}")
+    if type(config) not in _HANDLERS:
+        raise TypeError(f"config must be one of {[c.__name__ for c in config_types()]}, got {type(config).__name__}")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("filter_fn must be a callable (module, name) -> bool")
     names = {n for n, _ in model.named_modules()}
@@ -117,7 +132,7 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
     # registered under several names (shared) is decided once and replaced everywhere.
     replacements: dict = {}
     for name, module in model.named_modules():
-        handler = handler_for(module)
+        handler = handler_for(module, config)
         if handler is None:
             continue
         if hasattr(module, SKIP_ATTR):

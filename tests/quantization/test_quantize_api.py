@@ -186,7 +186,38 @@ def test_idempotent_root_layer_shared_modules_and_mha():
 
 def test_register_handler_validates():
     with pytest.raises(TypeError, match="nn.Module subclass"):
-        register_handler(int, lambda m, c: m)
+        register_handler(fastq.Int8DynamicConfig, int, lambda m, c: m)
+    with pytest.raises(TypeError, match="config_type must be a class"):
+        register_handler("w8a8", nn.Linear, lambda m, c: m)
+    with pytest.raises(TypeError, match="handler must be callable"):
+        register_handler(fastq.Int8DynamicConfig, nn.Linear, None)
+
+
+def test_new_config_type_plugs_in_without_touching_quantize_():
+    """A config registered from outside is accepted and routed to its own handler only."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class HalfConfig:
+        pass
+
+    def to_half(module, config):
+        assert isinstance(config, HalfConfig)
+        return module.half()
+
+    from fastq.quantization import api
+
+    register_handler(HalfConfig, nn.Linear, to_half)
+    try:
+        assert HalfConfig in fastq.quantization.config_types()
+        model = nn.Sequential(nn.Linear(8, 8), nn.Conv2d(2, 2, 1))
+        fastq.quantize_(model, HalfConfig())
+        assert model[0].weight.dtype == torch.float16
+        assert model[1].weight.dtype == torch.float32  # no Conv2d handler for this config: untouched
+    finally:
+        del api._HANDLERS[HalfConfig]
+    with pytest.raises(TypeError, match="config must be one of"):
+        fastq.quantize_(model, object())
 
 
 # ---- torch.compile and torch.export --------------------------------------------------------------
