@@ -8,11 +8,16 @@ CUDA graph unless --eager, so launch and Python overhead are excluded), warm-up 
 inputs drawn at random once (never zeros); weights rotated through enough copies that the set
 exceeds twice the L2 cache, so memory-bound cases read DRAM and not L2. Every timed op of a row
 runs in the same process, interleaved round-robin, so ratios are fair. Sections:
+  * copy bandwidth: device-to-device copy of 1 GiB (read + write bytes), the practical roofline;
+  * quantize per token: fastq quantize_int8 on 64M elements (fp32 and bf16 rows of 8192), bytes
+    read + written over the copy bandwidth, beside the same math as a PyTorch expression;
   * GEMM (M x K x N): fastq int8_gemm (int32 out), fastq int8_linear_dynamic (bf16 in/out, W8A8
-    fused), torch._int_mm (int8 cuBLASLt; needs M > 16), bf16 torch.mm; TOP/s and ratios;
+    fused), torch._int_mm (int8 cuBLASLt; needs M > 16), "quantize + _int_mm" (fastq's per-token
+    quantize then torch._int_mm: the unfused route, without even a dequantize epilogue), bf16
+    torch.mm; TOP/s and ratios;
   * weight streaming (M <= 16): int8_linear_dynamic, TB/s of weight bytes, vs bf16 F.linear;
-  * weight-only M=1: int8_weight_only_linear (bf16, per channel and group 128) vs bf16 F.linear;
-  * copy bandwidth: device-to-device copy of 1 GiB (read + write bytes), the practical roofline.
+  * weight-only M=1: int8_weight_only_linear (bf16, per channel and group 128) vs bf16 F.linear.
+The targets these rows are judged by live in bench/gpu_suite_summary.py.
 """
 
 from __future__ import annotations
@@ -115,6 +120,7 @@ def bench_gemm(m: int, k: int, n: int, iters: int, warmup: int) -> dict:
     try:
         torch._int_mm(a8, wt8[0])
         fns["torch_int_mm"] = lambda i: torch._int_mm(a8, wt8[i % copies])
+        fns["quantize_int_mm"] = lambda i: torch._int_mm(ops.quantize_int8(xbf, -1, True)[0], wt8[i % copies])
     except RuntimeError:
         pass  # cuBLASLt int8 needs M > 16 and multiples of 8
     ms = time_round_robin(fns, iters, warmup, reps=max(10, copies), graphs=GRAPHS)
@@ -124,6 +130,7 @@ def bench_gemm(m: int, k: int, n: int, iters: int, warmup: int) -> dict:
         row[f"{name}_tops"] = ops_count / (v * 1e-3) / 1e12
     if "torch_int_mm" in ms:
         row["int8_gemm_vs_int_mm"] = ms["torch_int_mm"] / ms["fastq_int8_gemm"]
+        row["w8a8_vs_quantize_int_mm"] = ms["quantize_int_mm"] / ms["fastq_w8a8_bf16"]
     row["int8_gemm_vs_bf16"] = ms["bf16_mm"] / ms["fastq_int8_gemm"]
     row["w8a8_vs_bf16"] = ms["bf16_mm"] / ms["fastq_w8a8_bf16"]
     return row
@@ -172,6 +179,27 @@ def bench_weight_only(m: int, k: int, n: int, group: int, iters: int, warmup: in
             "speedup_vs_bf16": ms["bf16_linear"] / ms["fastq_wo"]}
 
 
+def bench_quantize(rows: int, cols: int, dtype: torch.dtype, iters: int, warmup: int) -> dict:
+    """Per-token symmetric dynamic quantize of a [rows, cols] tensor: bytes = x + codes + scales."""
+    ops = torch.ops.fastq
+    g = torch.Generator(device="cuda").manual_seed(rows + cols)
+    x = torch.randn(rows, cols, device="cuda", generator=g).to(dtype)
+    codes = torch.empty(rows, cols, dtype=torch.int8, device="cuda")
+    scale = torch.empty(rows, 1, device="cuda")
+    zp = torch.zeros(rows, 1, dtype=torch.int32, device="cuda")
+
+    def torch_expr(i):
+        s = x.float().abs().amax(dim=1, keepdim=True) / 127
+        return torch.round(x.float() / s).clamp_(-127, 127).to(torch.int8)
+
+    fns = {"fastq": lambda i: ops.quantize_int8_out(x, codes, scale, zp, -1, True, True), "torch_expr": torch_expr}
+    ms = time_round_robin(fns, iters, warmup, reps=5, graphs=GRAPHS)
+    nbytes = x.numel() * x.element_size() + codes.numel() + 4 * rows
+    return {"rows": rows, "cols": cols, "dtype": str(dtype).replace("torch.", ""), "bytes": nbytes,
+            "fastq_ms": ms["fastq"], "torch_expr_ms": ms["torch_expr"],
+            "fastq_tbps": nbytes / (ms["fastq"] * 1e-3) / 1e12, "torch_expr_tbps": nbytes / (ms["torch_expr"] * 1e-3) / 1e12}
+
+
 def bench_copy(iters: int, warmup: int) -> dict:
     src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
@@ -196,16 +224,26 @@ def main(argv: List[str] | None = None) -> int:
     print(f"device: {torch.cuda.get_device_name(0)}, L2 {_l2_bytes() / 2**20:.0f} MiB, torch {torch.__version__}")
     for op in ("int8_gemm", "int8_linear_dynamic", "int8_weight_only_linear"):
         print(f"  {op}: {fastq.kernel_for(op, 'cuda')}")
-    results: Dict[str, list] = {"copy": [], "gemm": [], "streaming": [], "weight_only": []}
+    results: Dict[str, list] = {"copy": [], "quantize": [], "gemm": [], "streaming": [], "weight_only": []}
 
     results["copy"].append(bench_copy(iters, warmup))
-    print(f"\ncopy bandwidth (1 GiB d2d, read+write): {results['copy'][0]['tbps']:.2f} TB/s")
+    copy_tbps = results["copy"][0]["tbps"]
+    print(f"\ncopy bandwidth (1 GiB d2d, read+write): {copy_tbps:.2f} TB/s")
+
+    print("\nquantize per token, 64M elements (8192 x 8192): ms, TB/s (x + codes + scales), fraction of copy")
+    for dtype in (torch.float32, torch.bfloat16):
+        r = bench_quantize(8192, 8192, dtype, iters, warmup)
+        results["quantize"].append(r)
+        print(f"  {r['dtype']:8s} fastq {r['fastq_ms']:.4f} ms {r['fastq_tbps']:.2f} TB/s "
+              f"({r['fastq_tbps'] / copy_tbps:.0%} of copy) | torch expression {r['torch_expr_ms']:.4f} ms")
 
     shapes = [(8192, 8192, 8192)] + [(m, k, n) for k, n in ISSUE_SHAPES for m in ISSUE_MS]
+    shapes += [(m, k, k) for k in (4096, 8192) for m in (256, 1024, 4096)]
     if args.quick:
-        shapes = [(8192, 8192, 8192), (512, 4096, 11008), (32, 4096, 4096)]
+        shapes = [(m, k, k) for k in (4096, 8192) for m in (256, 1024, 4096)] + [(512, 4096, 11008),
+                                                                                  (32, 4096, 4096)]
     print("\nGEMM (ms; TOP/s)                 int8_gemm          w8a8 bf16           _int_mm            bf16 mm"
-          "        x_int_mm  x_bf16  w8a8_x_bf16")
+          "        x_int_mm  x_bf16  w8a8_x_bf16  w8a8_x_quant+int_mm")
     for m, k, n in shapes:
         r = bench_gemm(m, k, n, iters, warmup)
         results["gemm"].append(r)
@@ -214,12 +252,12 @@ def main(argv: List[str] | None = None) -> int:
             cols.append(f"{_fmt(r.get(name + '_ms', float('nan')))} {_fmt(r.get(name + '_tops', float('nan')))}")
         print(f"  M={m:5d} K={k:5d} N={n:5d}  " + "  ".join(cols)
               + f"  {_fmt(r.get('int8_gemm_vs_int_mm', float('nan')))} {_fmt(r['int8_gemm_vs_bf16'])}"
-              f" {_fmt(r['w8a8_vs_bf16'])}")
+              f" {_fmt(r['w8a8_vs_bf16'])} {_fmt(r.get('w8a8_vs_quantize_int_mm', float('nan')))}")
 
     print("\nweight streaming, W8A8 (M <= 16): ms, weight TB/s, vs bf16 F.linear")
     stream_shapes = [(4096, 11008), (8192, 8192)]
     for k, n in stream_shapes:
-        for m in ([1, 16] if args.quick else [1, 2, 4, 8, 16]):
+        for m in ([1, 2, 4, 8, 16] if (k, n) == (4096, 11008) or not args.quick else [1, 16]):
             r = bench_streaming(m, k, n, iters, warmup)
             results["streaming"].append(r)
             print(f"  M={m:2d} K={k} N={n}: fastq {r['fastq_w8a8_ms']:.4f} ms {r['w8a8_weight_tbps']:.2f} TB/s | "
@@ -234,7 +272,7 @@ def main(argv: List[str] | None = None) -> int:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(0), **results}, f, indent=1)
+            json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, **results}, f, indent=1)
     return 0
 
 

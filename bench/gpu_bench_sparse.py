@@ -33,7 +33,7 @@ from gpu_bench_linear import _copies, _fmt, _l2_bytes, time_round_robin  # noqa:
 
 NK_SHAPES = [(4096, 4096), (8192, 8192), (11008, 4096), (4096, 11008)]  # (N, K)
 MS = [1, 16, 128, 512, 2048, 4096]
-QUICK = [(4096, 4096, 4096), (2048, 8192, 8192), (16, 4096, 4096)]  # (M, N, K)
+QUICK = [(256, 4096, 4096), (4096, 4096, 4096), (256, 8192, 8192), (2048, 8192, 8192), (16, 4096, 4096)]  # (M, N, K)
 DENSE_SPEEDUP_TARGET = 1.15
 CSLT_RATIO_TARGET = 0.95
 
@@ -124,7 +124,7 @@ def _markdown(device: str, rows: List[dict]) -> str:
 
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="three shapes, fewer iterations")
+    ap.add_argument("--quick", action="store_true", help="five shapes, fewer iterations")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--md", help="also write a markdown table here")
     args = ap.parse_args(argv)

@@ -23,3 +23,36 @@ def isa(request):
         yield name
     finally:
         fastq.set_cpu_isa(saved)
+
+
+# ---- CUDA tests ------------------------------------------------------------------------------------
+# Every test whose name or file name says "cuda" is a CUDA test: it gets the `cuda` marker, so
+# `pytest -m cuda` (bench/gpu_suite.sh) selects all of them without each file repeating the marker.
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "cuda" in item.name.lower() or "cuda" in item.path.name.lower():
+            item.add_marker(pytest.mark.cuda)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_context_guard(request):
+    """After a CUDA test, a sticky CUDA error (illegal address, launch failure) poisons every later
+    CUDA call of the process: stop the process then, so the failures that follow are not blamed on
+    innocent tests (under pytest-xdist the worker is replaced and the crash is reported)."""
+    yield
+    if request.node.get_closest_marker("cuda") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return
+    try:
+        torch.cuda.synchronize()
+    except RuntimeError as exc:
+        import os
+        import sys
+
+        sys.stderr.write(f"\nCUDA context poisoned after {request.node.nodeid}: {exc}\n")
+        sys.stderr.flush()
+        os._exit(70)
