@@ -18,13 +18,16 @@ struct Acc {
 
 __device__ __forceinline__ Acc acc_init() { return {0u, 0.0f, 0.0f, false}; }
 
-template <DType D>
-__device__ __forceinline__ void acc_add(Acc& a, const void* x, int64_t i) {
-  const float v = load_elem<D>(x, i);
+__device__ __forceinline__ void acc_add_value(Acc& a, float v) {
   a.bits = max(a.bits, __float_as_uint(v) & 0x7fffffffu);
   a.nan |= v != v;
   a.lo = fminf(a.lo, v);  // lo starts at 0: the reference clamps lo <= 0 <= hi anyway
   a.hi = fmaxf(a.hi, v);
+}
+
+template <DType D>
+__device__ __forceinline__ void acc_add(Acc& a, const void* x, int64_t i) {
+  acc_add_value(a, load_elem<D>(x, i));
 }
 
 __device__ __forceinline__ Acc acc_merge(Acc a, const Acc& b) {

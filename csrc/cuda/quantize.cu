@@ -1,7 +1,10 @@
 // CUDA quantize_int8 / dequantize_int8. Same float-op sequence as fastq/ops/reference.py and
 // csrc/cpu/quantize.cpp (see there), written with _rn intrinsics so results are bit-identical.
 // Layout: dynamic rows get one warp each (short rows) or one block each (long rows); a single
-// long row (per-tensor) is reduced grid-wide through the caller's zeroed 4-int workspace.
+// long row (per-tensor) is reduced grid-wide through the caller's zeroed 4-int workspace. Long rows
+// whose length is a multiple of the 16-byte vector and whose data is aligned take the vector kernel:
+// 16-byte loads, packed code stores, and the row kept in registers between the max pass and the
+// code pass, so x is read from memory once.
 #include <cfloat>
 #include <type_traits>
 
@@ -60,6 +63,83 @@ __global__ void quantize_rows_block(QuantizeArgs a) {
   const RowScale s = scale_of(cuda::block_reduce<kBlock>(acc), a.symmetric);
   if (threadIdx.x == 0) store_scale(a, row, s);
   for (int64_t c = threadIdx.x; c < a.cols; c += kBlock) quantize_elem<D>(a, base + c, s);
+}
+
+// 16 bytes of x as floats: 4 float32 or 8 float16/bfloat16.
+template <DType D>
+struct Vec16 {
+  static constexpr int kElems = D == DType::f32 ? 4 : 8;
+  __device__ __forceinline__ static void unpack(const uint4& u, float (&f)[kElems]) {
+    if constexpr (D == DType::f32) {
+      f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y), f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
+    } else {
+      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 p = D == DType::bf16 ? __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]))
+                                          : __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+        f[2 * i] = p.x, f[2 * i + 1] = p.y;
+      }
+    }
+  }
+};
+
+// The codes of one vector, packed little-endian into 4 (float32 x) or 8 bytes, stored at once.
+template <DType D>
+__device__ __forceinline__ void store_codes(const QuantizeArgs& a, int64_t first, const uint4& u, const RowScale& s) {
+  constexpr int V = Vec16<D>::kElems;
+  float f[V];
+  Vec16<D>::unpack(u, f);
+  uint32_t word[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < V; ++i) {
+    const uint32_t c = a.symmetric ? static_cast<uint8_t>(cuda::quantize_sym(f[i], s)) : cuda::quantize_asym(f[i], s);
+    word[i / 4] |= c << (8 * (i % 4));
+  }
+  if constexpr (V == 4) {
+    *reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(a.codes) + first) = word[0];
+  } else {
+    *reinterpret_cast<uint2*>(static_cast<uint8_t*>(a.codes) + first) = make_uint2(word[0], word[1]);
+  }
+}
+
+// One block per row, 16-byte vectors; the first kCached vectors of each thread stay in registers.
+template <DType D, int kCached>
+__global__ void __launch_bounds__(kBlock) quantize_rows_block_vec(QuantizeArgs a) {
+  constexpr int V = Vec16<D>::kElems;
+  const int64_t row = blockIdx.x, nvec = a.cols / V;
+  const uint4* xv = reinterpret_cast<const uint4*>(static_cast<const char*>(a.x) + row * a.cols * (16 / V));
+  uint4 cache[kCached];
+  Acc acc = acc_init();
+#pragma unroll
+  for (int r = 0; r < kCached; ++r) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(r) * kBlock;
+    if (j < nvec) cache[r] = xv[j];
+  }
+#pragma unroll
+  for (int r = 0; r < kCached; ++r) {
+    if (threadIdx.x + static_cast<int64_t>(r) * kBlock < nvec) {
+      float f[V];
+      Vec16<D>::unpack(cache[r], f);
+#pragma unroll
+      for (int i = 0; i < V; ++i) cuda::acc_add_value(acc, f[i]);
+    }
+  }
+  for (int64_t j = threadIdx.x + static_cast<int64_t>(kCached) * kBlock; j < nvec; j += kBlock) {
+    float f[V];
+    Vec16<D>::unpack(xv[j], f);
+#pragma unroll
+    for (int i = 0; i < V; ++i) cuda::acc_add_value(acc, f[i]);
+  }
+  const RowScale s = scale_of(cuda::block_reduce<kBlock>(acc), a.symmetric);
+  if (threadIdx.x == 0) store_scale(a, row, s);
+#pragma unroll
+  for (int r = 0; r < kCached; ++r) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(r) * kBlock;
+    if (j < nvec) store_codes<D>(a, row * a.cols + j * V, cache[r], s);
+  }
+  for (int64_t j = threadIdx.x + static_cast<int64_t>(kCached) * kBlock; j < nvec; j += kBlock)
+    store_codes<D>(a, row * a.cols + j * V, xv[j], s);
 }
 
 // Map a float to an int whose signed order is the float order (for atomicMin/atomicMax).
@@ -144,7 +224,12 @@ void quantize_int8_cuda(const QuantizeArgs& a, int32_t* workspace, void* stream)
       quantize_rows_warp<D><<<static_cast<unsigned>(blocks), kBlock, 0, s>>>(a);
     } else {
       FASTQ_CHECK(a.rows <= 0x7fffffff, "too many rows");
-      quantize_rows_block<D><<<static_cast<unsigned>(a.rows), kBlock, 0, s>>>(a);
+      constexpr int V = Vec16<D>::kElems;
+      if (a.cols % V == 0 && cuda::aligned(a.x, 16) && cuda::aligned(a.codes, V)) {
+        quantize_rows_block_vec<D, 8><<<static_cast<unsigned>(a.rows), kBlock, 0, s>>>(a);
+      } else {
+        quantize_rows_block<D><<<static_cast<unsigned>(a.rows), kBlock, 0, s>>>(a);
+      }
     }
   });
   FASTQ_CUDA_CHECK(cudaGetLastError());

@@ -16,6 +16,13 @@ from torch import Tensor
 from fastq.ops._checks import ELL_ROWS, ELL_TILE, FLT_MIN, layout
 
 
+def _div(t: Tensor, c: float) -> Tensor:
+    """``t / c`` rounded once (IEEE division) on every device. A plain ``t / c`` is not that on CUDA:
+    PyTorch's CUDA kernels divide by a Python number by multiplying with its reciprocal, which
+    differs in the last bit for divisors such as 127 and 255 that are not powers of two."""
+    return t / torch.full((), c, dtype=t.dtype, device=t.device)
+
+
 def _poison(scale: Tensor, finite: Tensor) -> Tensor:
     return torch.where(finite, scale, torch.full_like(scale, float("nan")))
 
@@ -50,13 +57,13 @@ def quantize_int8(
     if scale is None:
         if symmetric:
             amax = rows.abs().amax(dim=1) if not empty else rows.new_zeros(lay.rows)
-            scale = _poison(torch.clamp_min(amax / 127, FLT_MIN), torch.isfinite(amax))
+            scale = _poison(torch.clamp_min(_div(amax, 127), FLT_MIN), torch.isfinite(amax))
             zero_point = torch.zeros(lay.rows, dtype=torch.int32, device=x.device)
         else:
             lo = rows.amin(dim=1).clamp_max(0) if not empty else rows.new_zeros(lay.rows)
             hi = rows.amax(dim=1).clamp_min(0) if not empty else rows.new_zeros(lay.rows)
             finite = torch.isfinite(lo) & torch.isfinite(hi)
-            scale = _poison(torch.clamp_min((hi - lo) / 255, FLT_MIN), finite)
+            scale = _poison(torch.clamp_min(_div(hi - lo, 255), FLT_MIN), finite)
             zp = torch.clamp(torch.round(-lo * (1.0 / scale)), 0, 255)
             zero_point = torch.where(finite, zp, torch.zeros_like(zp)).to(torch.int32)
     elif symmetric:
@@ -409,7 +416,7 @@ def sparse_int8_pack(w: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor, T
 def _sparse_int8_scale(w: Tensor, mask: Tensor) -> Tensor:
     """float32 [N]: ``amax / 127`` of each row's kept weights, 1.0 for a row keeping no nonzero."""
     amax = (w.float().abs() * mask).amax(dim=1)
-    return torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    return torch.where(amax > 0, _div(amax, 127), torch.ones_like(amax))
 
 
 def sparse_int8_unpack(q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor, k: int) -> Tensor:

@@ -442,6 +442,14 @@ CUDA_CASES = CASES + [
     _case((1, 4097), PER_TENSOR, "grid-"),      # single row > 4096: the two-kernel grid reduction
     _case((2, 300000), PER_TENSOR, "grid-"),
     _case((3, 5000), PER_ROW, "block-"),        # rows > 1024 columns: a block per row
+    # the 16-byte vector kernel: whole rows in registers (8192), longer than the register cache for
+    # float32 (9000) and for 16-bit x (20000), a row length that only float32 vectors divide (4100),
+    # and one that no vector divides (1030: the scalar block kernel)
+    _case((2, 8192), PER_ROW, "vec-"),
+    _case((2, 9000), PER_ROW, "vec-"),
+    _case((2, 20000), PER_ROW, "vec-"),
+    _case((3, 4100), PER_ROW, "vec-"),
+    _case((2, 1030), PER_ROW, "block-"),
 ]
 
 
@@ -464,6 +472,20 @@ def test_cuda_matches_reference(shape, group_size):
                 assert_same_quant(got, want, what)
                 got = run_out(x.cuda(), group_size, symmetric, to(scale), to(zp), gen, "cuda")
                 assert_same_quant(got, want, what + " out=")
+
+
+@needs_cuda
+def test_cuda_vector_kernel_misaligned_view():
+    """A contiguous x view off a 16-byte boundary takes the scalar block kernel: same results."""
+    if fastq.kernel_for("quantize_int8", "cuda") != "native:cuda":
+        pytest.skip("fastq._C was built without CUDA")
+    for dtype in DTYPES:
+        for symmetric in (True, False):
+            x = make_input((2, 6145), dtype, symmetric, generator("cuda-misaligned", dtype, symmetric))
+            xs = x.cuda().reshape(-1)[1:1 + 2 * 6144].reshape(2, 6144)
+            assert xs.is_contiguous() and xs.data_ptr() % 16
+            want = reference.quantize_int8(xs.cpu(), PER_ROW, symmetric)
+            assert_same_quant(run_functional(xs, PER_ROW, symmetric, None, None, "cuda"), want, "cuda misaligned")
 
 
 @needs_cuda
