@@ -126,7 +126,9 @@ def run(*cmd):
     except (OSError, subprocess.SubprocessError):
         return ""
 env = {"python": platform.python_version(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
-       "commit": run("git", "-C", repo, "rev-parse", "--short", "HEAD") or "n/a", "cores": os.cpu_count()}
+       "commit": (run("git", "-C", repo, "rev-parse", "--short", "HEAD") or "n/a")
+       + ("+modified" if run("git", "-C", repo, "status", "--porcelain", "--untracked-files=no") else ""),
+       "cores": os.cpu_count()}
 cpu = [ln.split(":", 1)[1].strip() for ln in run("lscpu").splitlines() if ln.startswith("Model name")]
 env["cpu"] = cpu[0] if cpu else platform.processor() or "n/a"
 flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
