@@ -360,7 +360,7 @@ void int8_linear_dynamic_cpu(const Int8LinearArgs& a) {
 
 namespace {
 
-constexpr int64_t kAmxWoMB = 128;  // AMX weight-only: rows per block (4 row tiles)
+constexpr int64_t kAmxWoMB = 256;  // AMX weight-only: rows per block (8 row tiles; fewer re-dequantized chunks)
 constexpr int64_t kAmxWoKC = 256;  // k per dequantized chunk (8 bf16 tiles; a multiple of 32)
 
 // Weight-only on the bf16 tiles, bfloat16 x, (G == 1 or K / G % 32 == 0): per 32-column panel and
@@ -394,7 +394,7 @@ void weight_only_amx(const cpu::GemmKernels& kr, const Int8LinearArgs& a, int th
                   for (int64_t i = 0; i < 16 * mt; ++i) {
                     uint16_t* dst = at + i * kAmxWoKC;
                     const int64_t valid = i < mrows ? kc : 0;
-                    std::memcpy(dst, x + (row0 + i) * k + kc0, valid * 2);
+                    if (valid) std::memcpy(dst, x + (row0 + i) * k + kc0, valid * 2);
                     std::memset(dst + valid, 0, (nk32 * 32 - valid) * 2);
                   }
                   ap = at;
@@ -403,16 +403,11 @@ void weight_only_amx(const cpu::GemmKernels& kr, const Int8LinearArgs& a, int th
                 kr.wo_bf16_tile(ap, lda, mt, bt, nb, nk32, cg + r * 32, kc0 == kg0);
               }
             }
-            for (int64_t i = 0; i < rows; ++i)
-              for (int64_t c = 0; c < nv; ++c) {
-                const float v = cg[i * 32 + c] * a.w_scale[(n0 + c) * G + g];
-                acc[i * 32 + c] = g == 0 ? v : acc[i * 32 + c] + v;
-              }
+            float sg[32];
+            for (int64_t c = 0; c < nv; ++c) sg[c] = a.w_scale[(n0 + c) * G + g];
+            kr.wo_bf16_epilogue(cg, rows, static_cast<int>(nv), sg, acc, g == 0, g == G - 1, a.bias ? a.bias + n0 : nullptr,
+                                static_cast<char*>(a.y) + (r0 * n + n0) * dtype_size(a.y_dtype), n, a.y_dtype);
           }
-          for (int64_t i = 0; i < rows; ++i)
-            for (int64_t c = 0; c < nv; ++c)
-              cpu::store_out(a.y_dtype, a.y, (r0 + i) * n + n0 + c,
-                             a.bias ? acc[i * 32 + c] + a.bias[n0 + c] : acc[i * 32 + c]);
         }
       }
     });

@@ -120,6 +120,11 @@ struct GemmKernels {
   //   a (bf16 rows lda bytes apart, 16 mt rows readable) and the dequantized tiles b.
   void (*wo_bf16_tile)(const uint16_t* a, int64_t lda, int mt, const uint16_t* b, int nt, int64_t nk32, float* c,
                        bool first) = nullptr;
+  // wo_bf16_epilogue: for rows x nv (<= 32) group sums c (rows 32 floats apart) and the group's column
+  //   scales s: acc = c * s (first) or acc + c * s; when last, y[r][col] = acc (+ bias[col]) rounded to
+  //   y_dtype (rows ldy apart). With first && last acc is not touched (one group).
+  void (*wo_bf16_epilogue)(const float* c, int64_t rows, int nv, const float* s, float* acc, bool first, bool last,
+                           const float* bias, void* y, int64_t ldy, DType y_dtype) = nullptr;
 };
 
 extern const GemmKernels gemm_kernels_scalar;

@@ -52,8 +52,8 @@ def _w8a8_inputs(m, n, k, seed, x_dtype=torch.float32):
 
 
 # M around every published threshold (2..16) and the 16/32-row tiles; N and K with tile tails.
-W8A8_M = [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65]
-W8A8_NK = [(17, 33), (32, 64), (33, 129), (48, 200)]
+W8A8_M = [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 65, 129, 160]
+W8A8_NK = [(17, 33), (32, 64), (33, 129), (48, 200), (20, 1100)]  # 1100: three 512-k blocks, a tail
 
 
 @needs_native
