@@ -44,7 +44,7 @@ from fastq.benchmarking import format_table, median, time_round_robin
 from fastq.ops import _library, reference
 
 SHAPES = [(4096, 4096), (4096, 11008)]  # (K, N)
-M_LIST = [1, 2, 4, 8, 16, 32, 128, 512]
+M_LIST = [1, 2, 4, 5, 8, 16, 32, 128, 512]
 QUICK_M = [1, 8, 32, 128, 512]
 
 
