@@ -75,11 +75,12 @@ void check_linear(const Int8LinearArgs& a) {
 
 // ---- AMX tier: M thresholds -----------------------------------------------------------------------
 // Defaults from bench/amx_check.py on an Intel Xeon (family 6 model 207, Emerald Rapids; 2 threads):
-// int8: the tiles pad M to 16 rows, and below 8 rows VNNI (which streams the same weight bytes) is
-// faster (M=4: AMX/VNNI 0.71x at 4096x4096; M=8: 0.99x and 1.32x at 4096x11008). bf16: the AVX-512
+// int8: the tiles pad M to 16 rows; VNNI (which streams the same weight bytes) is as fast up to M=8
+// (AMX/VNNI at 4096x4096 and 4096x11008, two runs: M=8 0.99/1.32 and 0.70/1.06; M=16 1.31/1.35 and
+// 1.05/1.52; at 16 threads AMX wins only from M=32). bf16: the AVX-512
 // in-register decode path serves M <= 4 faster; from M = 5 AVX-512 falls to its fp32 panel GEMM,
 // which the bf16 tiles beat (M=8: 1.4x at 4096x4096).
-constexpr int64_t kAmxMinMDefault[2] = {8, 5};
+constexpr int64_t kAmxMinMDefault[2] = {16, 5};
 std::atomic<int64_t> g_amx_min_m[2] = {kAmxMinMDefault[0], kAmxMinMDefault[1]};
 std::atomic<int64_t> g_amx_calls[2] = {0, 0};
 

@@ -1,8 +1,9 @@
 // AMX micro-kernels of the int8 GEMM family (built twice: real tiles, and FASTQ_AMX_EMULATE's
 // software tiles; cpu/amx/tile.h). Invariants:
 //  - all eight tiles are 16 rows x 64 bytes: C in tmm0-3 (2 x 2 blocks of 16 x 16), A in tmm4-5,
-//    B in tmm6-7: a 32 x 32 sub-block; an int8 call covers up to 4 sub-blocks (128 rows) that share
-//    each 512-k block of B from L1;
+//    B in tmm6-7, so one call covers up to 32 rows x 32 columns (K-blocking so that 4 row blocks
+//    share each 512-k block of B from L1 was measured no faster on an Emerald Rapids Xeon, so the
+//    whole K runs in the C tiles);
 //  - int8: the packed-weight layout (16-column blocks of K_pad/4 rows of 16 columns x 4 k) *is* the
 //    B tile layout, so 16 quads of a block load as one tile, 64 bytes apart; no repacking, and what
 //    is saved on disk stays ISA-independent. The whole K accumulates in the int32 C tiles (exact,
@@ -58,26 +59,23 @@ __attribute__((always_inline)) inline void int8_step(const uint8_t* a, int64_t l
   }
 }
 
-// k-tiles [t0, t1) of one 32 x 32 sub-block into c (rows 32 ints apart): C starts at zero (first)
-// or from c, and goes back to c. Tile t < full reads the packed weight, t == full the zero-padded
-// copy bt of the K tail.
 template <int MT, int NT, bool U8>
-void int8_tiles(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t t0, int64_t t1,
-                int64_t full, const int8_t (*bt)[kTileBytes], int32_t* c, bool first) {
-  if (first) {
-    AMX_ZERO(0);
-    if constexpr (NT == 2) AMX_ZERO(1);
-    if constexpr (MT == 2) AMX_ZERO(2);
-    if constexpr (MT == 2 && NT == 2) AMX_ZERO(3);
-  } else {
-    AMX_LOAD(0, c, 128);
-    if constexpr (NT == 2) AMX_LOAD(1, c + 16, 128);
-    if constexpr (MT == 2) AMX_LOAD(2, c + 16 * 32, 128);
-    if constexpr (MT == 2 && NT == 2) AMX_LOAD(3, c + 16 * 32 + 16, 128);
-  }
-  for (int64_t t = t0; t < std::min(t1, full); ++t)
+void int8_tiles(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t kq, int32_t* c) {
+  AMX_ZERO(0);
+  if constexpr (NT == 2) AMX_ZERO(1);
+  if constexpr (MT == 2) AMX_ZERO(2);
+  if constexpr (MT == 2 && NT == 2) AMX_ZERO(3);
+  const int64_t full = kq / kQuadsPerTile, tail = kq % kQuadsPerTile;
+  for (int64_t t = 0; t < full; ++t)
     int8_step<MT, NT, U8>(a + t * kTileK, lda, w + t * kTileBytes, w + w_bstride + t * kTileBytes);
-  if (t1 > full) int8_step<MT, NT, U8>(a + full * kTileK, lda, bt[0], bt[1]);
+  if (tail) {
+    alignas(64) int8_t bt[2][kTileBytes];
+    for (int j = 0; j < NT; ++j) {
+      std::memcpy(bt[j], w + j * w_bstride + full * kTileBytes, tail * 64);
+      std::memset(bt[j] + tail * 64, 0, kTileBytes - tail * 64);
+    }
+    int8_step<MT, NT, U8>(a + full * kTileK, lda, bt[0], bt[1]);
+  }
   AMX_STORE(0, c, 128);
   if constexpr (NT == 2) AMX_STORE(1, c + 16, 128);
   if constexpr (MT == 2) AMX_STORE(2, c + 16 * 32, 128);
@@ -85,48 +83,26 @@ void int8_tiles(const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstrid
 }
 
 template <bool U8>
-void int8_dispatch(int mt, int nt, const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t t0,
-                   int64_t t1, int64_t full, const int8_t (*bt)[kTileBytes], int32_t* c, bool first) {
+void int8_dispatch(int mt, int nt, const uint8_t* a, int64_t lda, const int8_t* w, int64_t w_bstride, int64_t kq,
+                   int32_t* c) {
   if (mt == 1) {
-    if (nt == 1) int8_tiles<1, 1, U8>(a, lda, w, w_bstride, t0, t1, full, bt, c, first);
-    else int8_tiles<1, 2, U8>(a, lda, w, w_bstride, t0, t1, full, bt, c, first);
+    if (nt == 1) int8_tiles<1, 1, U8>(a, lda, w, w_bstride, kq, c);
+    else int8_tiles<1, 2, U8>(a, lda, w, w_bstride, kq, c);
   } else {
-    if (nt == 1) int8_tiles<2, 1, U8>(a, lda, w, w_bstride, t0, t1, full, bt, c, first);
-    else int8_tiles<2, 2, U8>(a, lda, w, w_bstride, t0, t1, full, bt, c, first);
+    if (nt == 1) int8_tiles<2, 1, U8>(a, lda, w, w_bstride, kq, c);
+    else int8_tiles<2, 2, U8>(a, lda, w, w_bstride, kq, c);
   }
 }
 
-constexpr int kMR = 128;       // rows per call: 4 sub-blocks of 32 share each block of B
-constexpr int64_t kKB = 8;     // k-tiles per block (512 k): the block of B (2 x 8 KiB) stays in L1
-                               // while every sub-block runs over it
-
-// GemmKernels::gemm_tile: rows [m0, m0 + mr) (mr <= 128) x columns [n0, n0 + n_valid) (<= 32).
-// One 32-row sub-block runs the whole K in its C tiles; more sub-blocks take K in blocks of kKB
-// tiles, their C tiles parked in c between blocks (exact: int32 in, int32 out).
-void gemm_s8s8s32_128x32__amx(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
-                              const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0,
-                              int64_t n0) {
-  alignas(64) int32_t c[kMR * 32];
-  alignas(64) int8_t bt[2][kTileBytes];
-  const int nt = (n_valid + 15) / 16, subs = (mr + 31) / 32;
+// GemmKernels::gemm_tile: rows [m0, m0 + mr) (mr <= 32) x columns [n0, n0 + n_valid) (<= 32).
+void gemm_s8s8s32_32x32__amx(const void* act, int64_t lda, int mr, const int8_t* w, int64_t w_bstride,
+                             const int32_t* colsum, int64_t kq, int n_valid, const GemmEpilogue& ep, int64_t m0,
+                             int64_t n0) {
+  alignas(64) int32_t c[32 * 32];
+  const int mt = (mr + 15) / 16, nt = (n_valid + 15) / 16;
   const uint8_t* a = static_cast<const uint8_t*>(act);
-  const int64_t full = kq / kQuadsPerTile, tail = kq % kQuadsPerTile, tiles = full + (tail ? 1 : 0);
-  if (tail)
-    for (int j = 0; j < nt; ++j) {
-      std::memcpy(bt[j], w + j * w_bstride + full * kTileBytes, tail * 64);
-      std::memset(bt[j] + tail * 64, 0, kTileBytes - tail * 64);
-    }
-  const int64_t kb = subs == 1 ? tiles : kKB;
-  for (int64_t t0 = 0; t0 < tiles; t0 += kb) {
-    const int64_t t1 = std::min(tiles, t0 + kb);
-    for (int sb = 0; sb < subs; ++sb) {
-      const int mt = (std::min(32, mr - 32 * sb) + 15) / 16;
-      const uint8_t* as = a + 32 * sb * lda;
-      int32_t* cs = c + 32 * sb * 32;
-      if (ep.row_off) int8_dispatch<true>(mt, nt, as, lda, w, w_bstride, t0, t1, full, bt, cs, t0 == 0);
-      else int8_dispatch<false>(mt, nt, as, lda, w, w_bstride, t0, t1, full, bt, cs, t0 == 0);
-    }
-  }
+  if (ep.row_off) int8_dispatch<true>(mt, nt, a, lda, w, w_bstride, kq, c);
+  else int8_dispatch<false>(mt, nt, a, lda, w, w_bstride, kq, c);
   for (int r = 0; r < mr; ++r)
     for (int j = 0; j < nt; ++j)
       epilogue16(ep, m0 + r, n0 + 16 * j, _mm512_load_si512(c + r * 32 + 16 * j), colsum + 16 * j, n_valid - 16 * j);
@@ -224,9 +200,9 @@ void epilogue_f32bf16_32__amx(const float* c, int64_t rows, int nv, const float*
 GemmKernels make_table() {
   GemmKernels t{};
   t.act_format = kActS8;
-  t.mr = kMR;
+  t.mr = 32;
   t.nr = 32;
-  t.gemm_tile = gemm_s8s8s32_128x32__amx;
+  t.gemm_tile = gemm_s8s8s32_32x32__amx;
   t.act_k_align = kTileK;
   t.act_m_align = 16;
   t.tile_begin = tile_begin;
