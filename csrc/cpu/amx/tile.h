@@ -50,6 +50,8 @@ inline AmxTileConfig amx_config() {
 
 #else  // software model
 
+#include "cpu/quant_math.h"
+
 namespace fastq::cpu::amx_emu {
 namespace {
 
@@ -132,18 +134,12 @@ inline float bf16_daz(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   if ((h & 0x7f80) == 0) h &= 0x8000;  // denormal (or zero) -> signed zero
-  const uint32_t u = uint32_t{h} << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+  return bf16_to_f32(h);
 }
 
 inline float ftz(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0) u &= 0x80000000u;
-  std::memcpy(&f, &u, 4);
-  return f;
+  const uint32_t u = f32_bits(f);
+  return (u & 0x7f800000u) == 0 ? bits_f32(u & 0x80000000u) : f;
 }
 
 // TDPBF16PS: c[m][n] += a[m][2k] * b[k][2n], then += a[m][2k+1] * b[k][2n+1], for k in order (fp32).
