@@ -9,7 +9,7 @@
 //  - W8A8 activations are quantized exactly as quantize_int8 (same micro-kernels, same scale
 //    math: cpu/quant_scale.h), and the int32 accumulators never leave registers (or, on AMX, the
 //    C tiles) before the float epilogue;
-//  - the tier is chosen per call by M (tier_for): on the AMX tier, int8 calls with
+//  - the tier is chosen per call by M (amx_for): on the AMX tier, int8 calls with
 //    M >= cpu_amx_min_m(0) run the int8 tiles and weight-only calls with bfloat16 x and
 //    M >= cpu_amx_min_m(1) the bf16 tiles; everything else runs the AVX-512 kernels. Every tier
 //    gives the same bits for the int8 ops.
@@ -77,9 +77,9 @@ void check_linear(const Int8LinearArgs& a) {
 // Defaults from bench/amx_check.py on an Intel Xeon (family 6 model 207, Emerald Rapids; 2 threads):
 // int8: the tiles pad M to 16 rows; VNNI (which streams the same weight bytes) is as fast up to M=8
 // (AMX/VNNI at 4096x4096 and 4096x11008, two runs: M=8 0.99/1.32 and 0.70/1.06; M=16 1.31/1.35 and
-// 1.05/1.52; at 16 threads AMX wins only from M=32). bf16: the AVX-512
-// in-register decode path serves M <= 4 faster; from M = 5 AVX-512 falls to its fp32 panel GEMM,
-// which the bf16 tiles beat (M=8: 1.4x at 4096x4096).
+// 1.05/1.52; at 16 threads AMX wins only from M=32). bf16: the AVX-512 in-register decode path
+// serves M <= 4 faster; from M = 5 AVX-512 falls to its fp32 panel GEMM, which the bf16 tiles beat
+// (M=5: 1.46x and 0.93x, M=8: 1.53x and 1.23x at 4096x4096 and 4096x11008).
 constexpr int64_t kAmxMinMDefault[2] = {16, 5};
 std::atomic<int64_t> g_amx_min_m[2] = {kAmxMinMDefault[0], kAmxMinMDefault[1]};
 std::atomic<int64_t> g_amx_calls[2] = {0, 0};
@@ -186,70 +186,70 @@ void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int6
     int32_t off[kGemmMB];
     std::fill(off, off + kGemmMB, 128);
     with_tiles(kr, [&] {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * nr, nv = std::min(nr, n - n0), nblk = ceil_div(nv, kNR);
-      for (int64_t k0 = 0; k0 < k; k0 += kGemmKC) {
-        const int64_t kc = std::min(kGemmKC, k - k0), kcp = round_up(kc, kr.act_k_align);
-        // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart): each
-        // column's 4 consecutive k move as one 4-byte word; the column sum is a plain row sum.
-        // Quads past kc are zero.
-        const int64_t kc4 = kc / kKR * kKR;
-        for (int64_t j = 0; j < nblk; ++j) {
-          for (int c16 = 0; c16 < kNR; ++c16) {
-            const int64_t col = n0 + j * kNR + c16;
-            int8_t* dst = bp + j * kcp * kNR + c16 * kKR;
-            for (int64_t q = col < n ? round_up(kc, kKR) / kKR : 0; q < kcp / kKR; ++q)
-              std::memset(dst + q * cpu::kBlockBytes, 0, kKR);
-            if (col >= n) {
-              colsum[j * kNR + c16] = 0;
-              continue;
-            }
-            const int8_t* src = b + col * k + k0;
-            int32_t s = 0;
-            for (int64_t kk = 0; kk < kc; ++kk) s += src[kk];
-            colsum[j * kNR + c16] = s;
-            for (int64_t kk = 0; kk < kc4; kk += kKR) std::memcpy(dst + kk * kNR, src + kk, kKR);
-            if (kc4 < kc) {
-              int8_t tail[kKR] = {0, 0, 0, 0};
-              std::memcpy(tail, src + kc4, kc - kc4);
-              std::memcpy(dst + kc4 * kNR, tail, kKR);
-            }
-          }
-        }
-        for (int64_t blk = b0; blk < b1; ++blk) {
-          const int64_t r0 = blk * kGemmMB, rows = std::min(kGemmMB, m - r0);
-          for (int64_t i = 0; i < round_up(rows, kr.act_m_align); ++i) {
-            const int8_t* src = a + (r0 + i) * k + k0;
-            const int64_t valid = i < rows ? kc : 0;  // rows past m (AMX tiles read 16) are zeros
-            // Straight loops the compiler vectorizes, then the zero pad.
-            if (u8 || s8) {
-              uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + i * kcp;
-              if (s8) std::memcpy(d8, src, valid);
-              else
-                for (int64_t kk = 0; kk < valid; ++kk) d8[kk] = static_cast<uint8_t>(src[kk]) ^ 0x80u;
-              std::memset(d8 + valid, 0, kcp - valid);
-            } else {
-              int16_t* d16 = ap + i * kcp;
-              for (int64_t kk = 0; kk < valid; ++kk) d16[kk] = src[kk];
-              for (int64_t kk = valid; kk < kcp; ++kk) d16[kk] = 0;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * nr, nv = std::min(nr, n - n0), nblk = ceil_div(nv, kNR);
+        for (int64_t k0 = 0; k0 < k; k0 += kGemmKC) {
+          const int64_t kc = std::min(kGemmKC, k - k0), kcp = round_up(kc, kr.act_k_align);
+          // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart): each
+          // column's 4 consecutive k move as one 4-byte word; the column sum is a plain row sum.
+          // Quads past kc are zero.
+          const int64_t kc4 = kc / kKR * kKR;
+          for (int64_t j = 0; j < nblk; ++j) {
+            for (int c16 = 0; c16 < kNR; ++c16) {
+              const int64_t col = n0 + j * kNR + c16;
+              int8_t* dst = bp + j * kcp * kNR + c16 * kKR;
+              for (int64_t q = col < n ? round_up(kc, kKR) / kKR : 0; q < kcp / kKR; ++q)
+                std::memset(dst + q * cpu::kBlockBytes, 0, kKR);
+              if (col >= n) {
+                colsum[j * kNR + c16] = 0;
+                continue;
+              }
+              const int8_t* src = b + col * k + k0;
+              int32_t s = 0;
+              for (int64_t kk = 0; kk < kc; ++kk) s += src[kk];
+              colsum[j * kNR + c16] = s;
+              for (int64_t kk = 0; kk < kc4; kk += kKR) std::memcpy(dst + kk * kNR, src + kk, kKR);
+              if (kc4 < kc) {
+                int8_t tail[kKR] = {0, 0, 0, 0};
+                std::memcpy(tail, src + kc4, kc - kc4);
+                std::memcpy(dst + kc4 * kNR, tail, kKR);
+              }
             }
           }
-          cpu::GemmEpilogue ep;
-          ep.c = c;
-          ep.ldc = n;
-          ep.accumulate = k0 > 0;
-          ep.row_off = u8 ? off : nullptr;
-          for (int64_t r = 0; r < rows; r += kr.mr) {
-            const int mr = static_cast<int>(std::min<int64_t>(kr.mr, rows - r));
-            cpu::GemmEpilogue e = offset_epilogue(ep, r0 + r, n0);
-            e.row_off = ep.row_off ? off + r : nullptr;
-            const void* act = u8 || s8 ? static_cast<const void*>(reinterpret_cast<const uint8_t*>(ap) + r * kcp)
-                                       : static_cast<const void*>(ap + r * kcp);
-            kr.gemm_tile(act, kcp, mr, bp, kcp * kNR, colsum, kcp / kKR, static_cast<int>(nv), e, 0, 0);
+          for (int64_t blk = b0; blk < b1; ++blk) {
+            const int64_t r0 = blk * kGemmMB, rows = std::min(kGemmMB, m - r0);
+            for (int64_t i = 0; i < round_up(rows, kr.act_m_align); ++i) {
+              const int8_t* src = a + (r0 + i) * k + k0;
+              const int64_t valid = i < rows ? kc : 0;  // rows past m (AMX tiles read 16) are zeros
+              // Straight loops the compiler vectorizes, then the zero pad.
+              if (u8 || s8) {
+                uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + i * kcp;
+                if (s8) std::memcpy(d8, src, valid);
+                else
+                  for (int64_t kk = 0; kk < valid; ++kk) d8[kk] = static_cast<uint8_t>(src[kk]) ^ 0x80u;
+                std::memset(d8 + valid, 0, kcp - valid);
+              } else {
+                int16_t* d16 = ap + i * kcp;
+                for (int64_t kk = 0; kk < valid; ++kk) d16[kk] = src[kk];
+                for (int64_t kk = valid; kk < kcp; ++kk) d16[kk] = 0;
+              }
+            }
+            cpu::GemmEpilogue ep;
+            ep.c = c;
+            ep.ldc = n;
+            ep.accumulate = k0 > 0;
+            ep.row_off = u8 ? off : nullptr;
+            for (int64_t r = 0; r < rows; r += kr.mr) {
+              const int mr = static_cast<int>(std::min<int64_t>(kr.mr, rows - r));
+              cpu::GemmEpilogue e = offset_epilogue(ep, r0 + r, n0);
+              e.row_off = ep.row_off ? off + r : nullptr;
+              const void* act = u8 || s8 ? static_cast<const void*>(reinterpret_cast<const uint8_t*>(ap) + r * kcp)
+                                         : static_cast<const void*>(ap + r * kcp);
+              kr.gemm_tile(act, kcp, mr, bp, kcp * kNR, colsum, kcp / kKR, static_cast<int>(nv), e, 0, 0);
+            }
           }
         }
       }
-    }
     });
   });
 }
