@@ -84,7 +84,8 @@ void int8_weight_only_linear_cuda(const Int8LinearArgs& args, void* stream);
 #endif
 
 // ---- CPU ISA control --------------------------------------------------------------------------
-// Levels: 0 scalar, 1 avx2 (AVX2+FMA+F16C), 2 avx512 (F/BW/DQ/VL/VNNI).
+// Levels: 0 scalar, 1 avx2 (AVX2+FMA+F16C), 2 avx512 (F/BW/DQ/VL/VNNI), 3 amx (avx512 + AMX
+// TILE/INT8/BF16 tiles, see the AMX section below).
 int cpu_isa_detected();
 int cpu_isa_active();
 void set_cpu_isa(int level);  // may only lower the detected level
@@ -181,5 +182,24 @@ struct SparseEllArgs {
 };
 
 void sparse_ell_linear_cpu(const SparseEllArgs& args);
+
+}  // namespace fastq
+
+namespace fastq {
+
+// ---- AMX tier (csrc/cpu/isa.cpp, csrc/cpu/amx/) ---------------------------------------------------
+// Level 3 is detected when CPUID reports AMX-TILE, AMX-INT8 and AMX-BF16, XCR0 enables tile state
+// and Linux grants arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) (asked once per process);
+// otherwise the AVX-512 tier serves and cpu_amx_status() says why. FASTQ_AMX_EMULATE=1 makes level 3
+// available on any AVX-512 machine with a software model of the tiles (tests only; slow).
+const char* cpu_amx_status();
+bool cpu_amx_emulated();
+// The AMX tier runs its tiles from M = cpu_amx_min_m(kind) rows up; below, the AVX-512 kernels run
+// (VNNI for int8, fp32 FMA for weight-only). kind 0: int8 tiles (int8_gemm, int8_linear_dynamic);
+// kind 1: bf16 tiles (int8_weight_only_linear with bfloat16 x). m >= 1; set for benchmarks.
+int64_t cpu_amx_min_m(int kind);
+void set_cpu_amx_min_m(int kind, int64_t m);
+// How many calls of each kind ran on the AMX tiles (the tests' proof that they did).
+int64_t cpu_amx_calls(int kind);
 
 }  // namespace fastq

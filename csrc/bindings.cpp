@@ -62,7 +62,11 @@ py::dict build_info() {
   d["version"] = FASTQ_VERSION;
 #endif
   d["compiler"] = FASTQ_COMPILER;
-  d["cpu_isas_compiled"] = std::vector<std::string>{"scalar", "avx2", "avx512"};
+  d["cpu_isas_compiled"] = std::vector<std::string>{"scalar", "avx2", "avx512"
+#ifdef FASTQ_WITH_AMX
+                                                      , "amx"
+#endif
+  };
   d["openmp"] = _OPENMP;
 #ifdef FASTQ_WITH_CUDA
   d["cuda"] = true;
@@ -144,6 +148,13 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_isa_active", &fastq::cpu_isa_active);
   m.def("set_cpu_isa", &fastq::set_cpu_isa, nogil);
   m.def("cpu_isa_name", [](int level) { return std::string(fastq::cpu_isa_name(level)); });
+  // ---- AMX tier ----
+  m.def("cpu_amx_status", [] { return std::string(fastq::cpu_amx_status()); });
+  m.def("cpu_amx_emulated", &fastq::cpu_amx_emulated);
+  m.def("cpu_amx_min_m", &fastq::cpu_amx_min_m);
+  m.def("set_cpu_amx_min_m", &fastq::set_cpu_amx_min_m);
+  m.def("cpu_amx_calls", &fastq::cpu_amx_calls);
+  // ---- end AMX tier ----
 
   m.def(
       "quantize_int8_cpu",

@@ -4,7 +4,9 @@ Invariants:
   * ``FASTQ_DISABLE_NATIVE=1``: ``_C`` is never imported; every op runs its PyTorch reference.
   * ``FASTQ_REQUIRE_NATIVE=1``: a failed import raises (CI sets it, so a broken build fails CI).
   * otherwise a failed import warns once, with the reason, and the references serve every op.
-  * ``FASTQ_CPU_ISA=scalar|avx2|avx512`` may only lower the detected ISA; ``set_cpu_isa`` likewise.
+  * ``FASTQ_CPU_ISA=scalar|avx2|avx512|amx`` may only lower the detected ISA; ``set_cpu_isa`` likewise.
+    ``amx`` is AVX-512 plus the AMX tiles (from a measured M up, ``amx_min_m``); where AMX is missing
+    or the kernel refuses its permission, ``amx_status()`` says why and AVX-512 serves.
   * Native op implementations call ``record(op, device)``, so tests can prove a native kernel ran.
 """
 
@@ -16,7 +18,7 @@ import warnings
 
 import torch
 
-ISA_NAMES = ("scalar", "avx2", "avx512")
+ISA_NAMES = ("scalar", "avx2", "avx512", "amx")
 # Codes of the floating dtypes that cross the native seam (csrc/api.h: enum class DType).
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -57,9 +59,10 @@ if _C is not None and _env_isa:
     if _env_isa not in ISA_NAMES:
         warnings.warn(f"FASTQ_CPU_ISA={_env_isa!r} is not one of {ISA_NAMES}; ignored", RuntimeWarning, stacklevel=2)
     elif ISA_NAMES.index(_env_isa) > _C.cpu_isa_detected():
+        _why = f" (AMX {_C.cpu_amx_status()})" if _env_isa == "amx" else ""
         warnings.warn(
             f"FASTQ_CPU_ISA={_env_isa!r} is above what this CPU supports "
-            f"({ISA_NAMES[_C.cpu_isa_detected()]}); it may only lower the ISA, so it is ignored",
+            f"({ISA_NAMES[_C.cpu_isa_detected()]}){_why}; it may only lower the ISA, so it is ignored",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -88,6 +91,36 @@ def cpu_isa() -> str:
     return ISA_NAMES[_C.cpu_isa_active()] if _C is not None else "none"
 
 
+# ---- AMX tier ----
+AMX_KINDS = {"int8": 0, "bf16": 1}
+
+
+def amx_status() -> str:
+    """Why the AMX tier is or is not available (CPUID, XCR0, the Linux permission, emulation)."""
+    return _C.cpu_amx_status() if _C is not None else f"unknown: native extension not loaded ({IMPORT_ERROR})"
+
+
+def amx_min_m(kind: str = "int8") -> int:
+    """The smallest M the AMX tiles serve: ``"int8"`` (int8_gemm, int8_linear_dynamic) or ``"bf16"``
+    (int8_weight_only_linear with bfloat16 x); smaller M runs the AVX-512 kernels."""
+    return _C.cpu_amx_min_m(AMX_KINDS[kind])
+
+
+def amx_calls(kind: str = "int8") -> int:
+    """How many native calls ran on the AMX tiles of ``kind`` (tests prove the tier ran with it)."""
+    return _C.cpu_amx_calls(AMX_KINDS[kind])
+
+
+def set_amx_min_m(kind: str, m: int) -> None:
+    """Change an AMX M threshold (benchmarks; the defaults were measured)."""
+    if kind not in AMX_KINDS:
+        raise ValueError(f"unknown AMX threshold kind {kind!r}; choose one of {tuple(AMX_KINDS)}")
+    if m < 1:
+        raise ValueError(f"AMX threshold must be >= 1, got {m}")
+    _C.set_cpu_amx_min_m(AMX_KINDS[kind], int(m))
+# ---- end AMX tier ----
+
+
 def set_cpu_isa(name: str) -> None:
     """Use the ``name`` ISA for the native CPU kernels (may only lower the detected one)."""
     if _C is None:
@@ -96,7 +129,8 @@ def set_cpu_isa(name: str) -> None:
         raise ValueError(f"unknown CPU ISA {name!r}; choose one of {ISA_NAMES}")
     level = ISA_NAMES.index(name)
     if level > _C.cpu_isa_detected():
-        raise ValueError(f"CPU ISA {name!r} is not supported by this machine (detected {detected_cpu_isa()!r})")
+        why = f"; AMX {amx_status()}" if name == "amx" else ""
+        raise ValueError(f"CPU ISA {name!r} is not supported by this machine (detected {detected_cpu_isa()!r}{why})")
     _C.set_cpu_isa(level)
 
 

@@ -51,6 +51,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"build: compiler {info.get('compiler', '?')}; CPU ISAs compiled {isas}; "
               f"OpenMP {info.get('openmp', 'no')}; CUDA kernels {cuda}")
         print(f"CPU ISA: detected {_native.detected_cpu_isa()}, active {_native.cpu_isa()}")
+        print(f"AMX: {_native.amx_status()}; tiles from M >= {_native.amx_min_m('int8')} (int8), "
+              f">= {_native.amx_min_m('bf16')} (bf16 weight-only, bfloat16 x)")
     else:
         print(f"native extension: NOT loaded ({_native.IMPORT_ERROR})")
         print("  degraded: every op runs its PyTorch reference (correct, slower). "
@@ -61,7 +63,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
               f"torch CUDA {torch.version.cuda}")
     else:
         print(f"CUDA: not available (torch CUDA build: {torch.version.cuda or 'none'})")
-    env = {k: os.environ.get(k) for k in ("FASTQ_DISABLE_NATIVE", "FASTQ_REQUIRE_NATIVE", "FASTQ_CPU_ISA")}
+    env = {k: os.environ.get(k) for k in ("FASTQ_DISABLE_NATIVE", "FASTQ_REQUIRE_NATIVE", "FASTQ_CPU_ISA",
+                                          "FASTQ_AMX_EMULATE")}
     print("environment: " + ", ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items()))
     rows = [{"op": op, "cpu": kernel_for(op, "cpu"), "cuda": kernel_for(op, "cuda")} for op in OPS]
     print("\nkernel serving each op (native:<isa> / native:cuda / reference):")

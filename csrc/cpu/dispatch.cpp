@@ -6,6 +6,7 @@ namespace fastq::cpu {
 
 const QuantKernels& quant_kernels() {
   switch (cpu_isa_active()) {
+    case kAmx:  // AMX adds tiles only: the vector kernels are AVX-512's
     case kAvx512: return quant_kernels_avx512;
     case kAvx2: return quant_kernels_avx2;
     default: return quant_kernels_scalar;
@@ -14,6 +15,7 @@ const QuantKernels& quant_kernels() {
 
 const GemmKernels& gemm_kernels() {
   switch (cpu_isa_active()) {
+    case kAmx:
     case kAvx512: return gemm_kernels_avx512;
     case kAvx2: return gemm_kernels_avx2;
     default: return gemm_kernels_scalar;
@@ -27,6 +29,7 @@ namespace fastq::cpu {
 
 const SparseKernels& sparse_kernels() {
   switch (cpu_isa_active()) {
+    case kAmx:
     case kAvx512: return sparse_kernels_avx512;
     case kAvx2: return sparse_kernels_avx2;
     default: return sparse_kernels_scalar;
@@ -35,10 +38,26 @@ const SparseKernels& sparse_kernels() {
 
 const SparseEllKernels& sparse_ell_kernels() {
   switch (cpu_isa_active()) {
+    case kAmx:
     case kAvx512: return sparse_ell_kernels_avx512;
     case kAvx2: return sparse_ell_kernels_avx2;
     default: return sparse_ell_kernels_scalar;
   }
+}
+
+}  // namespace fastq::cpu
+
+// ---- AMX tier ----
+namespace fastq::cpu {
+
+const GemmKernels* gemm_kernels_amx_tier() {
+  if (cpu_isa_active() != kAmx) return nullptr;
+  if (cpu_amx_emulated()) return &gemm_kernels_amx_emu;
+#ifdef FASTQ_WITH_AMX
+  return &gemm_kernels_amx;
+#else
+  return nullptr;  // unreachable: isa.cpp never detects hardware AMX in such a build
+#endif
 }
 
 }  // namespace fastq::cpu

@@ -7,9 +7,14 @@
 //  - threads split the output into a grid of N panels x M blocks (N first: each thread streams its
 //    own slice of the weight once), at most num_threads OpenMP threads, none left spinning;
 //  - W8A8 activations are quantized exactly as quantize_int8 (same micro-kernels, same scale
-//    math: cpu/quant_scale.h), and the int32 accumulators never leave registers before the
-//    float epilogue.
+//    math: cpu/quant_scale.h), and the int32 accumulators never leave registers (or, on AMX, the
+//    C tiles) before the float epilogue;
+//  - the tier is chosen per call by M (amx_for): on the AMX tier, int8 calls with
+//    M >= cpu_amx_min_m(0) run the int8 tiles and weight-only calls with bfloat16 x and
+//    M >= cpu_amx_min_m(1) the bf16 tiles; everything else runs the AVX-512 kernels. Every tier
+//    gives the same bits for the int8 ops.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 
@@ -27,7 +32,7 @@ using cpu::kKR;
 using cpu::kNR;
 
 constexpr int64_t kGemmKC = 512;  // int8_gemm: K chunk packed at a time (multiple of 4)
-constexpr int64_t kGemmMB = 48;   // int8_gemm: rows converted at a time (a multiple of every mr)
+constexpr int64_t kGemmMB = 48;   // int8_gemm: rows converted at a time (a multiple of 16: AMX tiles read 16 rows)
 constexpr int64_t kMaxNR = 64;
 constexpr int64_t kWoKC = 256;  // weight-only panel path: K chunk
 constexpr int64_t kWoMB = 48;   // rows per block (a multiple of every wo_mr)
@@ -68,7 +73,51 @@ void check_linear(const Int8LinearArgs& a) {
   FASTQ_CHECK(a.m >= 0 && a.n > 0 && a.k > 0, "bad sizes m=", a.m, " n=", a.n, " k=", a.k);
 }
 
+// ---- AMX tier: M thresholds -----------------------------------------------------------------------
+// Defaults from bench/amx_check.py on an Intel Xeon (family 6 model 207, Emerald Rapids; 2 threads):
+// int8: the tiles pad M to 16 rows; VNNI (which streams the same weight bytes) is as fast up to M=8
+// (AMX/VNNI at 4096x4096 and 4096x11008, two runs: M=8 0.99/1.32 and 0.70/1.06; M=16 1.31/1.35 and
+// 1.05/1.52; at 16 threads AMX wins only from M=32). bf16: the AVX-512 in-register decode path
+// serves M <= 4 faster; from M = 5 AVX-512 falls to its fp32 panel GEMM, which the bf16 tiles beat
+// (M=5: 1.46x and 0.93x, M=8: 1.53x and 1.23x at 4096x4096 and 4096x11008).
+constexpr int64_t kAmxMinMDefault[2] = {16, 5};
+std::atomic<int64_t> g_amx_min_m[2] = {kAmxMinMDefault[0], kAmxMinMDefault[1]};
+std::atomic<int64_t> g_amx_calls[2] = {0, 0};
+
+// The AMX table for an int8 (kind 0) or bf16 (kind 1) call of m rows, or nullptr. The caller runs
+// the tiles when it gets a table (counted, so tests can prove the tiles ran).
+const cpu::GemmKernels* amx_for(int kind, int64_t m) {
+  const cpu::GemmKernels* t = cpu::gemm_kernels_amx_tier();
+  if (!t || m < g_amx_min_m[kind].load(std::memory_order_relaxed)) return nullptr;
+  g_amx_calls[kind].fetch_add(1, std::memory_order_relaxed);
+  return t;
+}
+
+// Calls tile_begin / tile_end around f on the calling thread (AMX only).
+template <typename F>
+void with_tiles(const cpu::GemmKernels& kr, const F& f) {
+  if (kr.tile_begin) kr.tile_begin();
+  f();
+  if (kr.tile_end) kr.tile_end();
+}
+
 }  // namespace
+
+int64_t cpu_amx_min_m(int kind) {
+  FASTQ_CHECK(kind == 0 || kind == 1, "AMX threshold kind must be 0 (int8) or 1 (bf16), got ", kind);
+  return g_amx_min_m[kind].load(std::memory_order_relaxed);
+}
+
+int64_t cpu_amx_calls(int kind) {
+  FASTQ_CHECK(kind == 0 || kind == 1, "AMX kind must be 0 (int8) or 1 (bf16), got ", kind);
+  return g_amx_calls[kind].load(std::memory_order_relaxed);
+}
+
+void set_cpu_amx_min_m(int kind, int64_t m) {
+  FASTQ_CHECK(kind == 0 || kind == 1, "AMX threshold kind must be 0 (int8) or 1 (bf16), got ", kind);
+  FASTQ_CHECK(m >= 1, "AMX threshold must be >= 1, got ", m);
+  g_amx_min_m[kind].store(m, std::memory_order_relaxed);
+}
 
 // ---- int8_gemm ----------------------------------------------------------------------------------
 
@@ -122,90 +171,103 @@ void int8_gemm_cpu(const int8_t* a, const int8_t* b, int32_t* c, int64_t m, int6
     std::fill(c, c + m * n, 0);
     return;
   }
-  const cpu::GemmKernels& kr = cpu::gemm_kernels();
-  const bool u8 = kr.act_format == cpu::kActU8Offset;
   if (m <= kSmallM) {
-    int8_gemm_small_m(kr, a, b, c, m, n, k, num_threads);
+    int8_gemm_small_m(cpu::gemm_kernels(), a, b, c, m, n, k, num_threads);
     return;
   }
+  const cpu::GemmKernels* amx = amx_for(0, m);
+  const cpu::GemmKernels& kr = amx ? *amx : cpu::gemm_kernels();
+  const bool u8 = kr.act_format == cpu::kActU8Offset, s8 = kr.act_format == cpu::kActS8;
   const int64_t nr = kr.nr;
   run_grid(num_threads, ceil_div(n, nr), ceil_div(m, kGemmMB), [&](int64_t p0, int64_t p1, int64_t b0, int64_t b1) {
     alignas(64) int8_t bp[kMaxNR * kGemmKC];
     alignas(64) int32_t colsum[kMaxNR];
-    alignas(64) int16_t ap[kGemmMB * kGemmKC];  // int16 rows, or uint8 rows in its first bytes
+    alignas(64) int16_t ap[kGemmMB * kGemmKC];  // int16 rows, or int8/uint8 rows in its first bytes
     int32_t off[kGemmMB];
     std::fill(off, off + kGemmMB, 128);
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * nr, nv = std::min(nr, n - n0), nblk = ceil_div(nv, kNR);
-      for (int64_t k0 = 0; k0 < k; k0 += kGemmKC) {
-        const int64_t kc = std::min(kGemmKC, k - k0), kcp = round_up(kc, kKR);
-        // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart): each
-        // column's 4 consecutive k move as one 4-byte word; the column sum is a plain row sum.
-        const int64_t kc4 = kc / kKR * kKR;
-        for (int64_t j = 0; j < nblk; ++j) {
-          for (int c16 = 0; c16 < kNR; ++c16) {
-            const int64_t col = n0 + j * kNR + c16;
-            int8_t* dst = bp + j * kcp * kNR + c16 * kKR;
-            if (col >= n) {
-              for (int64_t q = 0; q < kcp / kKR; ++q) std::memset(dst + q * cpu::kBlockBytes, 0, kKR);
-              colsum[j * kNR + c16] = 0;
-              continue;
-            }
-            const int8_t* src = b + col * k + k0;
-            int32_t s = 0;
-            for (int64_t kk = 0; kk < kc; ++kk) s += src[kk];
-            colsum[j * kNR + c16] = s;
-            for (int64_t kk = 0; kk < kc4; kk += kKR) std::memcpy(dst + kk * kNR, src + kk, kKR);
-            if (kc4 < kcp) {
-              int8_t tail[kKR] = {0, 0, 0, 0};
-              std::memcpy(tail, src + kc4, kc - kc4);
-              std::memcpy(dst + kc4 * kNR, tail, kKR);
-            }
-          }
-        }
-        for (int64_t blk = b0; blk < b1; ++blk) {
-          const int64_t r0 = blk * kGemmMB, rows = std::min(kGemmMB, m - r0);
-          for (int64_t i = 0; i < rows; ++i) {
-            const int8_t* src = a + (r0 + i) * k + k0;
-            // Straight loops the compiler vectorizes, then the zero pad.
-            if (u8) {
-              uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + i * kcp;
-              for (int64_t kk = 0; kk < kc; ++kk) d8[kk] = static_cast<uint8_t>(src[kk]) ^ 0x80u;
-              for (int64_t kk = kc; kk < kcp; ++kk) d8[kk] = 0;
-            } else {
-              int16_t* d16 = ap + i * kcp;
-              for (int64_t kk = 0; kk < kc; ++kk) d16[kk] = src[kk];
-              for (int64_t kk = kc; kk < kcp; ++kk) d16[kk] = 0;
+    with_tiles(kr, [&] {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * nr, nv = std::min(nr, n - n0), nblk = ceil_div(nv, kNR);
+        for (int64_t k0 = 0; k0 < k; k0 += kGemmKC) {
+          const int64_t kc = std::min(kGemmKC, k - k0), kcp = round_up(kc, kr.act_k_align);
+          // Pack this chunk of B into the packed-weight layout (blocks kcp * 16 bytes apart): each
+          // column's 4 consecutive k move as one 4-byte word; the column sum is a plain row sum.
+          // Quads past kc are zero.
+          const int64_t kc4 = kc / kKR * kKR;
+          for (int64_t j = 0; j < nblk; ++j) {
+            for (int c16 = 0; c16 < kNR; ++c16) {
+              const int64_t col = n0 + j * kNR + c16;
+              int8_t* dst = bp + j * kcp * kNR + c16 * kKR;
+              for (int64_t q = col < n ? round_up(kc, kKR) / kKR : 0; q < kcp / kKR; ++q)
+                std::memset(dst + q * cpu::kBlockBytes, 0, kKR);
+              if (col >= n) {
+                colsum[j * kNR + c16] = 0;
+                continue;
+              }
+              const int8_t* src = b + col * k + k0;
+              int32_t s = 0;
+              for (int64_t kk = 0; kk < kc; ++kk) s += src[kk];
+              colsum[j * kNR + c16] = s;
+              for (int64_t kk = 0; kk < kc4; kk += kKR) std::memcpy(dst + kk * kNR, src + kk, kKR);
+              if (kc4 < kc) {
+                int8_t tail[kKR] = {0, 0, 0, 0};
+                std::memcpy(tail, src + kc4, kc - kc4);
+                std::memcpy(dst + kc4 * kNR, tail, kKR);
+              }
             }
           }
-          cpu::GemmEpilogue ep;
-          ep.c = c;
-          ep.ldc = n;
-          ep.accumulate = k0 > 0;
-          ep.row_off = u8 ? off : nullptr;
-          for (int64_t r = 0; r < rows; r += kr.mr) {
-            const int mr = static_cast<int>(std::min<int64_t>(kr.mr, rows - r));
-            cpu::GemmEpilogue e = offset_epilogue(ep, r0 + r, n0);
-            e.row_off = ep.row_off ? off + r : nullptr;
-            const void* act = u8 ? static_cast<const void*>(reinterpret_cast<const uint8_t*>(ap) + r * kcp)
-                                 : static_cast<const void*>(ap + r * kcp);
-            kr.gemm_tile(act, kcp, mr, bp, kcp * kNR, colsum, kcp / kKR, static_cast<int>(nv), e, 0, 0);
+          for (int64_t blk = b0; blk < b1; ++blk) {
+            const int64_t r0 = blk * kGemmMB, rows = std::min(kGemmMB, m - r0);
+            for (int64_t i = 0; i < round_up(rows, kr.act_m_align); ++i) {
+              const int8_t* src = a + (r0 + i) * k + k0;
+              const int64_t valid = i < rows ? kc : 0;  // rows past m (AMX tiles read 16) are zeros
+              // Straight loops the compiler vectorizes, then the zero pad.
+              if (u8 || s8) {
+                uint8_t* d8 = reinterpret_cast<uint8_t*>(ap) + i * kcp;
+                if (s8) std::memcpy(d8, src, valid);
+                else
+                  for (int64_t kk = 0; kk < valid; ++kk) d8[kk] = static_cast<uint8_t>(src[kk]) ^ 0x80u;
+                std::memset(d8 + valid, 0, kcp - valid);
+              } else {
+                int16_t* d16 = ap + i * kcp;
+                for (int64_t kk = 0; kk < valid; ++kk) d16[kk] = src[kk];
+                for (int64_t kk = valid; kk < kcp; ++kk) d16[kk] = 0;
+              }
+            }
+            cpu::GemmEpilogue ep;
+            ep.c = c;
+            ep.ldc = n;
+            ep.accumulate = k0 > 0;
+            ep.row_off = u8 ? off : nullptr;
+            for (int64_t r = 0; r < rows; r += kr.mr) {
+              const int mr = static_cast<int>(std::min<int64_t>(kr.mr, rows - r));
+              cpu::GemmEpilogue e = offset_epilogue(ep, r0 + r, n0);
+              e.row_off = ep.row_off ? off + r : nullptr;
+              const void* act = u8 || s8 ? static_cast<const void*>(reinterpret_cast<const uint8_t*>(ap) + r * kcp)
+                                         : static_cast<const void*>(ap + r * kcp);
+              kr.gemm_tile(act, kcp, mr, bp, kcp * kNR, colsum, kcp / kKR, static_cast<int>(nv), e, 0, 0);
+            }
           }
         }
       }
-    }
+    });
   });
 }
 
 // ---- int8_linear_dynamic ------------------------------------------------------------------------
 
 namespace {
-int64_t act_bytes(int64_t m, int64_t k) { return round_up(m * round_up(k, kKR) * 2, 64); }
+// The activation region of the workspace: int16 rows (the widest vector format), or for the AMX
+// tiles int8 rows padded to 64 k, 16-row aligned; then per-row scale and offset.
+int64_t act_bytes(int64_t m, int64_t k) {
+  const int64_t vec = round_up(m * round_up(k, kKR) * 2, 64);
+  const int64_t amx = m >= cpu_amx_min_m(0) ? round_up(m, 16) * round_up(k, 64) : 0;
+  return std::max(vec, amx);
+}
 }  // namespace
 
 int64_t int8_linear_dynamic_workspace_bytes_cpu(int64_t m, int64_t n, int64_t k) {
   (void)n;
-  // Activations as int16 (the widest format any ISA uses), then per-row scale and offset.
   return act_bytes(m, k) + 8 * m;
 }
 
@@ -214,12 +276,14 @@ void int8_linear_dynamic_cpu(const Int8LinearArgs& a) {
   FASTQ_CHECK(a.workspace && a.workspace_bytes >= int8_linear_dynamic_workspace_bytes_cpu(a.m, a.n, a.k),
               "workspace too small: ", a.workspace_bytes, " < ", int8_linear_dynamic_workspace_bytes_cpu(a.m, a.n, a.k));
   if (a.m == 0) return;
-  const cpu::GemmKernels& kr = cpu::gemm_kernels();
+  const cpu::GemmKernels* amx = amx_for(0, a.m);
+  const cpu::GemmKernels& kr = amx ? *amx : cpu::gemm_kernels();
   const cpu::QuantKernels& qk = cpu::quant_kernels();
-  const bool u8 = kr.act_format == cpu::kActU8Offset;
+  const bool u8 = kr.act_format == cpu::kActU8Offset, s8 = kr.act_format == cpu::kActS8;
   const int64_t m = a.m, n = a.n, k = a.k, k_pad = round_up(k, kKR), n_pad = round_up(n, kNR);
+  const int64_t lda = round_up(k, kr.act_k_align);  // activation row length (k_pad except on AMX)
   const int d = static_cast<int>(a.x_dtype);
-  const size_t xsz = dtype_size(a.x_dtype), act_esz = u8 ? 1 : 2;
+  const size_t xsz = dtype_size(a.x_dtype), act_esz = u8 || s8 ? 1 : 2;
   char* act = static_cast<char*>(a.workspace);
   float* a_scale = reinterpret_cast<float*>(act + act_bytes(m, k));
   int32_t* row_off = reinterpret_cast<int32_t*>(a_scale + m);
@@ -237,12 +301,16 @@ void int8_linear_dynamic_cpu(const Int8LinearArgs& a) {
       s = asymmetric_scale(lo, hi, nan);
     }
     a_scale[r] = s.scale;
-    uint8_t* row8 = reinterpret_cast<uint8_t*>(act + r * k_pad * act_esz);
+    uint8_t* row8 = reinterpret_cast<uint8_t*>(act + r * lda * act_esz);
     if (s.poisoned) std::memset(row8, 0, k);
     else if (a.act_symmetric) qk.quant_sym[d](x, k, s.inv, reinterpret_cast<int8_t*>(row8));
     else qk.quant_asym[d](x, k, s.inv, s.zero_point, row8);
     const int32_t zp = a.act_symmetric ? 0 : s.zero_point;
-    if (u8) {
+    if (s8) {
+      // AMX: int8 codes as they are (TDPBSSD), uint8 codes with their zero point (TDPBUSD).
+      std::memset(row8 + k, 0, lda - k);
+      row_off[r] = zp;
+    } else if (u8) {
       if (a.act_symmetric)
         for (int64_t i = 0; i < k; ++i) row8[i] ^= 0x80;
       std::memset(row8 + k, 0, k_pad - k);
@@ -263,9 +331,11 @@ void int8_linear_dynamic_cpu(const Int8LinearArgs& a) {
   parallel_for(0, m, quant_grain, threads, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) prepare_row(r);
   });
+  // Rows the AMX tiles read past the last one (they load 16 at a time): zeros.
+  std::memset(act + m * lda * act_esz, 0, (round_up(m, kr.act_m_align) - m) * lda * act_esz);
 
   cpu::GemmEpilogue ep;
-  ep.row_off = u8 ? row_off : nullptr;
+  ep.row_off = u8 || (s8 && !a.act_symmetric) ? row_off : nullptr;
   ep.a_scale = a_scale;
   ep.w_scale = a.w_scale;
   ep.bias = a.bias;
@@ -274,21 +344,81 @@ void int8_linear_dynamic_cpu(const Int8LinearArgs& a) {
   ep.y_dtype = a.y_dtype;
   const int64_t nr = kr.nr;
   run_grid(threads, ceil_div(n, nr), ceil_div(m, kr.mr), [&](int64_t p0, int64_t p1, int64_t t0, int64_t t1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * nr, nv = std::min(nr, n - n0);
-      const int8_t* w = a.w_packed + n0 * k_pad;
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t r = t * kr.mr;
-        const int mr = static_cast<int>(std::min<int64_t>(kr.mr, m - r));
-        const cpu::GemmEpilogue e = offset_epilogue(ep, r, n0);
-        kr.gemm_tile(act + r * k_pad * act_esz, k_pad, mr, w, k_pad * kNR, colsum + n0, k_pad / kKR,
-                     static_cast<int>(nv), e, 0, 0);
+    with_tiles(kr, [&] {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * nr, nv = std::min(nr, n - n0);
+        const int8_t* w = a.w_packed + n0 * k_pad;
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t r = t * kr.mr;
+          const int mr = static_cast<int>(std::min<int64_t>(kr.mr, m - r));
+          const cpu::GemmEpilogue e = offset_epilogue(ep, r, n0);
+          kr.gemm_tile(act + r * lda * act_esz, lda, mr, w, k_pad * kNR, colsum + n0, k_pad / kKR,
+                       static_cast<int>(nv), e, 0, 0);
+        }
       }
-    }
+    });
   });
 }
 
 // ---- int8_weight_only_linear --------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t kAmxWoMB = 256;  // AMX weight-only: rows per block (8 row tiles; fewer re-dequantized chunks)
+constexpr int64_t kAmxWoKC = 256;  // k per dequantized chunk (8 bf16 tiles; a multiple of 32)
+
+// Weight-only on the bf16 tiles, bfloat16 x, (G == 1 or K / G % 32 == 0): per 32-column panel and
+// chunk of K, the int8 weights widen to bf16 tiles once and every row tile of the block runs over
+// them; each scale group's sums leave the tiles once, times its scale. y = sum_g C_g * s_g + bias.
+void weight_only_amx(const cpu::GemmKernels& kr, const Int8LinearArgs& a, int threads) {
+  const int64_t m = a.m, n = a.n, k = a.k, k_pad = round_up(k, kKR), G = a.scale_groups, gs = k / G;
+  const uint16_t* x = static_cast<const uint16_t*>(a.x);
+  run_grid(threads, ceil_div(n, 32), ceil_div(m, kAmxWoMB), [&](int64_t p0, int64_t p1, int64_t b0, int64_t b1) {
+    alignas(64) uint16_t bt[2 * (kAmxWoKC / 32) * 512];
+    alignas(64) uint16_t at[32 * kAmxWoKC];  // rows copied where a tile would read past x
+    alignas(64) float cg[kAmxWoMB * 32];     // this group's sums
+    alignas(64) float acc[kAmxWoMB * 32];    // the scaled sum over groups
+    with_tiles(kr, [&] {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * 32, nv = std::min<int64_t>(32, n - n0);
+        const int nb = static_cast<int>(ceil_div(nv, kNR));
+        for (int64_t blk = b0; blk < b1; ++blk) {
+          const int64_t r0 = blk * kAmxWoMB, rows = std::min(kAmxWoMB, m - r0);
+          for (int64_t g = 0; g < G; ++g) {
+            const int64_t kg0 = g * gs, kg1 = kg0 + gs;
+            for (int64_t kc0 = kg0; kc0 < kg1; kc0 += kAmxWoKC) {
+              const int64_t kc = std::min(kAmxWoKC, kg1 - kc0), nk32 = ceil_div(kc, 32);
+              kr.wo_bf16_dequant(a.w_packed + n0 * k_pad, k_pad * kNR, nb, kc0 / kKR, nk32 * 8, k_pad / kKR, bt);
+              for (int64_t r = 0; r < rows; r += 32) {
+                const int64_t row0 = r0 + r, mrows = std::min<int64_t>(32, rows - r);
+                const int mt = static_cast<int>(ceil_div(mrows, 16));
+                const uint16_t* ap = x + row0 * k + kc0;
+                int64_t lda = k * 2;
+                if (row0 + 16 * mt > m || kc0 + nk32 * 32 > k) {
+                  for (int64_t i = 0; i < 16 * mt; ++i) {
+                    uint16_t* dst = at + i * kAmxWoKC;
+                    const int64_t valid = i < mrows ? kc : 0;
+                    if (valid) std::memcpy(dst, x + (row0 + i) * k + kc0, valid * 2);
+                    std::memset(dst + valid, 0, (nk32 * 32 - valid) * 2);
+                  }
+                  ap = at;
+                  lda = kAmxWoKC * 2;
+                }
+                kr.wo_bf16_tile(ap, lda, mt, bt, nb, nk32, cg + r * 32, kc0 == kg0);
+              }
+            }
+            float sg[32];
+            for (int64_t c = 0; c < nv; ++c) sg[c] = a.w_scale[(n0 + c) * G + g];
+            kr.wo_bf16_epilogue(cg, rows, static_cast<int>(nv), sg, acc, g == 0, g == G - 1, a.bias ? a.bias + n0 : nullptr,
+                                static_cast<char*>(a.y) + (r0 * n + n0) * dtype_size(a.y_dtype), n, a.y_dtype);
+          }
+        }
+      }
+    });
+  });
+}
+
+}  // namespace
 
 void int8_weight_only_linear_cpu(const Int8LinearArgs& a) {
   check_linear(a);
@@ -298,6 +428,13 @@ void int8_weight_only_linear_cpu(const Int8LinearArgs& a) {
   const cpu::GemmKernels& kr = cpu::gemm_kernels();
   const int64_t m = a.m, n = a.n, k = a.k, k_pad = round_up(k, kKR), G = a.scale_groups, gs = k / G;
   const int threads = std::max(1, a.num_threads);
+
+  // AMX bf16 tiles: bfloat16 x only, so every product stays exact (x is bf16, int8 weights widen to
+  // bf16 exactly) and only the fp32 summation order differs; float32/float16 x would be rounded.
+  if (const cpu::GemmKernels* amx = a.x_dtype == DType::bf16 && (G == 1 || gs % 32 == 0) ? amx_for(1, m) : nullptr) {
+    weight_only_amx(*amx, a, threads);
+    return;
+  }
 
   if (m <= kr.wo_direct_max_m && gs % kKR == 0) {
     // Decode path: stream each weight block once, all rows at a time, threads over N.

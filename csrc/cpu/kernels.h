@@ -9,7 +9,7 @@
 
 namespace fastq::cpu {
 
-enum Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+enum Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
 // Indexed by DType (f32, f16, bf16) of the float side.
 struct QuantKernels {
@@ -53,8 +53,10 @@ const QuantKernels& quant_kernels();
 //   kActS16:      int16 (code - zero_point), exact for int8 and uint8 codes (pmaddwd);
 //   kActU8Offset: uint8 (code + 128 for int8 codes, code for uint8) plus a per-row offset (128 or
 //                 zero_point) the epilogue removes exactly as offset * colsum (vpdpbusd).
+//   kActS8:       (AMX) int8 codes as they are (TDPBSSD), or uint8 codes plus a per-row zero point in
+//                 row_off (TDPBUSD) when the epilogue has row_off; rows act_k_align bytes long.
 // Rows are K_pad long and zero padded (padded weights are 0, so the pad value only needs to be finite).
-enum ActFormat : int { kActS16 = 0, kActU8Offset = 1 };
+enum ActFormat : int { kActS16 = 0, kActU8Offset = 1, kActS8 = 2 };
 
 // What a tile does with its int32 accumulators.
 struct GemmEpilogue {
@@ -99,13 +101,46 @@ struct GemmKernels {
   // Register-only peak loops: run `iters` iterations, return the integer / float ops done.
   double (*peak_int8)(int64_t iters);
   double (*peak_fp32)(int64_t iters);
+  // ---- AMX tier only (csrc/cpu/amx/); the other tables keep these defaults ----
+  // Activation rows are padded with zeros to a multiple of act_k_align k, and the buffer holds rows
+  // up to a multiple of act_m_align past the last real one (tiles always load 16 rows).
+  int act_k_align = 4;
+  int act_m_align = 1;
+  // Each thread calls tile_begin before its first tile call and tile_end after its last (LDTILECFG
+  // / TILERELEASE): no tile state outlives a parallel region.
+  void (*tile_begin)() = nullptr;
+  void (*tile_end)() = nullptr;
+  // Weight-only with bfloat16 x on bf16 tiles (TDPBF16PS), csrc/cpu/gemm.cpp's amx driver:
+  // wo_bf16_dequant: k-quads [q0, q0 + nq) (nq a multiple of 8) of nb (<= 2) 16-column blocks into
+  //   bf16 B tiles, dst[j][t] = 16 rows (k pairs) x 32 bf16 (16 columns x 2 k); int8 -> bf16 is exact,
+  //   quads at or past kq become 0.
+  void (*wo_bf16_dequant)(const int8_t* w, int64_t w_bstride, int nb, int64_t q0, int64_t nq, int64_t kq,
+                          uint16_t* dst) = nullptr;
+  // wo_bf16_tile: c[16 mt x 16 nt] (fp32, rows 32 floats apart; = if first, else +=) over nk32 k-tiles of
+  //   a (bf16 rows lda bytes apart, 16 mt rows readable) and the dequantized tiles b.
+  void (*wo_bf16_tile)(const uint16_t* a, int64_t lda, int mt, const uint16_t* b, int nt, int64_t nk32, float* c,
+                       bool first) = nullptr;
+  // wo_bf16_epilogue: for rows x nv (<= 32) group sums c (rows 32 floats apart) and the group's column
+  //   scales s: acc = c * s (first) or acc + c * s; when last, y[r][col] = acc (+ bias[col]) rounded to
+  //   y_dtype (rows ldy apart). With first && last acc is not touched (one group).
+  void (*wo_bf16_epilogue)(const float* c, int64_t rows, int nv, const float* s, float* acc, bool first, bool last,
+                           const float* bias, void* y, int64_t ldy, DType y_dtype) = nullptr;
 };
 
 extern const GemmKernels gemm_kernels_scalar;
 extern const GemmKernels gemm_kernels_avx2;
 extern const GemmKernels gemm_kernels_avx512;
+// AMX: only act_format, mr, nr, gemm_tile and the AMX fields are set; everything else comes from
+// the AVX-512 table (gemm_kernels() on the AMX tier). _emu: the same source on a software tile
+// model (csrc/cpu/amx/tile.h), selected by FASTQ_AMX_EMULATE=1, for tests on machines without AMX.
+extern const GemmKernels gemm_kernels_amx;
+extern const GemmKernels gemm_kernels_amx_emu;
 
+// The active ISA's table; on the AMX tier this is the AVX-512 table (the tier below every M threshold).
 const GemmKernels& gemm_kernels();
+// The AMX tile table when the AMX tier is active, else nullptr. The drivers use it per call from
+// M = cpu_amx_min_m() up.
+const GemmKernels* gemm_kernels_amx_tier();
 
 }  // namespace fastq::cpu
 

@@ -15,7 +15,7 @@ import fastq
 from fastq import _native
 from fastq.ops import _library
 
-ISAS = ("scalar", "avx2", "avx512")
+ISAS = _native.ISA_NAMES
 needs_native = pytest.mark.skipif(not _native.available(), reason=f"native extension not loaded: {_native.IMPORT_ERROR}")
 
 
