@@ -42,3 +42,16 @@ const SparseEllKernels& sparse_ell_kernels() {
 }
 
 }  // namespace fastq::cpu
+
+// ---- codebook (weight sharing) linear ----
+namespace fastq::cpu {
+
+const LutKernels& lut_kernels() {
+  switch (cpu_isa_active()) {
+    case kAvx512: return lut_kernels_avx512;
+    case kAvx2: return lut_kernels_avx2;
+    default: return lut_kernels_scalar;
+  }
+}
+
+}  // namespace fastq::cpu
