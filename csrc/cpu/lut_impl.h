@@ -22,6 +22,8 @@
 
 #include "api.h"
 
+#define FASTQ_LUT_INLINE inline __attribute__((always_inline))
+
 namespace fastq::cpu {
 namespace {
 
@@ -47,16 +49,46 @@ struct LutImpl {
   }
 
   // ---- row layout: tiles of MR x rows by NR weight rows, entries looked up in registers --------
+  // One 16-byte chunk of NR rows: S sub-vectors of 16 inputs from k. TAIL: the chunk holding the
+  // end of k (sub-vectors past k skipped, the partial one masked). Forced inline, so the
+  // accumulators stay in registers across the chunk loop (no branch in the full-chunk body).
+  template <int BITS, int MR, int NR, bool TAIL>
+  FASTQ_LUT_INLINE static void rows_chunk(const CodebookLinearArgs& a, const float* x, const uint8_t* const* rowp,
+                                          int64_t c, const Tab* tab, const float* const* cbp, V (&acc)[MR][NR]) {
+    constexpr int S = 8 / BITS;
+    I e[NR];
+    for (int j = 0; j < NR; ++j) e[j] = E::expand(rowp[j] + c * 16);
+#pragma GCC unroll 8
+    for (int s = 0; s < S; ++s) {
+      const int64_t k = c * 16 * S + 16 * s;
+      int valid = 16;
+      if constexpr (TAIL) {
+        if (k >= a.k) break;
+        valid = static_cast<int>(std::min<int64_t>(16, a.k - k));
+      }
+      V xv[MR];
+      for (int i = 0; i < MR; ++i) xv[i] = TAIL ? E::load_part(x + i * a.k + k, valid) : E::load(x + i * a.k + k);
+      for (int j = 0; j < NR; ++j) {
+        const I idx = s == 0 ? e[j] : E::srl(e[j], BITS * s);
+        V w;
+        if constexpr (BITS == 8) w = E::gather(cbp[j], idx);
+        else w = E::lookup(idx, tab[j]);
+        if constexpr (TAIL) w = E::keep_first(w, valid);
+        for (int i = 0; i < MR; ++i) acc[i][j] = E::fma(xv[i], w, acc[i][j]);
+      }
+    }
+  }
+
   template <int BITS, int MR, int NR>
   static void rows_tile(const CodebookLinearArgs& a, int64_t m0, int64_t n0) {
-    constexpr int S = 8 / BITS;  // 16-code sub-vectors per 16-byte chunk
-    constexpr int64_t kChunk = 16 * S;
+    constexpr int64_t kChunk = 128 / BITS;
     constexpr int C = 1 << BITS;
-    const int64_t k_pad = round_up(a.k, kChunk);
-    const int64_t row_bytes = k_pad / kChunk * 16;
+    const int64_t chunks = (a.k + kChunk - 1) / kChunk, full = a.k / kChunk;
     const int64_t G = a.cb_groups;
-    const int64_t per_group = G == 1 ? k_pad / kChunk : a.k / G / kChunk;  // chunks per group
+    const int64_t per_group = G == 1 ? chunks : a.k / G / kChunk;  // chunks per codebook group
     const float* x = a.x + m0 * a.k;
+    const uint8_t* rowp[NR];
+    for (int j = 0; j < NR; ++j) rowp[j] = a.codes + (n0 + j) * chunks * 16;
     V acc[MR][NR];
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NR; ++j) acc[i][j] = E::zero();
@@ -67,26 +99,10 @@ struct LutImpl {
         cbp[j] = a.codebook + ((a.cb_rows == 1 ? 0 : n0 + j) * G + g) * C;
         if constexpr (BITS < 8) tab[j] = make_tab<BITS>(cbp[j]);
       }
-      for (int64_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-        I e[NR];
-        for (int j = 0; j < NR; ++j) e[j] = E::expand(a.codes + (n0 + j) * row_bytes + c * 16);
-#pragma GCC unroll 8
-        for (int s = 0; s < S; ++s) {
-          const int64_t k = c * kChunk + 16 * s;
-          if (k >= a.k) break;
-          const int valid = static_cast<int>(std::min<int64_t>(16, a.k - k));
-          V xv[MR];
-          for (int i = 0; i < MR; ++i) xv[i] = valid == 16 ? E::load(x + i * a.k + k) : E::load_part(x + i * a.k + k, valid);
-          for (int j = 0; j < NR; ++j) {
-            const I idx = s == 0 ? e[j] : E::srl(e[j], BITS * s);
-            V w;
-            if constexpr (BITS == 8) w = E::gather(cbp[j], idx);
-            else w = E::lookup(idx, tab[j]);
-            if (valid < 16) w = E::keep_first(w, valid);
-            for (int i = 0; i < MR; ++i) acc[i][j] = E::fma(xv[i], w, acc[i][j]);
-          }
-        }
-      }
+      const int64_t c1 = (g + 1) * per_group;
+      const int64_t cf = std::min(c1, full);
+      for (int64_t c = g * per_group; c < cf; ++c) rows_chunk<BITS, MR, NR, false>(a, x, rowp, c, tab, cbp, acc);
+      if (cf < c1) rows_chunk<BITS, MR, NR, true>(a, x, rowp, cf, tab, cbp, acc);  // the last, partial chunk
     }
     for (int i = 0; i < MR; ++i) {
       float* y = a.y + (m0 + i) * a.n + n0;
@@ -226,12 +242,35 @@ struct LutImpl {
 
   // ---- lookup-table layout, any bits: entries of 16 rows looked up in registers, times the ----
   // broadcast x: a float GEMM on weights dequantized in registers.
+  // One 16-byte unit (2g inputs) of NB blocks; TAIL: the unit holding the end of k.
+  template <int BITS, int MR, int NB, bool TAIL>
+  FASTQ_LUT_INLINE static void dequant_unit(const CodebookLinearArgs& a, const float* x, const uint8_t* codes,
+                                            int64_t U, int64_t u, const Tab& tab, V (&acc)[MR][NB]) {
+    constexpr int g = 4 / BITS;
+    I e[NB];
+    for (int j = 0; j < NB; ++j) e[j] = E::expand(codes + (j * U + u) * 16);
+#pragma GCC unroll 8
+    for (int p = 0; p < 2 * g; ++p) {  // position within the unit: nibble p / g, code p % g
+      const int64_t k = u * 2 * g + p;
+      if constexpr (TAIL) {
+        if (k >= a.k) break;
+      }
+      const int shift = 4 * (p / g) + BITS * (p % g);
+      V w[NB];
+      for (int j = 0; j < NB; ++j) w[j] = E::lookup(shift ? E::srl(e[j], shift) : e[j], tab);
+      for (int i = 0; i < MR; ++i) {
+        const V xb = E::bcast(x[i * a.k + k]);
+        for (int j = 0; j < NB; ++j) acc[i][j] = E::fma(xb, w[j], acc[i][j]);
+      }
+    }
+  }
+
   template <int BITS, int MR, int NB>
   static void dequant_tile(const CodebookLinearArgs& a, int64_t m0, int64_t b) {
     constexpr int g = 4 / BITS, C = 1 << BITS;
-    const int64_t U = round_up(a.k, 2 * g) / (2 * g);
-    const int64_t G = a.cb_groups, gs = a.k / G;
-    const int64_t per_group = G == 1 ? U : gs / (2 * g);  // units per codebook group
+    const int64_t U = round_up(a.k, 2 * g) / (2 * g), full = a.k / (2 * g);
+    const int64_t G = a.cb_groups;
+    const int64_t per_group = G == 1 ? U : a.k / G / (2 * g);  // units per codebook group
     const uint8_t* codes = a.codes + b * U * 16;
     const float* x = a.x + m0 * a.k;
     V acc[MR][NB];
@@ -239,22 +278,9 @@ struct LutImpl {
       for (int j = 0; j < NB; ++j) acc[i][j] = E::zero();
     for (int64_t grp = 0; grp < G; ++grp) {
       const Tab tab = make_tab<BITS>(a.codebook + grp * C);
-      for (int64_t u = grp * per_group; u < (grp + 1) * per_group; ++u) {
-        I e[NB];
-        for (int j = 0; j < NB; ++j) e[j] = E::expand(codes + (j * U + u) * 16);
-#pragma GCC unroll 8
-        for (int p = 0; p < 2 * g; ++p) {  // position within the unit: nibble p / g, code p % g
-          const int64_t k = u * 2 * g + p;
-          if (k >= a.k) break;
-          const int shift = 4 * (p / g) + BITS * (p % g);
-          V w[NB];
-          for (int j = 0; j < NB; ++j) w[j] = E::lookup(shift ? E::srl(e[j], shift) : e[j], tab);
-          for (int i = 0; i < MR; ++i) {
-            const V xb = E::bcast(x[i * a.k + k]);
-            for (int j = 0; j < NB; ++j) acc[i][j] = E::fma(xb, w[j], acc[i][j]);
-          }
-        }
-      }
+      const int64_t u1 = (grp + 1) * per_group, uf = std::min(u1, full);
+      for (int64_t u = grp * per_group; u < uf; ++u) dequant_unit<BITS, MR, NB, false>(a, x, codes, U, u, tab, acc);
+      if (uf < u1) dequant_unit<BITS, MR, NB, true>(a, x, codes, U, uf, tab, acc);
     }
     for (int i = 0; i < MR; ++i)
       for (int j = 0; j < NB; ++j) store_block(a, m0 + i, b + j, acc[i][j]);
