@@ -216,9 +216,13 @@ struct CodebookLinearArgs {
   float* workspace = nullptr;
   int64_t workspace_bytes = 0;
   int num_threads = 1;
+  // Lookup-table layout on CPU: 0 = the measured policy (tables for bits <= 2 up to a per-bits M),
+  // 1 = T-MAC tables (bits <= 2), 2 = in-register dequantization. Tests and benchmarks force paths.
+  int lut_path = 0;
 };
 
-int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut);
+// 0 when the call will not build tables (row layout, or the dequantization path).
+int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut, int lut_path);
 void codebook_linear_cpu(const CodebookLinearArgs& args);
 
 #ifdef FASTQ_WITH_CUDA

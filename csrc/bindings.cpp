@@ -319,7 +319,7 @@ PYBIND11_MODULE(_C, m) {
 }
 
 // ---- codebook (weight sharing) linear: (x, m, n, k, codes, bits, lut, codebook, cb_rows, cb_groups,
-// scale, bias, y, workspace, workspace_bytes, num_threads | stream) ----
+// scale, bias, y, workspace, workspace_bytes, num_threads, lut_path | stream) ----
 namespace {
 
 fastq::CodebookLinearArgs codebook_args(uintptr_t x, int64_t m, int64_t n, int64_t k, uintptr_t codes, int bits,
@@ -351,12 +351,13 @@ void fastq_bind_codebook(py::module_& m) {
       "codebook_linear_cpu",
       [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t codes, int bits, bool lut, uintptr_t codebook,
          int64_t cb_rows, int64_t cb_groups, uintptr_t scale, uintptr_t bias, uintptr_t y, uintptr_t workspace,
-         int64_t workspace_bytes, int num_threads) {
+         int64_t workspace_bytes, int num_threads, int lut_path) {
         fastq::CodebookLinearArgs a =
             codebook_args(x, mm, n, k, codes, bits, lut, codebook, cb_rows, cb_groups, scale, bias, y);
         a.workspace = ptr<float>(workspace);
         a.workspace_bytes = workspace_bytes;
         a.num_threads = num_threads;
+        a.lut_path = lut_path;
         fastq::codebook_linear_cpu(a);
       },
       nogil);

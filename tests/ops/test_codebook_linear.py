@@ -143,15 +143,42 @@ def test_codebook_groups(isa, bits, lut):
                      f"{isa} groups={groups} n={n}")
 
 
+def _native_call(x, packed, codebook, s, b, n, bits, lut, path=0, y=None):
+    """codebook_linear_cpu called directly: a forced lookup-table path (1 tables, 2 dequantization)
+    and/or a caller's output buffer."""
+    m, k = x.shape
+    y = torch.empty(m, n) if y is None else y
+    ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, path)
+    ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8)
+    _native._C.codebook_linear_cpu(x.data_ptr(), m, n, k, packed.data_ptr(), bits, lut, codebook.data_ptr(),
+                                   codebook.shape[0], codebook.shape[1], 0 if s is None else s.data_ptr(),
+                                   0 if b is None else b.data_ptr(), y.data_ptr(), ws.data_ptr(), ws_bytes,
+                                   torch.get_num_threads(), path)
+    return y
+
+
+@pytest.mark.parametrize("bits,path", [(1, 1), (2, 1), (1, 2), (2, 2), (4, 2)], ids=lambda v: str(v))
+def test_both_lookup_table_paths(isa, bits, path):
+    """T-MAC tables (path 1) and in-register dequantization (path 2) each at every M, whatever the
+    automatic policy would pick."""
+    gen = generator("cb-paths", isa, bits, path)
+    for n, k in SHAPES[::2]:
+        codes, packed, codebook, s, b = _case(n, k, bits, True, gen, False)
+        for m in (1, 4, 5, 33):
+            x = torch.randn(m, k, generator=gen)
+            _check_close(_native_call(x, packed, codebook, s, b, n, bits, True, path), x, codes, codebook, s, b,
+                         f"{isa} path={path} n={n} k={k} m={m}")
+
+
 @pytest.mark.parametrize("bits", (1, 2))
 def test_tables_in_several_passes(isa, bits):
     """Long K: the T-MAC tables of all rows exceed the per-pass budget, so rows go in passes."""
     gen = generator("cb-passes", isa, bits)
     n, k, m = 33, 2048, 33
     codes, packed, codebook, s, b = _case(n, k, bits, True, gen, False)
-    assert _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True) < m * (k // (4 // bits)) * 64
+    assert 0 < _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True, 1) < m * (k // (4 // bits)) * 64
     x = torch.randn(m, k, generator=gen)
-    _check_close(L.codebook_linear(x, packed, codebook, s, b, n, bits, True), x, codes, codebook, s, b, "passes")
+    _check_close(_native_call(x, packed, codebook, s, b, n, bits, True, 1), x, codes, codebook, s, b, "passes")
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
@@ -173,12 +200,7 @@ def test_every_output_written(bits, lut):
     codes, packed, codebook, s, b = _case(n, k, bits, lut, gen, not lut)
     x = torch.randn(m, k, generator=gen)
     want = L.codebook_linear(x, packed, codebook, s, b, n, bits, lut)
-    y = torch.full((m, n), float("nan"))
-    ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut)
-    ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8)
-    _native._C.codebook_linear_cpu(x.data_ptr(), m, n, k, packed.data_ptr(), bits, lut, codebook.data_ptr(),
-                                   codebook.shape[0], 1, s.data_ptr(), b.data_ptr(), y.data_ptr(), ws.data_ptr(),
-                                   ws_bytes, torch.get_num_threads())
+    y = _native_call(x, packed, codebook, s, b, n, bits, lut, y=torch.full((m, n), float("nan")))
     assert_bits_equal(y, want, "poisoned buffer")
 
 
