@@ -187,6 +187,35 @@ def targets(rows: list[dict]) -> list[str]:
     return out
 
 
+def paths(shapes, ms, rounds: int, threads: int) -> list[dict]:
+    """T-MAC tables vs in-register dequantization for 1- and 2-bit lookup-table layers, forced through
+    the native entry point (what the automatic policy in csrc/cpu/lut.cpp is based on)."""
+    from fastq import _native
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for k, n in shapes:
+        for bits in (1, 2):
+            codes = torch.randint(0, 1 << bits, (n, k), dtype=torch.uint8, generator=gen)
+            packed = torch.ops.fastq.codebook_pack(codes, bits, True)
+            cb, s = torch.randn(1, 1, 1 << bits, generator=gen), torch.rand(n, generator=gen)
+            for m in ms:
+                x, y = torch.randn(m, k, generator=gen), torch.empty(m, n)
+                fns = {}
+                for path, name in ((1, "tables"), (2, "dequant")):
+                    wsb = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True, path)
+                    ws = torch.empty(max(wsb, 1), dtype=torch.uint8)
+                    fns[name] = (lambda path=path, ws=ws, wsb=wsb: _native._C.codebook_linear_cpu(
+                        x.data_ptr(), m, n, k, packed.data_ptr(), bits, True, cb.data_ptr(), 1, 1, s.data_ptr(), 0,
+                        y.data_ptr(), ws.data_ptr(), wsb, threads, path))
+                t = time_round_robin(fns, rounds=rounds, warmup=2)
+                rows.append({"K x N": f"{k}x{n}", "bits": bits, "M": m, "tables ms": median(t["tables"]) * 1e3,
+                             "dequant ms": median(t["dequant"]) * 1e3,
+                             "tables speedup": median(t["dequant"]) / median(t["tables"])})
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in DEFAULT_SHAPES), help="KxN,KxN,...")
@@ -194,9 +223,14 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--int4", default=None, help="int4 weight-only config: auto (default), off, NAME[:json kwargs]")
     ap.add_argument("--json", default=None, help="write rows and samples here")
+    ap.add_argument("--paths", action="store_true", help="only compare the two lookup-table paths (1-2 bit)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="threads of --paths")
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.m.split(",")]
+    if args.paths:
+        print(format_table(paths(shapes, ms, args.rounds, args.threads)))
+        return
     res = run(shapes, ms, args.rounds, args.int4)
     load = os.getloadavg()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads {THREADS}, "

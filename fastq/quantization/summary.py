@@ -113,7 +113,8 @@ class Summary:
             out.append(f"quantized layers: {len(q)}, {_fmt_bytes(q_now)} (original {_fmt_bytes(q_orig)}), "
                        f"{q_orig / q_now:.2f}x")
         if self.codebook_ratio is not None:
-            out.append(f"weight sharing: r = n b / (n log2 k + k b) = {self.codebook_ratio:.2f}x over the codebook layers")
+            out.append(f"weight sharing: r = {self.codebook_ratio:.2f}x over the codebook layers "
+                       "(n b / (n log2 k + k b); sparse storage: fp32 bytes / stored bytes)")
         if self.notes:
             out.append("notes (left as they were):")
             out.extend(f"  {name or '(root)'}: {reason}" for name, reason in self.notes)
