@@ -128,8 +128,8 @@ def weight_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def run(shapes, ms, rounds: int, int4_spec: Optional[str]) -> dict:
-    torch.set_num_threads(THREADS)
+def run(shapes, ms, rounds: int, int4_spec: Optional[str], threads: int = THREADS) -> dict:
+    torch.set_num_threads(threads)
     int4, int4_why = int4_config(int4_spec)
     gen = torch.Generator().manual_seed(0)
     copy_gbs = copy_bandwidth_gbs(64 << 20)
@@ -224,16 +224,17 @@ def main(argv=None) -> None:
     ap.add_argument("--int4", default=None, help="int4 weight-only config: auto (default), off, NAME[:json kwargs]")
     ap.add_argument("--json", default=None, help="write rows and samples here")
     ap.add_argument("--paths", action="store_true", help="only compare the two lookup-table paths (1-2 bit)")
-    ap.add_argument("--threads", type=int, default=THREADS, help="threads of --paths")
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="threads (1 gives steadier ratios on a machine other jobs load: no straggling thread)")
     args = ap.parse_args(argv)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.m.split(",")]
     if args.paths:
         print(format_table(paths(shapes, ms, args.rounds, args.threads)))
         return
-    res = run(shapes, ms, args.rounds, args.int4)
+    res = run(shapes, ms, args.rounds, args.int4, args.threads)
     load = os.getloadavg()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads {THREADS}, "
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, threads {args.threads}, "
           f"ISA {fastq.cpu_isa()}, copy bandwidth {res['copy_gbs']:.1f} GB/s, load average {load[0]:.1f}")
     print(f"int4 weight-only: {res['int4']}")
     print(format_table(res["rows"]))

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastq.nn._base import UnsupportedLayerError
+from fastq.nn._base import Int8GemmModule, UnsupportedLayerError
 from fastq.nn.conv import ConvGeometry
 from fastq.ops import call_op
-from fastq.ops._checks import FLOAT_DTYPES, LUT_BITS, codebook_packed_sizes
+from fastq.ops._checks import LUT_BITS, codebook_packed_sizes
 from fastq.ops.reference import codebook_unpack, codebook_weight
 
 KINDS = ("kmeans", "binary", "ternary", "pow2")
@@ -196,14 +196,9 @@ class _CodebookLayer(nn.Module):
         """True while ``train_centroids_`` made the codebook a trainable Parameter."""
         return isinstance(self._parameters.get("codebook"), nn.Parameter)
 
-    def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{self._describe()}: input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{self._describe()}: input must be float32, float16 or bfloat16, got {x.dtype}")
-
-    def _describe(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
+    # the int8 modules' input checks and description, shared rather than rewritten
+    _check_input = Int8GemmModule._check_input
+    _describe = Int8GemmModule._describe
 
     # ---- introspection (summary, tests, save/load) ----------------------------------------------
 
