@@ -7,7 +7,8 @@ Data: the Debian package ``dataset-fashion-mnist`` (``apt-get install -y dataset
 idx files under /usr/share/datasets/fashion-mnist/), 60k training and 10k test images.
 
 Stages (Han et al., Deep Compression, ICLR 2016, on LeNet-300-100):
-  0. fp32: a 784-300-100-10 MLP (ReLU) trained with Adam.
+  0. fp32: a 784-300-100-10 MLP (ReLU) trained with Adam; (0b) the same trained for as many more
+     epochs as stage 1 retrains, so the accuracy loss is judged against the better of the two.
   1. pruned: ``fastq.prune_`` (magnitude, one global ranking across the three layers, as the paper's
      per-layer rates come out unequal: the 784-wide first layer takes most of the cut) in four steps
      to the final sparsity, each followed by retraining epochs (masks hold the pruned weights at 0).
@@ -152,6 +153,10 @@ def run(epochs: int, sparsity: float, clusters: int, finetune_epochs: int, seed:
                      "ratio": base_bytes / nbytes, "note": note, "elapsed s": time.perf_counter() - t0})
 
     stage("0 fp32", fp32, base_bytes)
+    longer = copy.deepcopy(fp32)  # the same training budget as the pruned model, for a fair baseline
+    for step in range(4):
+        train_epochs(longer, x, y, retrain_epochs, 5e-4, seed + 1 + step)
+    stage("0b fp32, +retraining epochs", longer, base_bytes, f"{4 * retrain_epochs} more epochs, as stage 1 gets")
 
     pruned = copy.deepcopy(fp32)
     for step, s in enumerate((sparsity * 0.55, sparsity * 0.8, sparsity * 0.93, sparsity)):
@@ -193,7 +198,8 @@ def main(argv=None) -> None:
     rows = run(args.epochs, args.sparsity, args.clusters, args.finetune_epochs, args.seed, args.retrain_epochs)
     print(f"Fashion-MNIST, LeNet-300-100, threads {THREADS}, load average {os.getloadavg()[0]:.1f}")
     print(format_table(rows))
-    base, final = rows[0], rows[3]
+    base = max(rows[:2], key=lambda r: r["accuracy %"])  # the better fp32 baseline
+    final = rows[4]
     loss = base["accuracy %"] - final["accuracy %"]
     print(f"targets: >= 20x smaller: {final['ratio']:.1f}x ({'met' if final['ratio'] >= 20 else 'not met'}); "
           f"<= 0.5 point accuracy loss after fine-tuning: {loss:.2f} ({'met' if loss <= 0.5 else 'not met'})")
