@@ -204,7 +204,7 @@ def paths(shapes, ms, rounds: int, threads: int) -> list[dict]:
                 x, y = torch.randn(m, k, generator=gen), torch.empty(m, n)
                 fns = {}
                 for path, name in ((1, "tables"), (2, "dequant")):
-                    wsb = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True, path)
+                    wsb = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True, path, threads)
                     ws = torch.empty(max(wsb, 1), dtype=torch.uint8)
                     fns[name] = (lambda path=path, ws=ws, wsb=wsb: _native._C.codebook_linear_cpu(
                         x.data_ptr(), m, n, k, packed.data_ptr(), bits, True, cb.data_ptr(), 1, 1, s.data_ptr(), 0,

@@ -196,12 +196,13 @@ namespace fastq {
 //   row layout: codes -> entries by a 16-entry in-register lookup (vpermps; a gather for 8 bits),
 //               fused multiply-add with x, tiles of up to 4 x-rows by 8 weight rows;
 //   lookup-table layout, bits <= 2: per x row and group of g = 4 / bits inputs, a 16-entry table of
-//               the sums of g products x * entry (workspace), then one lookup per nibble adds g
-//               weights of 16 output rows at once (T-MAC);
+//               the sums of g products x * entry (each thread's own, in the workspace), then one
+//               lookup per nibble adds g weights of 16 output rows at once (T-MAC);
 //   lookup-table layout, 4 bits: entries of 16 output rows looked up in registers, multiply-add with
 //               the broadcast x (a float GEMM on weights dequantized in registers).
 // Padding codes (past k, past n) never enter a result. workspace: caller-owned, at least
-// codebook_linear_workspace_bytes_cpu(m, k, bits, lut) bytes, 64-byte aligned (0 when unused).
+// codebook_linear_workspace_bytes_cpu(m, k, bits, lut, lut_path, num_threads) bytes, 64-byte aligned
+// (0 when unused).
 struct CodebookLinearArgs {
   const float* x = nullptr;  // [m, k] row-major float32
   int64_t m = 0, n = 0, k = 0;
@@ -221,8 +222,9 @@ struct CodebookLinearArgs {
   int lut_path = 0;
 };
 
-// 0 when the call will not build tables (row layout, or the dequantization path).
-int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut, int lut_path);
+// 0 when the call will not build tables (row layout, or the dequantization path); else tables of a
+// pass of x rows for each of num_threads threads.
+int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut, int lut_path, int num_threads);
 void codebook_linear_cpu(const CodebookLinearArgs& args);
 
 #ifdef FASTQ_WITH_CUDA

@@ -52,9 +52,9 @@ int64_t grain(int64_t weights_per_item, int64_t m, int64_t min_items) {
 
 }  // namespace
 
-int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut, int lut_path) {
+int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut, int lut_path, int num_threads) {
   if (m <= 0 || k <= 0 || !uses_tables(bits, lut, m, lut_path)) return 0;
-  return table_rows(m, k, bits) * table_bytes_per_row(k, bits);
+  return std::max(1, num_threads) * table_rows(m, k, bits) * table_bytes_per_row(k, bits);
 }
 
 void codebook_linear_cpu(const CodebookLinearArgs& a) {
@@ -79,18 +79,22 @@ void codebook_linear_cpu(const CodebookLinearArgs& a) {
     parallel_for(0, blocks, grain(16 * a.k, a.m, 1), threads, [&](int64_t b0, int64_t b1) { kr.dequant(a, b0, b1); });
     return;
   }
-  const int64_t rows = table_rows(a.m, a.k, a.bits);
-  FASTQ_CHECK(a.workspace && a.workspace_bytes >= rows * table_bytes_per_row(a.k, a.bits),
-              "workspace of ", a.workspace_bytes, " bytes is too small for the lookup tables");
+  // One parallel region: each thread builds the tables of a pass of x rows in its own slice of the
+  // workspace (the build is ~16 k multiply-adds per row, small next to its share of the lookups) and
+  // looks up its own 16-row blocks, pass after pass: no barrier, so a thread the OS preempts delays
+  // only its own blocks, not every pass of the other threads.
+  const int64_t rows = table_rows(a.m, a.k, a.bits), slice = rows * table_bytes_per_row(a.k, a.bits);
+  FASTQ_CHECK(a.workspace && a.workspace_bytes >= threads * slice, "workspace of ", a.workspace_bytes,
+              " bytes is too small for the lookup tables of ", threads, " threads");
   const int64_t q_total = table_bytes_per_row(a.k, a.bits) / (16 * int64_t{sizeof(float)});
-  for (int64_t m0 = 0; m0 < a.m; m0 += rows) {
-    const int64_t m1 = std::min(a.m, m0 + rows);
-    // a table costs g multiply-adds of 16 lanes per x row
-    parallel_for(0, q_total, grain(16 * (4 / a.bits), m1 - m0, 64), threads,
-                 [&](int64_t q0, int64_t q1) { kr.build_tables(a, a.workspace, m0, m1, q0, q1); });
-    parallel_for(0, blocks, grain(16 * a.k, m1 - m0, 1), threads,
-                 [&](int64_t b0, int64_t b1) { kr.lookup(a, a.workspace, m0, m1, b0, b1); });
-  }
+  parallel_for(0, blocks, grain(16 * a.k, a.m, 4), threads, [&](int64_t b0, int64_t b1) {
+    float* tables = a.workspace + omp_get_thread_num() * (slice / int64_t{sizeof(float)});
+    for (int64_t m0 = 0; m0 < a.m; m0 += rows) {
+      const int64_t m1 = std::min(a.m, m0 + rows);
+      kr.build_tables(a, tables, m0, m1, 0, q_total);
+      kr.lookup(a, tables, m0, m1, b0, b1);
+    }
+  });
 }
 
 }  // namespace fastq

@@ -399,9 +399,10 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
     args = (x2.data_ptr(), m, n, k, packed.data_ptr(), bits, lut, codebook.data_ptr(), codebook.shape[0],
             codebook.shape[1], _ptr(scale), _ptr(bias), y.data_ptr())
     if x.device.type == "cpu":
-        ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, 0)
+        threads = _native.num_threads()
+        ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, 0, threads)
         ws = _workspace(x.device, ws_bytes) if ws_bytes else None
-        _native._C.codebook_linear_cpu(*args, _ptr(ws), ws_bytes, _native.num_threads(), 0)
+        _native._C.codebook_linear_cpu(*args, _ptr(ws), ws_bytes, threads, 0)
     else:
         with torch.cuda.device(x.device):
             _native._C.codebook_linear_cuda(*args, _native.cuda_stream(x))

@@ -148,7 +148,7 @@ def _native_call(x, packed, codebook, s, b, n, bits, lut, path=0, y=None):
     and/or a caller's output buffer."""
     m, k = x.shape
     y = torch.empty(m, n) if y is None else y
-    ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, path)
+    ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, path, torch.get_num_threads())
     ws = torch.empty(max(ws_bytes, 1), dtype=torch.uint8)
     _native._C.codebook_linear_cpu(x.data_ptr(), m, n, k, packed.data_ptr(), bits, lut, codebook.data_ptr(),
                                    codebook.shape[0], codebook.shape[1], 0 if s is None else s.data_ptr(),
@@ -176,7 +176,7 @@ def test_tables_in_several_passes(isa, bits):
     gen = generator("cb-passes", isa, bits)
     n, k, m = 33, 2048, 33
     codes, packed, codebook, s, b = _case(n, k, bits, True, gen, False)
-    assert 0 < _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True, 1) < m * (k // (4 // bits)) * 64
+    assert 0 < _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, True, 1, 1) < m * (k // (4 // bits)) * 64
     x = torch.randn(m, k, generator=gen)
     _check_close(_native_call(x, packed, codebook, s, b, n, bits, True, 1), x, codes, codebook, s, b, "passes")
 
