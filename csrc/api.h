@@ -201,5 +201,50 @@ int64_t cpu_amx_min_m(int kind);
 void set_cpu_amx_min_m(int kind, int64_t m);
 // How many calls of each kind ran on the AMX tiles (the tests' proof that they did).
 int64_t cpu_amx_calls(int kind);
+// ---- codebook (weight sharing) linear (fastq/ops/reference.py: codebook_pack, codebook_linear) ----
+// W[n, k] = codebook[r(n), k / gs, code[n, k]] (* scale[n]); y = x . W^T (+ bias), float32. Codes
+// come in reference.codebook_pack's row layout (lut = false: any bits in {1, 2, 4, 8}, codebook
+// rows 1 or n) or lookup-table layout (lut = true: bits in {1, 2, 4}, one codebook row shared by
+// all output rows). cb_groups (G) tables along k, gs = k / G, a multiple of the layout's chunk
+// (row layout: 128 / bits codes; lookup-table layout: 8 / bits). The sum over k is float32 in an
+// order of the kernel's choosing (the reference states the error bound the tests check):
+//   row layout: codes -> entries by a 16-entry in-register lookup (vpermps; a gather for 8 bits),
+//               fused multiply-add with x, tiles of up to 4 x-rows by 8 weight rows;
+//   lookup-table layout, bits <= 2: per x row and group of g = 4 / bits inputs, a 16-entry table of
+//               the sums of g products x * entry (each thread's own, in the workspace), then one
+//               lookup per nibble adds g weights of 16 output rows at once (T-MAC);
+//   lookup-table layout, 4 bits: entries of 16 output rows looked up in registers, multiply-add with
+//               the broadcast x (a float GEMM on weights dequantized in registers).
+// Padding codes (past k, past n) never enter a result. workspace: caller-owned, at least
+// codebook_linear_workspace_bytes_cpu(m, k, bits, lut, lut_path, num_threads) bytes, 64-byte aligned
+// (0 when unused).
+struct CodebookLinearArgs {
+  const float* x = nullptr;  // [m, k] row-major float32
+  int64_t m = 0, n = 0, k = 0;
+  const uint8_t* codes = nullptr;  // packed codes
+  int bits = 4;
+  bool lut = false;
+  const float* codebook = nullptr;  // [cb_rows, cb_groups, 1 << bits]
+  int64_t cb_rows = 1, cb_groups = 1;
+  const float* scale = nullptr;  // [n] or nullptr
+  const float* bias = nullptr;   // [n] or nullptr
+  float* y = nullptr;            // [m, n] float32
+  float* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+  int num_threads = 1;
+  // Lookup-table layout on CPU: 0 = the measured policy (tables for bits <= 2 up to a per-bits M),
+  // 1 = T-MAC tables (bits <= 2), 2 = in-register dequantization. Tests and benchmarks force paths.
+  int lut_path = 0;
+};
+
+// 0 when the call will not build tables (row layout, or the dequantization path); else tables of a
+// pass of x rows for each of num_threads threads.
+int64_t codebook_linear_workspace_bytes_cpu(int64_t m, int64_t k, int bits, bool lut, int lut_path, int num_threads);
+void codebook_linear_cpu(const CodebookLinearArgs& args);
+
+#ifdef FASTQ_WITH_CUDA
+// Same arguments (workspace and num_threads unused); x, codes, codebook, scale, bias, y on the device.
+void codebook_linear_cuda(const CodebookLinearArgs& args, void* stream);
+#endif
 
 }  // namespace fastq

@@ -131,6 +131,8 @@ fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_x
 
 }  // namespace
 
+void fastq_bind_codebook(py::module_& m);  // codebook (weight sharing) section, at the end of this file
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastq native kernels (torch-free; see csrc/api.h)";
   static py::exception<fastq::Error> native_error(m, "NativeError", PyExc_RuntimeError);
@@ -321,6 +323,63 @@ PYBIND11_MODULE(_C, m) {
         fastq::sparse_24_linear_tc_cuda(ptr<const void>(x), mm, n, k, ptr<const float>(values),
                                         ptr<const uint8_t>(meta), ptr<const float>(bias), ptr<float>(y),
                                         ptr<void>(stream));
+      },
+      nogil);
+#endif
+  fastq_bind_codebook(m);
+}
+
+// ---- codebook (weight sharing) linear: (x, m, n, k, codes, bits, lut, codebook, cb_rows, cb_groups,
+// scale, bias, y, workspace, workspace_bytes, num_threads, lut_path | stream) ----
+namespace {
+
+fastq::CodebookLinearArgs codebook_args(uintptr_t x, int64_t m, int64_t n, int64_t k, uintptr_t codes, int bits,
+                                        bool lut, uintptr_t codebook, int64_t cb_rows, int64_t cb_groups,
+                                        uintptr_t scale, uintptr_t bias, uintptr_t y) {
+  fastq::CodebookLinearArgs a;
+  a.x = ptr<const float>(x);
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.codes = ptr<const uint8_t>(codes);
+  a.bits = bits;
+  a.lut = lut;
+  a.codebook = ptr<const float>(codebook);
+  a.cb_rows = cb_rows;
+  a.cb_groups = cb_groups;
+  a.scale = ptr<const float>(scale);
+  a.bias = ptr<const float>(bias);
+  a.y = ptr<float>(y);
+  return a;
+}
+
+}  // namespace
+
+void fastq_bind_codebook(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("codebook_linear_workspace_bytes_cpu", &fastq::codebook_linear_workspace_bytes_cpu);
+  m.def(
+      "codebook_linear_cpu",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t codes, int bits, bool lut, uintptr_t codebook,
+         int64_t cb_rows, int64_t cb_groups, uintptr_t scale, uintptr_t bias, uintptr_t y, uintptr_t workspace,
+         int64_t workspace_bytes, int num_threads, int lut_path) {
+        fastq::CodebookLinearArgs a =
+            codebook_args(x, mm, n, k, codes, bits, lut, codebook, cb_rows, cb_groups, scale, bias, y);
+        a.workspace = ptr<float>(workspace);
+        a.workspace_bytes = workspace_bytes;
+        a.num_threads = num_threads;
+        a.lut_path = lut_path;
+        fastq::codebook_linear_cpu(a);
+      },
+      nogil);
+#ifdef FASTQ_WITH_CUDA
+  m.def(
+      "codebook_linear_cuda",
+      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t codes, int bits, bool lut, uintptr_t codebook,
+         int64_t cb_rows, int64_t cb_groups, uintptr_t scale, uintptr_t bias, uintptr_t y, uintptr_t stream) {
+        fastq::codebook_linear_cuda(
+            codebook_args(x, mm, n, k, codes, bits, lut, codebook, cb_rows, cb_groups, scale, bias, y),
+            ptr<void>(stream));
       },
       nogil);
 #endif

@@ -53,6 +53,14 @@ __all__ = [
 ]
 
 
+# ---- codebooks: weight sharing, binary, ternary, power of two ----
+from fastq.nn import SharedWeightConv2d, SharedWeightLinear, train_centroids_  # noqa: E402
+from fastq.quantization import BinaryConfig, PowerOfTwoConfig, TernaryConfig, WeightSharingConfig  # noqa: E402
+
+__all__ += ["BinaryConfig", "PowerOfTwoConfig", "SharedWeightConv2d", "SharedWeightLinear", "TernaryConfig",
+            "WeightSharingConfig", "train_centroids_"]
+
+
 def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()

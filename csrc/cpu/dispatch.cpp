@@ -61,3 +61,17 @@ const GemmKernels* gemm_kernels_amx_tier() {
 }
 
 }  // namespace fastq::cpu
+
+// ---- codebook (weight sharing) linear ----
+namespace fastq::cpu {
+
+const LutKernels& lut_kernels() {
+  switch (cpu_isa_active()) {
+    case kAmx:
+    case kAvx512: return lut_kernels_avx512;
+    case kAvx2: return lut_kernels_avx2;
+    default: return lut_kernels_scalar;
+  }
+}
+
+}  // namespace fastq::cpu

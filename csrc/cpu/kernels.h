@@ -183,3 +183,25 @@ extern const SparseEllKernels sparse_ell_kernels_avx512;
 const SparseEllKernels& sparse_ell_kernels();
 
 }  // namespace fastq::cpu
+
+// ---- codebook (weight sharing) linear micro-kernels (lut_impl.h, one instantiation per ISA) ------
+namespace fastq::cpu {
+
+struct LutKernels {
+  // Row layout: y[:, n0:n1) for all m.
+  void (*rows)(const CodebookLinearArgs& a, int64_t n0, int64_t n1);
+  // Lookup-table layout, bits <= 2: tables[(i - m0) * (k_pad / g) + q][16] for x rows [m0, m1) and
+  // nibble groups [q0, q1), then y[m0:m1, 16 b0 : 16 b1) from them.
+  void (*build_tables)(const CodebookLinearArgs& a, float* tables, int64_t m0, int64_t m1, int64_t q0, int64_t q1);
+  void (*lookup)(const CodebookLinearArgs& a, const float* tables, int64_t m0, int64_t m1, int64_t b0, int64_t b1);
+  // Lookup-table layout, any bits: entries dequantized in registers, y[:, 16 b0 : 16 b1) for all m.
+  void (*dequant)(const CodebookLinearArgs& a, int64_t b0, int64_t b1);
+};
+
+extern const LutKernels lut_kernels_scalar;
+extern const LutKernels lut_kernels_avx2;
+extern const LutKernels lut_kernels_avx512;
+
+const LutKernels& lut_kernels();
+
+}  // namespace fastq::cpu

@@ -17,3 +17,9 @@ MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "S
                       "SparseConv2d": SparseConv2d}
 
 __all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseConv2d", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]
+
+# ---- codebook (weight sharing) layers ----
+from fastq.nn.codebook import SharedWeightConv2d, SharedWeightLinear, train_centroids_  # noqa: E402
+
+MODULE_TYPES.update({"SharedWeightLinear": SharedWeightLinear, "SharedWeightConv2d": SharedWeightConv2d})
+__all__ += ["SharedWeightConv2d", "SharedWeightLinear", "train_centroids_"]

@@ -480,3 +480,105 @@ def check_sparse_ell_values(op: str, offsets: Tensor, steps: Tensor, group_ptr: 
         group_ptr._fastq_ell_valid = (key, weakref.ref(steps), weakref.ref(offsets))
     except (AttributeError, RuntimeError, TypeError):
         pass
+
+
+# ---- codebook (weight sharing) linear (layouts: fastq/ops/reference.py, codebook section) ---------
+# A codebook weight is W[n, k] = codebook[r(n), k // gs, code[n, k]] (* scale[n]); codes are
+# ``bits`` wide and every code indexes a stored entry (the codebook has 2**bits entries), so packed
+# codes need no value checks: only shapes, dtypes and devices are validated, on every call.
+
+CODEBOOK_BITS = (1, 2, 4, 8)
+LUT_BITS = (1, 2, 4)  # the lookup-table layout; 8-bit codes use the row layout only
+CODEBOOK_CHUNK_BYTES = 16  # row layout: codes of a row come in 16-byte chunks
+
+
+def codebook_chunk(bits: int) -> int:
+    """Codes per 16-byte chunk of the row layout (128 // bits)."""
+    return 8 * CODEBOOK_CHUNK_BYTES // bits
+
+
+def lut_group(bits: int) -> int:
+    """Codes per 4-bit nibble of the lookup-table layout (4 // bits)."""
+    return 4 // bits
+
+
+def codebook_packed_sizes(n: int, k: int, bits: int, lut: bool) -> tuple[int, int, int]:
+    """(N_pad, K_pad, total bytes) of packed [n, k] codes in the row or lookup-table layout."""
+    if lut:
+        n_pad = -(-n // 16) * 16
+        unit = 2 * lut_group(bits)  # k per 16-byte unit (16 rows x two nibbles)
+        k_pad = -(-k // unit) * unit
+        return n_pad, k_pad, n_pad * k_pad * bits // 8
+    chunk = codebook_chunk(bits)
+    k_pad = -(-k // chunk) * chunk
+    return n, k_pad, n * k_pad * bits // 8
+
+
+def check_codebook_format(op: str, n: int, k: int, bits: int, lut: bool) -> None:
+    if bits not in CODEBOOK_BITS:
+        raise ValueError(f"{op}: bits must be one of {CODEBOOK_BITS}, got {bits!r}")
+    if lut and bits not in LUT_BITS:
+        raise ValueError(f"{op}: the lookup-table layout takes bits in {LUT_BITS}, got {bits} (use lut=False)")
+    if n <= 0 or k <= 0:
+        raise ValueError(f"{op}: the weight must be non-empty, got n={n}, k={k}")
+
+
+def check_codebook_pack(codes: Tensor, bits: int, lut: bool) -> None:
+    op = "codebook_pack"
+    if not isinstance(codes, Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2:
+        got = f"{codes.dtype} {tuple(codes.shape)}" if isinstance(codes, Tensor) else type(codes).__name__
+        raise TypeError(f"{op}: codes must be a 2-D uint8 tensor [N, K], got {got}")
+    check_codebook_format(op, codes.shape[0], codes.shape[1], bits, lut)
+
+
+def check_codebook_values(codes: Tensor, bits: int) -> None:
+    """Codes fit in ``bits`` bits (reads the tensor: packing only)."""
+    if bits < 8 and codes.numel() and int(codes.max()) >= (1 << bits):
+        raise ValueError(f"codebook_pack: a code is >= 2**{bits}; codes index a {1 << bits}-entry codebook")
+
+
+def check_codebook_packed(op: str, packed: Tensor, n: int, k: int, bits: int, lut: bool, ref: Tensor,
+                          ref_name: str) -> None:
+    check_codebook_format(op, n, k, bits, lut)
+    _check_t(op, "packed", packed, torch.uint8, 1, ref, ref_name)
+    expected = codebook_packed_sizes(n, k, bits, lut)[2]
+    if packed.numel() != expected:
+        raise ValueError(f"{op}: packed has {packed.numel()} bytes but [{n}, {k}] {bits}-bit codes pack to "
+                         f"{expected} ({'lookup-table' if lut else 'row'} layout): K, n, bits or lut mismatch?")
+
+
+def check_codebook_table(op: str, codebook: Tensor, scale: Optional[Tensor], n: int, k: int, bits: int,
+                         lut: bool, ref: Tensor, ref_name: str) -> tuple[int, int]:
+    """(rows R, groups G) of a codebook float32 [R, G, 2**bits] after checking it (and scale)."""
+    _check_t(op, "codebook", codebook, torch.float32, 3, ref, ref_name)
+    r, g, c = codebook.shape
+    if c != 1 << bits:
+        raise ValueError(f"{op}: codebook must have 2**bits = {1 << bits} entries per table (pad unused entries "
+                         f"with 0), got {c}")
+    if r not in (1, n):
+        raise ValueError(f"{op}: codebook must have 1 (shared) or n = {n} (per row) tables, got {r}")
+    if lut and r != 1:
+        raise ValueError(f"{op}: the lookup-table layout needs a codebook shared by all rows ([1, G, C]), got {r} rows")
+    unit = 2 * lut_group(bits) if lut else codebook_chunk(bits)
+    if g < 1 or k % g or (g > 1 and (k // g) % unit):
+        raise ValueError(f"{op}: {g} codebook groups do not split K={k} into groups that are multiples of {unit} "
+                         f"(the {'unit' if lut else 'chunk'} of {bits}-bit codes)")
+    if scale is not None:
+        _check_t(op, "scale", scale, torch.float32, 1, ref, ref_name)
+        if scale.numel() != n:
+            raise ValueError(f"{op}: scale must have n = {n} entries, got {scale.numel()}")
+    return r, g
+
+
+def check_codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor],
+                          bias: Optional[Tensor], n: int, bits: int, lut: bool) -> int:
+    """K after checking every argument of codebook_linear."""
+    op = "codebook_linear"
+    _check_float(f"{op}: x", x)
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last dimension (K), got shape {tuple(x.shape)}")
+    k = x.shape[-1]
+    check_codebook_packed(op, packed, n, k, bits, lut, x, "x")
+    check_codebook_table(op, codebook, scale, n, k, bits, lut, x, "x")
+    _check_bias(op, bias, n, x)
+    return k

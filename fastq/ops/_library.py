@@ -361,3 +361,47 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
     _checks.check_sparse_ell_values("sparse_ell_linear", offsets, steps, group_ptr)
     return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+
+
+# ---- codebook (weight sharing) linear -----------------------------------------------------------
+# Packing is reference-only (once per layer). The linear has native CPU kernels (scalar / AVX2 /
+# AVX-512: table lookups at small M, dequantization in registers otherwise) and a CUDA kernel.
+
+def _codebook_pack_fake(codes, bits, lut):
+    _checks.check_codebook_pack(codes, bits, lut)
+    size = _checks.codebook_packed_sizes(codes.shape[0], codes.shape[1], bits, lut)[2]
+    return codes.new_empty((size,), dtype=torch.uint8)
+
+
+@_define("codebook_pack", "codebook_pack", (), _codebook_pack_fake)
+def codebook_pack(codes: Tensor, bits: int, lut: bool) -> Tensor:
+    """uint8 codes [N, K] -> the packed row (lut=False) or lookup-table (lut=True) layout
+    (``reference.codebook_pack``)."""
+    _checks.check_codebook_pack(codes, bits, lut)
+    _checks.check_codebook_values(codes, bits)
+    return reference.codebook_pack(codes, bits, lut)
+
+
+def _codebook_unpack_fake(packed, n, k, bits, lut):
+    _checks.check_codebook_packed("codebook_unpack", packed, n, k, bits, lut, packed, "packed")
+    return packed.new_empty((n, k), dtype=torch.uint8)
+
+
+@_define("codebook_unpack", "codebook_pack", (), _codebook_unpack_fake)
+def codebook_unpack(packed: Tensor, n: int, k: int, bits: int, lut: bool) -> Tensor:
+    _codebook_unpack_fake(packed, n, k, bits, lut)
+    return reference.codebook_unpack(packed, n, k, bits, lut)
+
+
+def _codebook_linear_fake(x, packed, codebook, scale, bias, n, bits, lut):
+    _checks.check_codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,))
+
+
+@_define("codebook_linear", "codebook_linear", (), _codebook_linear_fake)
+def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
+                    n: int, bits: int, lut: bool) -> Tensor:
+    """``x @ (codebook[codes] * scale)^T + bias`` (``reference.codebook_linear`` states the
+    float-op sequence and the error bound native kernels keep)."""
+    _checks.check_codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+    return reference.codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)

@@ -375,3 +375,35 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
                                      steps.data_ptr(), group_ptr.data_ptr(), _ptr(scale), _ptr(bias), y.data_ptr(),
                                      _native.num_threads())
     return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+# ---- codebook (weight sharing) linear ------------------------------------------------------------
+# x is widened to float32 (exact for float16/bfloat16) and y rounded once to x's dtype, the
+# reference's sequence. CPU lookup tables live in the thread's reused workspace.
+
+def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
+                    n: int, bits: int, lut: bool) -> Tensor:
+    k = _checks.check_codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+    if x.numel() == 0:
+        return reference.codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+    _native.record("codebook_linear", x.device.type)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)
+    if x2.dtype != torch.float32:
+        x2 = x2.float()
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    y = torch.empty(x.shape[:-1] + (n,), dtype=torch.float32, device=x.device)
+    codebook, scale, bias, packed = (t if t is None or t.is_contiguous() else t.contiguous()
+                                     for t in (codebook, scale, bias, packed))
+    args = (x2.data_ptr(), m, n, k, packed.data_ptr(), bits, lut, codebook.data_ptr(), codebook.shape[0],
+            codebook.shape[1], _ptr(scale), _ptr(bias), y.data_ptr())
+    if x.device.type == "cpu":
+        threads = _native.num_threads()
+        ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, 0, threads)
+        ws = _workspace(x.device, ws_bytes) if ws_bytes else None
+        _native._C.codebook_linear_cpu(*args, _ptr(ws), ws_bytes, threads, 0)
+    else:
+        with torch.cuda.device(x.device):
+            _native._C.codebook_linear_cuda(*args, _native.cuda_stream(x))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)

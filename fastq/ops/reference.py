@@ -540,3 +540,109 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     if values.dtype == torch.int8:
         y = y * scale
     return _finish(y, x, bias, n)
+
+
+# ---- codebook (weight sharing) linear: codebook_pack / codebook_unpack / codebook_linear ----------
+# A weight of N x K entries drawn from small tables ("codebooks", k-means centroids or the {-1, +1},
+# {-1, 0, +1}, {0, +-2^-j} grids of binary / ternary / power-of-two weights):
+#     W[n, k] = codebook[r(n), k // gs, code[n, k]]  (* scale[n] when a per-row scale is given)
+# codebook: float32 [R, G, C] with C = 2**bits (unused entries 0), R = 1 (one table for all rows)
+# or N (a table per row), G groups of gs = K / G consecutive inputs; codes are bits = 1, 2, 4 or 8
+# wide. Two byte layouts (ISA-independent; every kernel reads them, the reference unpacks them):
+#   row layout (lut=False; any R, G, bits): each row's codes in 16-byte chunks of 128 / bits codes,
+#       K padded to whole chunks with code 0; byte j (0..15) of chunk c holds the codes of inputs
+#       c * chunk + 16 s + j at bits [bits * s, bits * (s + 1)), s = 0 .. 8 / bits - 1. A SIMD kernel
+#       widens the 16 bytes once and gets 16 codes per shift.
+#   lookup-table layout (lut=True; R = 1, bits 1, 2, 4): g = 4 / bits codes per nibble; rows in
+#       blocks of 16 (N padded with code 0), K padded to a multiple of 2g; block b is K_pad / 2g
+#       16-byte units, byte r of unit u holds row 16 b + r: low nibble = codes of inputs 2g u + j,
+#       high nibble = codes of inputs 2g u + g + j, code j at bits [bits * j, bits * (j + 1)). A
+#       nibble indexes a 16-entry table of the sums of g activations times codebook entries, so one
+#       lookup covers g weights of 16 rows (T-MAC's technique).
+
+
+def _codebook_geometry(n: int, k: int, bits: int, lut: bool) -> tuple[int, int]:
+    from fastq.ops._checks import codebook_packed_sizes
+
+    n_pad, k_pad, _ = codebook_packed_sizes(n, k, bits, lut)
+    return n_pad, k_pad
+
+
+def codebook_pack(codes: Tensor, bits: int, lut: bool) -> Tensor:
+    """Pack uint8 codes [N, K] (each < 2**bits) into the row (lut=False) or lookup-table layout
+    above; returns a 1-D uint8 tensor."""
+    n, k = codes.shape
+    n_pad, k_pad = _codebook_geometry(n, k, bits, lut)
+    c = torch.zeros(n_pad, k_pad, dtype=torch.int32, device=codes.device)
+    c[:n, :k] = codes.to(torch.int32)
+    if lut:
+        g = 4 // bits
+        parts = c.reshape(n_pad // 16, 16, k_pad // (2 * g), 2, g)  # [b, r, u, h, j]
+        nib = (parts << (bits * torch.arange(g, device=codes.device))).sum(-1)  # [b, r, u, h]
+        byte = nib[..., 0] | (nib[..., 1] << 4)  # [b, r, u]
+        return byte.permute(0, 2, 1).to(torch.uint8).reshape(-1)
+    s_n = 8 // bits
+    parts = c.reshape(n, k_pad // (16 * s_n), s_n, 16)  # [n, chunk, s, j]
+    shifts = (bits * torch.arange(s_n, device=codes.device)).reshape(1, 1, s_n, 1)
+    return (parts << shifts).sum(2).to(torch.uint8).reshape(-1)
+
+
+def codebook_unpack(packed: Tensor, n: int, k: int, bits: int, lut: bool) -> Tensor:
+    """uint8 codes [N, K] back from ``codebook_pack``'s output (exact inverse)."""
+    n_pad, k_pad = _codebook_geometry(n, k, bits, lut)
+    b = packed.to(torch.int32)
+    mask = (1 << bits) - 1
+    if lut:
+        g = 4 // bits
+        byte = b.reshape(n_pad // 16, k_pad // (2 * g), 16).permute(0, 2, 1)  # [b, r, u]
+        nib = torch.stack([byte & 15, byte >> 4], dim=-1)  # [b, r, u, h]
+        codes = (nib.unsqueeze(-1) >> (bits * torch.arange(g, device=packed.device))) & mask  # [b, r, u, h, j]
+        return codes.reshape(n_pad, k_pad)[:n, :k].to(torch.uint8)
+    s_n = 8 // bits
+    byte = b.reshape(n, k_pad // (16 * s_n), 1, 16)
+    shifts = (bits * torch.arange(s_n, device=packed.device)).reshape(1, 1, s_n, 1)
+    return ((byte >> shifts) & mask).reshape(n, k_pad)[:, :k].to(torch.uint8)
+
+
+def codebook_weight(codes: Tensor, codebook: Tensor) -> Tensor:
+    """float32 [N, K]: ``codebook[r(n), k // gs, codes[n, k]]`` (no scale), differentiable in
+    ``codebook``: the gradient of an entry is the sum of its members' gradients (Deep Compression's
+    centroid update)."""
+    n, k = codes.shape
+    r, g, c = codebook.shape
+    idx = codes.to(torch.int64).reshape(n, g, k // g)
+    table = codebook.expand(n, g, c) if r == 1 else codebook
+    return torch.gather(table, 2, idx).reshape(n, k)
+
+
+def codebook_dequantize(packed: Tensor, codebook: Tensor, scale: Optional[Tensor], n: int, k: int, bits: int,
+                        lut: bool) -> Tensor:
+    """The float32 [N, K] weight a packed codebook layer multiplies by: ``codebook_weight`` of the
+    unpacked codes, times ``scale[n]`` when given."""
+    w = codebook_weight(codebook_unpack(packed, n, k, bits, lut), codebook)
+    return w * scale[:, None] if scale is not None else w
+
+
+def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
+                    n: int, bits: int, lut: bool) -> Tensor:
+    """``y = (x @ Wc^T) * scale + bias`` with ``Wc = codebook_weight(codes, codebook)``; x [*, K]
+    float32/float16/bfloat16 -> y [*, N] of x's dtype.
+
+    Float-op sequence: x widened to float32 (exact); ``acc[m, n] = sum_k x[m, k] * Wc[n, k]`` in
+    float32, summation order unspecified (kernels use fused multiply-adds in SIMD lanes, or add
+    table entries that hold sums of g = 4 / bits products, T-MAC style); then ``acc * scale[n]``,
+    ``+ bias[n]`` (float32) and one rounding to x's dtype. Native results therefore differ from this
+    one by float32 summation error only, bounded by ``(K + 2) * 2**-24 * sum_k |x[m, k] * Wc[n, k]|
+    * |scale[n]|`` (the classic gamma_K bound, plus the scale and bias roundings), which is what the
+    tests allow. Padding (codes past K, rows past N) never enters a result. IEEE semantics
+    otherwise: NaN/Inf in x or in a codebook entry a row uses propagate to that row's outputs
+    (0 * Inf is NaN, as in a float matmul).
+    """
+    k = x.shape[-1]
+    w = codebook_weight(codebook_unpack(packed, n, k, bits, lut), codebook)
+    y = x.reshape(-1, k).float() @ w.T
+    if scale is not None:
+        y = y * scale
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)

@@ -6,3 +6,9 @@ from fastq.quantization.summary import LayerInfo, Summary, summary
 
 __all__ = ["Int8DynamicConfig", "Int8WeightOnlyConfig", "LayerInfo", "SKIP_ATTR", "Summary", "config_types", "handler_for",
            "quantize_", "register_handler", "summary"]
+
+# ---- codebooks: weight sharing, binary, ternary, power of two (registers their handlers) ----
+from fastq.quantization.codebook import (BinaryConfig, PowerOfTwoConfig, TernaryConfig,  # noqa: E402
+                                         WeightSharingConfig)
+
+__all__ += ["BinaryConfig", "PowerOfTwoConfig", "TernaryConfig", "WeightSharingConfig"]

@@ -30,6 +30,13 @@ class LayerInfo:
     detail: str = ""  # mode / granularity of fastq modules
     note: Optional[str] = None  # why quantize_ left the layer as it was
     quantized: bool = False  # a fastq module (it reports weight_bytes / float_weight_bytes)
+    # codebook (weight sharing) section: stored bits per weight element, and the layer's ratio:
+    # the weight-sharing formula r = n b / (n log2 k + k b) for codebook layers (``codebook_ratio``),
+    # original / stored bytes otherwise
+    bits_per_weight: Optional[float] = None
+    ratio: Optional[float] = None
+    weights: int = 0  # weight elements (n of the formula)
+    codebook_bits: float = 0.0  # codebook layers: n log2 k + k b, the formula's stored bits
 
 
 def _own_tensors(m: nn.Module) -> list:
@@ -73,14 +80,25 @@ class Summary:
         """(layer name, reason) for every layer quantize_ skipped."""
         return [(r.name, r.note) for r in self.layers if r.note]
 
+    @property
+    def codebook_ratio(self) -> Optional[float]:
+        """The weight-sharing ratio r = sum n b / sum (n log2 k + k b) over the codebook layers
+        (None when there is none)."""
+        layers = [r for r in self.layers if r.codebook_bits]
+        if not layers:
+            return None
+        return sum(32 * r.weights for r in layers) / sum(r.codebook_bits for r in layers)
+
     def __str__(self) -> str:
-        head = ("name", "type", "shape", "bits", "bytes", "sparsity", "detail")
+        head = ("name", "type", "shape", "bits", "bits/w", "bytes", "ratio", "sparsity", "detail")
         rows = [(r.name or "(root)", r.type, "x".join(map(str, r.shape)) if r.shape else "-", str(r.bits),
-                 _fmt_bytes(r.bytes), "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
+                 "-" if r.bits_per_weight is None else f"{r.bits_per_weight:.2f}", _fmt_bytes(r.bytes),
+                 "-" if r.ratio is None else f"{r.ratio:.2f}x",
+                 "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
                  r.detail or ("left as is (see notes)" if r.note else ""))
                 for r in self.layers]
         widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-        right = (False, False, False, True, True, True, False)
+        right = (False, False, False, True, True, True, True, True, False)
 
         def line(cells) -> str:
             return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
@@ -94,6 +112,9 @@ class Summary:
         if q:
             out.append(f"quantized layers: {len(q)}, {_fmt_bytes(q_now)} (original {_fmt_bytes(q_orig)}), "
                        f"{q_orig / q_now:.2f}x")
+        if self.codebook_ratio is not None:
+            out.append(f"weight sharing: r = {self.codebook_ratio:.2f}x over the codebook layers "
+                       "(n b / (n log2 k + k b); sparse storage: fp32 bytes / stored bytes)")
         if self.notes:
             out.append("notes (left as they were):")
             out.extend(f"  {name or '(root)'}: {reason}" for name, reason in self.notes)
@@ -112,8 +133,14 @@ def _layer_info(name: str, m: nn.Module) -> Optional[LayerInfo]:
         detail = getattr(m, "mode", "")
         if hasattr(m, "granularity"):
             detail += f" {m.granularity()}"
-        return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), int(m.weight_bytes()),
-                         int(m.float_weight_bytes()), sparsity, detail.strip(), None, True)
+        numel = 1
+        for d in shape:
+            numel *= d
+        nbytes, orig = int(m.weight_bytes()), int(m.float_weight_bytes())
+        ratio = m.codebook_ratio() if hasattr(m, "codebook_ratio") else orig / nbytes
+        cb_bits = 32 * numel / ratio if hasattr(m, "codebook_ratio") else 0.0
+        return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), nbytes, orig, sparsity,
+                         detail.strip(), None, True, 8 * nbytes / max(numel, 1), ratio, numel, cb_bits)
     tensors = _own_tensors(m)
     if not tensors:
         return None
@@ -123,7 +150,7 @@ def _layer_info(name: str, m: nn.Module) -> Optional[LayerInfo]:
         w = tensors[0]
     sparsity = float((w == 0).float().mean()) if w.numel() else None
     return LayerInfo(name, type(m).__name__, tuple(w.shape), _bits(w), nbytes, nbytes, sparsity, "",
-                     getattr(m, SKIP_ATTR, None))
+                     getattr(m, SKIP_ATTR, None), False, 8 * nbytes / max(w.numel(), 1), 1.0, w.numel())
 
 
 def summary(model: nn.Module) -> Summary:
