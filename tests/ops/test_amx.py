@@ -17,6 +17,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,6 @@ from fastq.ops import _library, reference
 from _gemm_util import forced_isa, needs_native, random_packed
 from test_int8_weight_only_linear import assert_within_bound
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
@@ -180,8 +180,11 @@ def test_threshold_setter_validates():
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("FASTQ_CPU_ISA", "FASTQ_AMX_EMULATE")}
-    full.update(PYTHONPATH=str(ROOT), **env)
-    proc = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
+    # Import the same fastq this process imported (the installed one in CI, whose _C is built; the
+    # source tree has no _C there), from a neutral directory so the cwd cannot shadow it.
+    full.update(PYTHONPATH=str(Path(fastq.__file__).resolve().parent.parent), **env)
+    proc = subprocess.run([sys.executable, "-c", code], env=full, cwd=tempfile.gettempdir(),
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc
 
