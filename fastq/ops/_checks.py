@@ -63,10 +63,20 @@ def layout(shape: tuple, group_size: int) -> QuantLayout:
     return QuantLayout(numel // group_size, group_size, tuple(shape[:-1]) + (c // group_size,))
 
 
+def check_group_size(group_size, symmetric=True) -> None:
+    """``group_size`` must be a plain int and ``symmetric`` a bool (no silent float/None coercion)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"group_size must be an int: 0 (per tensor), -1 (per row) or a positive group size, "
+                        f"got {group_size!r} ({type(group_size).__name__})")
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
+
+
 def check_quantize(
     x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor], zero_point: Optional[Tensor]
 ) -> QuantLayout:
     _check_float("x", x)
+    check_group_size(group_size, symmetric)
     lay = layout(tuple(x.shape), group_size)
     if scale is None:
         if zero_point is not None:
@@ -128,7 +138,40 @@ def check_quantize_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Opti
             if zero_point is None:
                 raise ValueError("asymmetric quantization needs a zero_point buffer")
             _check_out("zero_point", zero_point, lay.scale_shape, torch.int32, x)
+        check_no_alias("quantize_int8", "scale", scale, x=x, codes=codes)
+        if zero_point is not None:
+            check_no_alias("quantize_int8", "zero_point", zero_point, x=x, codes=codes, scale=scale)
+    check_no_alias("quantize_int8", "codes", codes, x=x, scale=scale, zero_point=zero_point)
     return lay
+
+
+def _byte_span(t: Tensor) -> tuple[int, int]:
+    """[first, last) byte addresses a strided tensor can touch (empty tensors touch nothing)."""
+    if t.numel() == 0:
+        return (0, 0)
+    lo = hi = t.data_ptr()
+    for size, stride in zip(t.shape, t.stride()):
+        reach = (size - 1) * stride * t.element_size()
+        lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+    return lo, hi + t.element_size()
+
+
+def _has_memory(t) -> bool:
+    return type(t) is Tensor and t.device.type != "meta" and not torch._is_functional_tensor(t)
+
+
+def check_no_alias(op: str, out_name: str, out: Tensor, **inputs: Optional[Tensor]) -> None:
+    """An ``out=`` buffer must not share memory with any input: kernels read inputs while they write
+    ``out``, so an overlap would give results that depend on the order of the work."""
+    if not _has_memory(out):  # fake / meta / functional tensors (compile, export, opcheck): no addresses
+        return
+    o_lo, o_hi = _byte_span(out)
+    for name, t in inputs.items():
+        if t is None or not _has_memory(t) or t.device != out.device:
+            continue
+        i_lo, i_hi = _byte_span(t)
+        if o_lo < i_hi and i_lo < o_hi:
+            raise ValueError(f"{op}: {out_name} overlaps the memory of {name}; pass a separate output buffer")
 
 
 def _check_out(name: str, t: Tensor, shape: tuple, dtype: torch.dtype, x: Tensor) -> None:
@@ -179,10 +222,24 @@ def check_dequantize(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor],
 def check_dequantize_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> tuple[QuantLayout, bool]:
     lay_sym = check_dequantize(codes, scale, zero_point, out.dtype)
     _check_out("out", out, tuple(codes.shape), out.dtype, codes)
+    check_no_alias("dequantize_int8", "out", out, codes=codes, scale=scale, zero_point=zero_point)
     return lay_sym
 
 
 # ---- int8 GEMM family ---------------------------------------------------------------------------
+
+# ---- int32 accumulator policy -------------------------------------------------------------------
+# The integer GEMMs accumulate in int32. fastq refuses a K for which some input could push the exact
+# sum out of int32 range, instead of wrapping or saturating silently:
+#   int8_gemm:           |a * b| <= 128 * 128 per term      -> K <= (2^31 - 1) // 16384 = 131071
+#   int8_linear_dynamic: |code * w| <= 255 * 127 per term   -> K <= (2^31 - 1) // 32385 = 66311
+# (uint8 activation codes, and the code + 128 form in which the VNNI kernels feed int8 codes, reach
+# 255; one limit for both activation modes keeps every kernel's accumulator exact without wrapping).
+# Within these limits the native kernels and the reference agree bit for bit for every input.
+INT32_MAX = 2 ** 31 - 1
+INT8_GEMM_MAX_K = INT32_MAX // (128 * 128)
+W8A8_MAX_K = INT32_MAX // (255 * 127)
+
 
 def check_int8_gemm(a: Tensor, b: Tensor) -> None:
     for name, t in (("a", a), ("b", b)):
@@ -193,6 +250,9 @@ def check_int8_gemm(a: Tensor, b: Tensor) -> None:
             raise ValueError(f"int8_gemm: {name} must be 2-D, got shape {tuple(t.shape)}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"int8_gemm: K mismatch: a is {tuple(a.shape)} and b is {tuple(b.shape)} (b is [N, K])")
+    if a.shape[1] > INT8_GEMM_MAX_K:
+        raise ValueError(f"int8_gemm: K={a.shape[1]} exceeds {INT8_GEMM_MAX_K}, the largest K whose int32 sums "
+                         "are exact for every int8 input; split K and add the int32 (or int64) partial products")
     _check_same_device("b", b, a, "a")
 
 
@@ -214,6 +274,9 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
     if n <= 0:
         raise ValueError(f"{op}: n (output features) must be positive, got {n}")
     k = x.shape[-1]
+    if not scale_2d and k > W8A8_MAX_K:
+        raise ValueError(f"{op}: K={k} exceeds {W8A8_MAX_K}, the largest K whose int32 accumulator is exact for "
+                         "every activation (255 x 127 x K < 2^31); use int8 weight-only for this layer")
     if w_packed.dtype != torch.int8 or w_packed.dim() != 1:
         raise TypeError(f"{op}: w_packed must be the 1-D int8 tensor int8_pack_weight returns")
     expected = packed_sizes(n, k)[2]
@@ -235,8 +298,16 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
     _check_same_device(f"{op}: w_scale", w_scale, x, "x")
 
 
+def check_out_dtype(op: str, dtype) -> None:
+    """The output dtype of a float-output op: float32, float16 or bfloat16 (every path checks it)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: the output dtype must be float32, float16 or bfloat16, got {dtype}")
+
+
 def check_linear_out(op: str, x: Tensor, n: int, out: Tensor, dtype: torch.dtype) -> None:
+    check_out_dtype(op, out.dtype)
     _check_out(f"{op}: out", out, tuple(x.shape[:-1]) + (n,), dtype, x)
+    check_no_alias(op, "out", out, x=x)
 
 
 # ---- sparse masked matmul family ------------------------------------------------------------------

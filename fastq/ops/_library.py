@@ -127,13 +127,14 @@ def int8_pack_weight(w: Tensor) -> Tensor:
 
 def _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype):
     _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    _checks.check_out_dtype("int8_linear_dynamic", out_dtype)
     return x.new_empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype)
 
 
 @_define("int8_linear_dynamic", "int8_linear_dynamic", (), _int8_linear_dynamic_fake)
 def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                         act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
-    _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
     return reference.int8_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
 
 
