@@ -283,6 +283,7 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
     if w_packed.numel() != expected:
         raise ValueError(f"{op}: w_packed has {w_packed.numel()} bytes but an [{n}, {k}] weight packs to "
                          f"{expected}: K mismatch between x (K={k}) and the weight?")
+    _check_k_padding(op, w_packed, n, k)
     if w_scale.dtype != torch.float32:
         raise TypeError(f"{op}: w_scale must be float32, got {w_scale.dtype}")
     if scale_2d:
@@ -296,6 +297,34 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
         _check_same_device(f"{op}: bias", bias, x, "x")
     _check_same_device(f"{op}: w_packed", w_packed, x, "x")
     _check_same_device(f"{op}: w_scale", w_scale, x, "x")
+
+
+def _check_k_padding(op: str, w_packed: Tensor, n: int, k: int) -> None:
+    """K and the next few K pack to the same size (K is padded to a multiple of 4), so the size check
+    cannot see an x whose K is 1-3 below the weight's. The padding columns of a weight packed for
+    x's K are zero: a nonzero one means a larger K (the kernels would disagree on it: some read the
+    stored column sums, which cover it). A value check, cached per tensor version like the sparse
+    index checks; fake and meta tensors (compile, export) are skipped."""
+    from fastq.ops.reference import PACK_KR, PACK_NR, packed_sizes
+
+    if k % PACK_KR == 0 or not _has_memory(w_packed):
+        return
+    try:
+        key = (w_packed._version, k)
+    except RuntimeError:  # an inference tensor has no version counter: scan on every call
+        key = None
+    if key is not None and getattr(w_packed, "_fastq_k_checked", None) == key:
+        return
+    n_pad, k_pad, _ = packed_sizes(n, k)
+    body = w_packed[: n_pad * k_pad].view(n_pad // PACK_NR, k_pad // PACK_KR, PACK_NR, PACK_KR)
+    if bool(body[:, -1, :, k % PACK_KR:].any()):
+        raise ValueError(f"{op}: w_packed holds weights past column K={k} (x's last dimension): it was packed "
+                         "for a larger K; x's K does not match the weight")
+    if key is not None:
+        try:
+            w_packed._fastq_k_checked = key
+        except (AttributeError, RuntimeError):
+            pass
 
 
 def check_out_dtype(op: str, dtype) -> None:
@@ -455,6 +484,17 @@ def check_sparse_row_ptr(op: str, row_ptr: Tensor, entries: int) -> None:
         row_ptr._fastq_valid_for = key
     except (AttributeError, RuntimeError):
         pass
+
+
+def check_csr_index_values(op: str, cols: Tensor, row_ptr: Tensor, limit: int, what: str) -> None:
+    """The value checks of the CSR-like formats (csr, int8, bsr) on every path that has values
+    (native and reference; fakes skip them): a valid row_ptr over ``cols`` and every index below
+    ``limit`` (``what`` names it in the message)."""
+    if not (_has_memory(cols) and _has_memory(row_ptr)):
+        return
+    check_sparse_row_ptr(op, row_ptr, cols.numel())
+    if sparse_max_index(cols) >= limit:
+        raise ValueError(f"{op}: a stored column index is >= {what}={limit}: x's K does not match the packed weight")
 
 
 def sparse_max_index(idx: Tensor) -> int:

@@ -166,17 +166,20 @@ def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Opti
     ``x`` [*, K] (float32/float16/bfloat16); ``w_packed`` from ``int8_pack_weight`` of an [n, K]
     weight; ``w_scale`` float32 [n]; ``bias`` float32 [n] or None. Sequence:
       qa, a_scale, zp = quantize_int8(x, PER_ROW, act_symmetric)      (exactly that op)
-      acc[m, j] = sum_k (qa[m, k] - zp[m]) * w[j, k]                   (int32, exact: K <= 66311)
+      acc[m, j] = sum_k qa[m, k] * w[j, k] - zp[m] * colsum[j]         (int32, wrapping)
       y = float32(acc) * (a_scale[m] * w_scale[j])                     (two float32 roundings)
       y = y + bias[j]                                                  (when bias is given)
     then rounded to ``out_dtype``. Native kernels follow this sequence without FMA contraction.
-    ``acc`` is exact: _checks refuses K > 66311 (``W8A8_MAX_K``), beyond which 255 x 127 x K could
-    leave int32 (the kernels' accumulator); float64 holds every partial sum here exactly.
+    ``colsum`` is the one stored in ``w_packed``. ``acc`` is the exact integer result: _checks
+    refuses K > 66311 (``W8A8_MAX_K``), so |sum_k qa * w| <= 255 * 127 * K stays inside int32 (and
+    float64 holds it exactly here); the correction wraps modulo 2^32 as the kernels' int32
+    arithmetic does, which matters only for a column sum that does not match the weight.
     """
     k = x.shape[-1]
-    w, _ = int8_unpack_weight(w_packed, n, k)
+    w, colsum = int8_unpack_weight(w_packed, n, k)
     qa, a_scale, zp = quantize_int8(x.reshape(-1, k), -1, act_symmetric)
-    acc = ((qa.double() - zp.double().reshape(-1, 1)) @ w.double().T).to(torch.int32)
+    acc = (qa.double() @ w.double().T).to(torch.int64) - zp.to(torch.int64).reshape(-1, 1) * colsum.to(torch.int64)
+    acc = ((acc + 2 ** 31) % 2 ** 32 - 2 ** 31).to(torch.int32)
     y = acc.to(torch.float32) * (a_scale.reshape(-1, 1) * w_scale.reshape(1, -1))
     if bias is not None:
         y = y + bias
