@@ -42,6 +42,9 @@ class Outcome:
 
 def run_isolated(fn: Callable[..., Any], *args, timeout: float = HANG_TIMEOUT_S) -> Outcome:
     """``fn(*args)`` in a forked child; its outcome (never raises for what the child did)."""
+    import torch._dynamo  # noqa: F401 - imported once here, not in every child: torch.library ops import
+    # it lazily on their first call, which costs seconds
+
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
