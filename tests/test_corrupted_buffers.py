@@ -54,44 +54,24 @@ def _forward(layer, m: int = 16, k: int = 64):
     return layer(torch.randn(m, k)).shape
 
 
-def _via_load_state_dict(case):
+def _corrupt_and_run(case, how):
+    """Corrupt one buffer of a working layer ``how``, then run forwards (small and large M)."""
     fmt, name, corrupt = CORRUPTIONS[case]
     layer = _sparse(fmt)
-    sd = {k: v.clone() for k, v in layer.state_dict().items()}
-    corrupt(sd[name])
-    layer.load_state_dict(sd)
-    for m in (16, 3):
-        _forward(layer, m)
-    return "no error"
-
-
-def _via_data_write(case):
-    fmt, name, corrupt = CORRUPTIONS[case]
-    layer = _sparse(fmt)
-    _forward(layer)  # the first forward validates (and may cache the verdict)
-    corrupt(getattr(layer, name).data)  # .data writes do not bump the version the caches key on
-    for m in (16, 3):
-        _forward(layer, m)
-    return "no error"
-
-
-def _via_numpy_write(case):
-    fmt, name, corrupt = CORRUPTIONS[case]
-    layer = _sparse(fmt)
-    _forward(layer)
-    corrupt(torch.from_numpy(getattr(layer, name).numpy()))  # shares memory, bypasses the version counter
-    for m in (16, 3):
-        _forward(layer, m)
-    return "no error"
-
-
-def _via_assignment(case):
-    fmt, name, corrupt = CORRUPTIONS[case]
-    layer = _sparse(fmt)
-    _forward(layer)
-    bad = getattr(layer, name).clone()
-    corrupt(bad)
-    setattr(layer, name, bad)
+    if how == "load_state_dict":
+        sd = {k: v.clone() for k, v in layer.state_dict().items()}
+        corrupt(sd[name])
+        layer.load_state_dict(sd)
+    else:
+        _forward(layer)  # the first forward validates (and may cache the verdict)
+        if how == "data":  # .data writes do not bump the version the caches key on
+            corrupt(getattr(layer, name).data)
+        elif how == "numpy":  # shares memory, bypasses the version counter too
+            corrupt(torch.from_numpy(getattr(layer, name).numpy()))
+        else:  # a plain assignment of a bad tensor
+            bad = getattr(layer, name).clone()
+            corrupt(bad)
+            setattr(layer, name, bad)
     for m in (16, 3):
         _forward(layer, m)
     return "no error"
@@ -100,9 +80,7 @@ def _via_assignment(case):
 @pytest.mark.parametrize("case", list(CORRUPTIONS))
 @pytest.mark.parametrize("how", ["load_state_dict", "data", "numpy", "assignment"])
 def test_corrupted_sparse_buffer_is_refused(case, how):
-    fn = {"load_state_dict": _via_load_state_dict, "data": _via_data_write, "numpy": _via_numpy_write,
-          "assignment": _via_assignment}[how]
-    expect_error(run_isolated(fn, case), CLEAR)
+    expect_error(run_isolated(_corrupt_and_run, case, how), CLEAR)
 
 
 def _wrong_width(fmt, k):
@@ -176,5 +154,3 @@ def _quant_corrupt(mode, case):
 def test_corrupted_quant_buffer_is_refused(mode, case):
     expect_error(run_isolated(_quant_corrupt, mode, case), CLEAR)
 
-
-CASE_COUNT = 4 * len(CORRUPTIONS) + 5 * len(FORMATS) + len(FORMATS) + 8 + 2 * len(QUANT_CORRUPTIONS)

@@ -6,7 +6,7 @@ crashing).
 Families: truncated files, flipped data bits (caught by the digests; with ``verify=False`` the
 model must still not crash), edited safetensors headers, out-of-range packed indices in an
 otherwise valid file (digests recomputed, so only the buffer validation can catch them), hostile
-recipe values, unknown classes, and path tricks. ``CASE_COUNT`` is reported in the README.
+recipe values, unknown classes, and path tricks. The README's Reliability section counts them.
 """
 
 from __future__ import annotations
