@@ -540,7 +540,7 @@ def load(directory: Union[str, os.PathLike],
         base_model: the float model (or a builder of it); required when the model was not a
             transformers ``PreTrainedModel``. Its weights are overwritten.
         verify: check every tensor against the SHA-256 digest ``fastq.save`` recorded (default).
-            False skips the hashing (about 0.5 s per GB). Saves written before digests existed
+            False skips the hashing (SHA-256: a second or two per GB). Saves written before digests existed
             (no ``"digests"`` entry in the recipe) load without this check.
 
     Returns:
