@@ -155,3 +155,18 @@ def test_a_weight_packed_for_a_larger_k_is_refused():
             fn(x, packed, torch.ones(16, 1), None, 16)
     narrow = reference.int8_pack_weight(w[:, :62])  # the right packing works
     assert native.int8_linear_dynamic(x, narrow, torch.ones(16), None, 16, True, torch.float32).shape == (2, 16)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and _native.has("quantize_int8_cuda")),
+                    reason="needs a CUDA device and the CUDA kernels")
+def test_wide_asymmetric_rows_on_cuda():
+    """The CUDA kernels compute the wide-row scale like the reference (csrc/cuda/quant_math.cuh)."""
+    x = torch.tensor([[-3.4e38, 3.4e38, 1.0, -1.0] * 8, [3.4e38, -1e38, 2e38, 0.0] * 8, [0.5, -0.25, 1.0, 2.0] * 8])
+    want = reference.quantize_int8(x, -1, False)
+    for g, r in zip(L.quantize_int8(x.cuda(), -1, False), want):
+        assert_bits_equal(g.cpu(), r)
+    packed = reference.int8_pack_weight(torch.ones(16, 32, dtype=torch.int8))
+    args = (x, packed, torch.ones(16), None, 16, False, torch.float32)
+    y = L.int8_linear_dynamic(*(a.cuda() if isinstance(a, torch.Tensor) else a for a in args))
+    assert_bits_equal(y.cpu(), reference.int8_linear_dynamic(*args))
