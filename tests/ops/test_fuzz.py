@@ -309,9 +309,7 @@ def _weight_only_close(w_scale_of):
         wf = (w.double().reshape(n, g, k // g) * scale.double().reshape(n, g, 1)).reshape(n, k)
         xd = x.reshape(-1, k).double()
         exact = xd @ wf.T + (bias.double() if bias is not None else 0)
-        bound = 2 * (k + 2) * EPS32 * (xd.abs() @ wf.abs().T)
-        if x.dtype != torch.float32:
-            bound = bound + 2 * torch.finfo(x.dtype).eps * exact.abs()
+        bound = 2 * (k + 2) * EPS32 * (xd.abs() @ wf.abs().T) + _rounding_to(x.dtype, exact)
         yd, yrd = y.reshape(-1, n).double(), yr.reshape(-1, n).double()
         # where sum |x w s| < FLT_MAX no partial sum can overflow in any order: both sides must be
         # finite there and within the bound of the exact result (elsewhere the order decides)
@@ -321,6 +319,15 @@ def _weight_only_close(w_scale_of):
         assert bool(torch.isfinite(yd[safe]).all() and torch.isfinite(yrd[safe]).all()), f"{what}: non-finite"
         assert bool(((yd - exact).abs() <= bound + 1e-30)[safe].all()), f"{what}: outside the float32 bound"
     return compare
+
+
+def _rounding_to(dtype, value):
+    """Twice the rounding of ``value`` to a 16-bit output dtype: relative eps for normal numbers and
+    the subnormal spacing (smallest normal x eps) near zero; nothing for float32 outputs."""
+    if dtype == torch.float32:
+        return 0.0
+    fi = torch.finfo(dtype)
+    return 2 * fi.eps * value.abs() + 2 * fi.tiny * fi.eps
 
 
 def _no_overflow(abs_sum, dtype):
@@ -420,8 +427,7 @@ def _sparse_close(x, dense, n, bias, int8):
         yd, yrd = y.reshape(-1, n).double(), yr.reshape(-1, n).double()
         if bias is not None:  # the bias is added once: one more rounding of the result
             bound = bound + 2 * EPS32 * (yrd.abs() + bias.double().abs())
-        if x.dtype != torch.float32:
-            bound = bound + 2 * torch.finfo(x.dtype).eps * yrd.abs()
+        bound = bound + _rounding_to(x.dtype, yrd)
         safe = _no_overflow(xd.abs() @ d.double().abs().T, x.dtype)  # see _weight_only_close
         if int8:  # kernels multiply x by the int8 code before the row's scale
             safe = safe & _no_overflow(xd.abs().sum(-1, keepdim=True) * 127, torch.float32)
