@@ -107,6 +107,7 @@ def _load_transformers(model_dir: Path, verbose: bool):
     except Exception as exc:
         raise CLIError(f"cannot load the tokenizer of {model_dir} (the demo embeds real sentences): "
                        f"{_one_line(exc)}") from exc
+    _check_tokenizer(tok, model_dir)
     return model, tok
 
 
@@ -261,6 +262,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out_dir(model_dir: Path, out: Path, force: bool) -> list[str]:
+    """Refuse an --out that would overwrite or mix with the source model, or that cannot be written,
+    before any work. Returns the names of existing files the save will replace (--force)."""
+    src, dst = model_dir.resolve(), out.resolve()
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise CLIError(f"--out {out} is {'the model directory' if dst == src else 'nested with the model directory'} "
+                       f"{model_dir}; write the compressed model to a separate directory")
+    if dst.exists() and not dst.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    existing = sorted(p.name for p in dst.iterdir()) if dst.is_dir() else []
+    if existing and not force:
+        shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise CLIError(f"--out {out} is not empty ({shown}); choose a new directory or pass --force to write "
+                       "fastq's files into it")
+    parent = dst if dst.is_dir() else next(p for p in dst.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {out}: cannot create or write {parent}")
+    return existing
+
+
+def _check_tokenizer(tok, model_dir: Path) -> None:
+    """A directory without tokenizer files can still give a tokenizer (an empty vocabulary) that maps
+    every word to [UNK]: quality measured on that would be meaningless (cosine 1.0)."""
+    from fastq.models import SENTENCES
+
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return
+    special = set(getattr(tok, "all_special_ids", []))
+    ids = [i for s in SENTENCES[:16] for i in tok(s)["input_ids"] if i not in special or i == unk]
+    if ids and all(i == unk for i in ids):
+        raise CLIError(f"the tokenizer of {model_dir} maps every one of {len(ids)} tokens of ordinary English text "
+                       "to its unknown token: are the tokenizer files (tokenizer.json, vocab.txt, ...) missing?")
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     out = Path(args.out)
@@ -269,6 +305,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     if args.recipe not in recipes():  # before the (slow) model load
         raise CLIError(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(recipes())}")
+    replaced = _check_out_dir(model_dir, out, args.force)
     fp32, tok = _load_transformers(model_dir, args.verbose)
     sentences = _sentences(args.sentences)
     _print_header(model_dir, fp32, _token_info(tok, sentences), sentences)
@@ -277,7 +314,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fastq-compress-") as tmp:
         rows = _evaluate({"fp32": fp32, args.recipe: model}, tok, sentences, args.repeats, Path(tmp), layers)
     fastq.save(model, out)
-    tok.save_pretrained(str(out))
+    written = set(tok.save_pretrained(str(out))) | {str(out / TENSORS_FILE), str(out / RECIPE_FILE)}
     # Deployment check: what was written reloads to the same outputs, bit for bit.
     from fastq.models import embed
 
@@ -289,12 +326,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
     print(_table(rows))
     print(f"saved to {out} ({_saved_bytes(out) / 1e6:.1f} MB + tokenizer); reload with fastq.load({str(out)!r}) "
           "-- checked: identical outputs")
+    overwritten = sorted(name for name in replaced if str(out / name) in written)
+    if overwritten:
+        print(f"--force: replaced existing {', '.join(overwritten)}; other files in {out} were left as they were")
     return 0
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-    if args.sentences < 1 or args.repeats < 1:
-        raise CLIError(f"--sentences and --repeats must be >= 1, got {args.sentences} and {args.repeats}")
+    """The parser bounds both; this guards callers that build a Namespace themselves."""
+    if not (1 <= args.sentences <= MAX_SENTENCES and 1 <= args.repeats <= MAX_REPEATS):
+        raise CLIError(f"--sentences must be in 1..{MAX_SENTENCES} and --repeats in 1..{MAX_REPEATS}, "
+                       f"got {args.sentences} and {args.repeats}")
 
 
 # ---- bench --------------------------------------------------------------------------------------
@@ -377,12 +419,15 @@ def _linear_cases(op: str):
             w, bias = lin.weight.detach(), lin.bias.detach()
             codes, w_scale = quantize_weight(w)
             packed = torch.ops.fastq.int8_pack_weight(codes)
+            # Every lambda binds its own case's tensors as defaults: the cases are all built before
+            # any runs, so a closure over the loop variables would run every shape with the last weight.
             if op == "int8_linear_dynamic":
-                fq = lambda x=x: torch.ops.fastq.int8_linear_dynamic(x, packed, w_scale.reshape(n), bias, n, True,
-                                                                     torch.float32)
+                fq = lambda x=x, p=packed, s=w_scale.reshape(n), b=bias, n=n: torch.ops.fastq.int8_linear_dynamic(
+                    x, p, s, b, n, True, torch.float32)
             else:
-                fq = lambda x=x: torch.ops.fastq.int8_weight_only_linear(x, packed, w_scale.reshape(n, 1), bias, n)
-            fns = {f"fastq {op}": fq, "fp32 F.linear": lambda x=x: F.linear(x, w, bias)}
+                fq = lambda x=x, p=packed, s=w_scale.reshape(n, 1), b=bias, n=n: \
+                    torch.ops.fastq.int8_weight_only_linear(x, p, s, b, n)
+            fns = {f"fastq {op}": fq, "fp32 F.linear": lambda x=x, w=w, b=bias: F.linear(x, w, b)}
             fns.update(_linear_baselines(op, lin, x))
             # Weight bytes dominate at small M (memory bound): int8 for fastq, fp32 for F.linear.
             yield op, f"{m}x{k}x{n}", fns, {f"fastq {op}": n * k, "fp32 F.linear": 4 * n * k}, 2 * m * n * k
@@ -568,19 +613,45 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse's own print the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+MAX_SENTENCES = 4096  # a batch far beyond what a latency/quality check needs; tokenizers panic on huge ones
+MAX_REPEATS = 1000
+
+
+def _bounded_int(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastq", description="Compress PyTorch models with native int8 kernels.")
+    parser = _Parser(prog="fastq", description="Compress PyTorch models with native int8 kernels.")
     parser.add_argument("--version", action="version", version=f"fastq {fastq.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--verbose", "-v", action="store_true", help="show warnings and full tracebacks")
 
     p = sub.add_parser("doctor", parents=[common], help="versions, build, CPU ISA and which kernel serves each op")
     p.set_defaults(func=cmd_doctor)
 
-    evaluation = argparse.ArgumentParser(add_help=False)
-    evaluation.add_argument("--sentences", type=int, default=32, help="batch size of real sentences (default 32)")
-    evaluation.add_argument("--repeats", type=int, default=10, help="timed forward passes per model (default 10)")
+    evaluation = _Parser(add_help=False)
+    evaluation.add_argument("--sentences", type=_bounded_int("--sentences", 1, MAX_SENTENCES), default=32,
+                            help=f"batch size of real sentences (default 32, at most {MAX_SENTENCES})")
+    evaluation.add_argument("--repeats", type=_bounded_int("--repeats", 1, MAX_REPEATS), default=10,
+                            help=f"timed forward passes per model (default 10, at most {MAX_REPEATS})")
 
     from fastq.recipes import RECIPES
 
@@ -596,14 +667,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress a local transformers model with one recipe and save it")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local transformers model directory")
     p.add_argument("--recipe", required=True, metavar="NAME", help=f"one of: {names}")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (fastq.load(DIR) reloads it)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (fastq.load(DIR) reloads it); new or empty, not inside MODEL_DIR")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out (files of the same names are replaced and listed; "
+                        "other files are left alone)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("bench", parents=[common], help="kernel microbenchmarks against the baselines installed here")
     p.add_argument("--op", metavar="NAME", help=f"one op: {', '.join(BENCHES)}")
     p.add_argument("--shape", metavar="M,K,N", help="one shape instead of the standard tables (quantize ops use M x K)")
     p.add_argument("--quick", action="store_true", help="one small shape, 3 rounds (a smoke test)")
-    p.add_argument("--rounds", type=int, default=0, help="timed rounds per candidate (default 10, 3 with --quick)")
+    p.add_argument("--rounds", type=_bounded_int("--rounds", 0, MAX_REPEATS), default=0,
+                   help="timed rounds per candidate (default 10, 3 with --quick)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="draw fastq's speedup over each baseline")
     p.set_defaults(func=cmd_bench)

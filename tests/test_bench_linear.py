@@ -41,6 +41,32 @@ def small_mlp(bench, monkeypatch):
 REQUIRED = ("fp32", "fastq-w8a8", "fastq-wo")  # always available; the peers depend on what is installed
 
 
+def _check_candidate(bench, model, name, fwd, x, ref, out_features):
+    """One candidate computes the layer: shape, overall error, the bias, and the scale.
+
+    The overall error bound (6e-2) admits 8-bit rounding noise (~1e-2; 7-bit ao ~3e-2) but is too
+    loose to see a 1% scale error or a small dropped bias, so both are checked on their own:
+    * the bias: on x = 0 the activations quantize to zero codes, so y is the layer's output at 0
+      (the bias of a single layer), within 2% of the bias's size: peers that quantize the bias
+      itself (torch.ao's fbgemm) land within ~1%, a dropped bias is off by 100%;
+    * the scale: the least-squares slope of y against the exact result (bias removed) is 1 within
+      the rounding noise, which is unbiased and averages out over the M x N outputs: |slope - 1| <
+      6e-3 (7-bit torch.ao: ~4e-3 on these small layers; 8-bit schemes ~1e-3), while a 1% scale error
+      moves it by 1e-2.
+    """
+    y = torch.as_tensor(fwd(x)).double()
+    assert y.shape == (x.shape[0], out_features) and y.dtype == torch.float64, name
+    err = bench.rel_err(y, ref)
+    assert err < (1e-5 if name == "fp32" else 6e-2), (name, err)
+    zero = torch.zeros_like(x)
+    at_zero = bench.reference64(model, zero)
+    y0 = torch.as_tensor(fwd(zero)).double()
+    assert float((y0 - at_zero).abs().max()) <= 2e-2 * float(at_zero.abs().max()), (name, "bias")
+    signal = ref - at_zero
+    slope = float(((y - y0) * signal).sum() / (signal * signal).sum())
+    assert abs(slope - 1) < 6e-3, (name, "scale", slope)
+
+
 def _check_all(bench, model, x, out_features):
     fwds, failed = bench.build_all(model)
     for name in REQUIRED:
@@ -50,12 +76,20 @@ def _check_all(bench, model, x, out_features):
     ref = bench.reference64(model, x)
     with torch.no_grad():
         for name, fwd in fwds.items():
-            y = torch.as_tensor(fwd(x))
-            assert y.shape == (x.shape[0], out_features) and y.dtype == torch.float32, name
-            err = bench.rel_err(y, ref)
-            # 8-bit schemes on Gaussian data land near 1e-2 (7-bit ao near 3e-2); a wrong layout,
-            # transposed weight or missing bias gives O(1).
-            assert err < (1e-5 if name == "fp32" else 6e-2), (name, err)
+            _check_candidate(bench, model, name, fwd, x, ref, out_features)
+
+
+def test_the_check_catches_a_scale_error_and_a_dropped_bias(bench):
+    """The self-check must fail a candidate 1% off in scale or without its bias (it once passed both)."""
+    model, x = bench.make_layer(96, 33, seed=3), bench.make_input(7, 96, seed=4)
+    ref = bench.reference64(model, x)
+    bias = model[0].bias.detach()
+    fwd = bench.build_all(model)[0]["fastq-w8a8"]
+    with torch.no_grad():
+        _check_candidate(bench, model, "fastq-w8a8", fwd, x, ref, 33)  # the real one passes
+        for broken in (lambda x: (fwd(x) - bias) * 1.01 + bias, lambda x: fwd(x) - bias):
+            with pytest.raises(AssertionError):
+                _check_candidate(bench, model, "broken", broken, x, ref, 33)
 
 
 @pytest.mark.parametrize("k,n,m", [(64, 48, 1), (96, 33, 7)])

@@ -40,7 +40,16 @@ def save_bert(directory: Path, hidden: int, heads: int, intermediate: int) -> Pa
     directory.mkdir(parents=True)
     vocab = directory / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tok = transformers.BertTokenizer(vocab_file=str(vocab))
+    # transformers 5 takes the vocabulary as `vocab` and ignores `vocab_file` (the tokenizer would map
+    # every word to [UNK]); 4.x takes `vocab_file`.
+    import inspect
+
+    if "vocab" in inspect.signature(transformers.BertTokenizer.__init__).parameters:
+        words = vocab.read_text().split()
+        tok = transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+    else:
+        tok = transformers.BertTokenizer(vocab_file=str(vocab))
+    assert tok.unk_token_id not in tok("the cat")["input_ids"]
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=2,
                                   num_attention_heads=heads, intermediate_size=intermediate,
@@ -159,7 +168,6 @@ def test_bad_inputs_in_process(tmp_path, tiny_bert_dir, capsys):
         (("demo", "--model", str(not_a_model)), "not a transformers model directory"),
         (("compress", str(not_a_model), "--recipe", "w8a8", "--out", str(tmp_path / "o")), "not a transformers model"),
         (("compress", str(tiny_bert_dir), "--recipe", "int4-magic", "--out", str(tmp_path / "o")), "unknown recipe"),
-        (("demo", "--model", str(tiny_bert_dir), "--repeats", "0"), "--repeats"),
         (("bench", "--shape", "3,x,4"), "--shape must be M,K,N"),
         (("bench", "--op", "no_such_op"), "unknown op"),
     ]
@@ -213,3 +221,87 @@ def test_demo_on_minilm(tmp_path):
     # 10.6M of MiniLM's 22.7M parameters are in its 37 linear layers (the rest is mostly the fp32
     # word embedding), so int8 linears take the file from ~91 MB to ~59 MB.
     assert float(rows["w8a8"]["size x"]) > 1.4
+
+
+# ---- compress: the output directory and the tokenizer are checked before any work ------------------
+
+def test_compress_refuses_to_write_into_the_model(tiny_bert_dir, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in tiny_bert_dir.iterdir()}
+    for out, text in ((tiny_bert_dir, "is the model directory"), (tiny_bert_dir / "sub", "nested"),
+                      (tiny_bert_dir.parent, "nested")):
+        code, _, err = call_main(capsys, "compress", str(tiny_bert_dir), "--recipe", "w8a8", "--out", str(out),
+                                 "--force")
+        assert code == 2 and text in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in tiny_bert_dir.iterdir()} == before
+    assert not (tiny_bert_dir / "sub").exists()
+
+
+def test_compress_non_empty_out_needs_force_and_keeps_other_files(tiny_bert_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model.safetensors").write_bytes(b"old")
+    code, _, err = call_main(capsys, "compress", str(tiny_bert_dir), "--recipe", "w8a8", "--out", str(out))
+    assert code == 2 and "not empty" in err and "--force" in err
+    assert (out / "model.safetensors").read_bytes() == b"old"
+    code, stdout, err = call_main(capsys, "compress", str(tiny_bert_dir), "--recipe", "w8a8", "--out", str(out),
+                                  "--force", "--sentences", "2", "--repeats", "1")
+    assert code == 0, err
+    assert (out / "notes.txt").read_text() == "mine"  # unrelated files stay
+    assert "replaced existing model.safetensors" in stdout and "notes.txt" not in stdout.split("--force:")[1]
+    fastq.load(out)
+
+
+@pytest.mark.parametrize("bad", ["file", "unwritable"])
+def test_compress_bad_out_fails_before_the_work(tiny_bert_dir, tmp_path, capsys, bad):
+    if bad == "file":
+        out = tmp_path / "taken"
+        out.write_text("x")
+        text = "not a directory"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root can write anywhere")
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        out, text = locked / "out", "cannot create or write"
+    code, stdout, err = call_main(capsys, "compress", str(tiny_bert_dir), "--recipe", "w8a8", "--out", str(out))
+    assert code == 2 and text in err and stdout == "", (stdout, err)  # no header: nothing was loaded
+
+
+def test_compress_without_tokenizer_files_is_refused(tmp_path, capsys):
+    d = tmp_path / "no-tokenizer"
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                  intermediate_size=128)
+    transformers.BertModel(cfg).save_pretrained(str(d))
+    code, _, err = call_main(capsys, "compress", str(d), "--recipe", "w8a8", "--out", str(tmp_path / "o"))
+    assert code == 2 and "unknown token" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,text", [
+    (("compress",), "required"),
+    (("demo", "--sentences", "100000000"), "--sentences must be between 1 and"),
+    (("demo", "--sentences", "0"), "--sentences must be between 1 and"),
+    (("demo", "--repeats", "99999999"), "--repeats must be between 1 and"),
+    (("demo", "--repeats", "ten"), "--repeats must be an integer"),
+    (("bench", "--rounds", "-1"), "--rounds must be between"),
+    (("frobnicate",), "invalid choice"),
+])
+def test_argparse_errors_are_one_line(capsys, args, text):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(list(args))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and text in err, err
+
+
+@pytest.mark.parametrize("op", ["int8_linear_dynamic", "int8_weight_only_linear"])
+def test_bench_linear_cases_each_run_their_own_weight(op):
+    """Regression: the cases' lambdas once bound their weights late, so every shape ran the last one."""
+    shapes = [(3, 64, 48), (2, 96, 16), (1, 32, 80)]
+    cases = list(cli._linear_cases(op)(shapes))  # all built before any runs, as `fastq bench` does
+    for (m, k, n), (name, shape, fns, _, _) in zip(shapes, cases):
+        assert name == op and shape == f"{m}x{k}x{n}"
+        y_fastq, y_fp32 = fns[f"fastq {op}"](), fns["fp32 F.linear"]()
+        assert y_fastq.shape == y_fp32.shape == (m, n)
+        # int8 rounding of weights (and activations) on Gaussian data: ~1e-2 relative; a wrong weight is O(1)
+        assert float((y_fastq - y_fp32).norm() / y_fp32.norm()) < 0.03

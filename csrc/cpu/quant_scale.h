@@ -5,6 +5,8 @@
 //   asymmetric: lo = min(min x, 0), hi = max(max x, 0)
 //               scale = max((hi - lo) / 255, FLT_MIN)                   inv = 1 / scale
 //               zero_point = clamp(round_half_even(-lo * inv), 0, 255)
+//               a finite row whose range hi - lo overflows float32 (it spans more than FLT_MAX):
+//               scale = max(hi, -lo) / 128, zero_point = 128, so every code dequantizes finite
 //   A row holding NaN or +-Inf is "poisoned": scale = NaN, zero_point = 0, codes = 0.
 #pragma once
 #include <algorithm>
@@ -36,7 +38,12 @@ inline RowScale asymmetric_scale(float lo, float hi, bool nan_seen) {
   if (nan_seen || std::isinf(lo) || std::isinf(hi)) return {kNaN, 0.0f, 0, true};
   lo = std::min(lo, 0.0f);
   hi = std::max(hi, 0.0f);
-  const float scale = std::max((hi - lo) / 255.0f, kFltMin);
+  const float span = hi - lo;
+  if (std::isinf(span)) {  // finite extremes more than FLT_MAX apart (see the header comment)
+    const float wide = std::max(hi, -lo) / 128.0f;
+    return {wide, 1.0f / wide, 128, false};
+  }
+  const float scale = std::max(span / 255.0f, kFltMin);
   const float inv = 1.0f / scale;
   const float zp = std::min(std::max(std::nearbyint(-lo * inv), 0.0f), 255.0f);
   return {scale, inv, static_cast<int32_t>(zp), false};

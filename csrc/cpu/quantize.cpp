@@ -7,6 +7,7 @@
 //   asymmetric: lo = min(min x, 0), hi = max(max x, 0)
 //               scale = max((hi - lo) / 255, FLT_MIN)                   inv = 1 / scale
 //               zero_point = clamp(round_half_even(-lo * inv), 0, 255)
+//               (hi - lo overflowing float32: scale = max(hi, -lo) / 128, zero_point = 128)
 //   A row holding NaN or +-Inf is "poisoned": scale = NaN, zero_point = 0, codes = 0.
 //
 // Work split (none of it changes a result): dynamic rows in ~16 KiB blocks per thread; one long

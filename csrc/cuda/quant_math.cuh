@@ -64,7 +64,12 @@ __device__ __forceinline__ RowScale scale_of(const Acc& a, bool symmetric) {
   }
   if (a.nan || isinf(a.lo) || isinf(a.hi)) return {__int_as_float(0x7fc00000), 0.0f, 0, true};
   const float lo = fminf(a.lo, 0.0f), hi = fmaxf(a.hi, 0.0f);
-  const float s = fmaxf(__fdiv_rn(__fsub_rn(hi, lo), 255.0f), FLT_MIN);
+  const float span = __fsub_rn(hi, lo);
+  if (isinf(span)) {  // finite extremes more than FLT_MAX apart: the reference's "wide" row
+    const float w = __fdiv_rn(fmaxf(hi, -lo), 128.0f);
+    return {w, __fdiv_rn(1.0f, w), 128, false};
+  }
+  const float s = fmaxf(__fdiv_rn(span, 255.0f), FLT_MIN);
   const float inv = __fdiv_rn(1.0f, s);
   const float zp = fminf(fmaxf(rintf(__fmul_rn(-lo, inv)), 0.0f), 255.0f);
   return {s, inv, static_cast<int32_t>(zp), false};

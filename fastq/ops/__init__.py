@@ -41,6 +41,9 @@ def quantize_int8(x: Tensor, group_size: int = PER_ROW, symmetric: bool = True, 
     Returns:
         ``QuantizedInt8(codes, scale, zero_point)``. Rows holding NaN/Inf get a NaN scale (dynamic).
     """
+    from fastq.ops._checks import check_group_size
+
+    check_group_size(group_size, symmetric)  # before the op's schema sees a None or a float
     if out is None:
         return QuantizedInt8(*_dispatch("quantize_int8", x, scale, zero_point)(x, group_size, symmetric, scale,
                                                                                zero_point))
@@ -64,7 +67,9 @@ def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor] =
     ``zero_point`` is required for uint8 codes and must be None for int8 codes. The granularity
     is read off ``scale``'s keepdim shape, as returned by ``quantize_int8``.
     """
-    if codes.dtype == torch.int8 and zero_point is not None:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dequantize_int8: dtype must be a torch.dtype (float32, float16 or bfloat16), got {dtype!r}")
+    if isinstance(codes, Tensor) and codes.dtype == torch.int8 and zero_point is not None:
         if zero_point.numel() and bool(torch.all(zero_point == 0)):
             zero_point = None  # the zeros quantize_int8 returns for symmetric codes
     if out is None:

@@ -63,10 +63,20 @@ def layout(shape: tuple, group_size: int) -> QuantLayout:
     return QuantLayout(numel // group_size, group_size, tuple(shape[:-1]) + (c // group_size,))
 
 
+def check_group_size(group_size, symmetric=True) -> None:
+    """``group_size`` must be a plain int and ``symmetric`` a bool (no silent float/None coercion)."""
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"group_size must be an int: 0 (per tensor), -1 (per row) or a positive group size, "
+                        f"got {group_size!r} ({type(group_size).__name__})")
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
+
+
 def check_quantize(
     x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor], zero_point: Optional[Tensor]
 ) -> QuantLayout:
     _check_float("x", x)
+    check_group_size(group_size, symmetric)
     lay = layout(tuple(x.shape), group_size)
     if scale is None:
         if zero_point is not None:
@@ -128,7 +138,40 @@ def check_quantize_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Opti
             if zero_point is None:
                 raise ValueError("asymmetric quantization needs a zero_point buffer")
             _check_out("zero_point", zero_point, lay.scale_shape, torch.int32, x)
+        check_no_alias("quantize_int8", "scale", scale, x=x, codes=codes)
+        if zero_point is not None:
+            check_no_alias("quantize_int8", "zero_point", zero_point, x=x, codes=codes, scale=scale)
+    check_no_alias("quantize_int8", "codes", codes, x=x, scale=scale, zero_point=zero_point)
     return lay
+
+
+def _byte_span(t: Tensor) -> tuple[int, int]:
+    """[first, last) byte addresses a strided tensor can touch (empty tensors touch nothing)."""
+    if t.numel() == 0:
+        return (0, 0)
+    lo = hi = t.data_ptr()
+    for size, stride in zip(t.shape, t.stride()):
+        reach = (size - 1) * stride * t.element_size()
+        lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+    return lo, hi + t.element_size()
+
+
+def _has_memory(t) -> bool:
+    return type(t) is Tensor and t.device.type != "meta" and not torch._is_functional_tensor(t)
+
+
+def check_no_alias(op: str, out_name: str, out: Tensor, **inputs: Optional[Tensor]) -> None:
+    """An ``out=`` buffer must not share memory with any input: kernels read inputs while they write
+    ``out``, so an overlap would give results that depend on the order of the work."""
+    if not _has_memory(out):  # fake / meta / functional tensors (compile, export, opcheck): no addresses
+        return
+    o_lo, o_hi = _byte_span(out)
+    for name, t in inputs.items():
+        if t is None or not _has_memory(t) or t.device != out.device:
+            continue
+        i_lo, i_hi = _byte_span(t)
+        if o_lo < i_hi and i_lo < o_hi:
+            raise ValueError(f"{op}: {out_name} overlaps the memory of {name}; pass a separate output buffer")
 
 
 def _check_out(name: str, t: Tensor, shape: tuple, dtype: torch.dtype, x: Tensor) -> None:
@@ -179,10 +222,24 @@ def check_dequantize(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor],
 def check_dequantize_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> tuple[QuantLayout, bool]:
     lay_sym = check_dequantize(codes, scale, zero_point, out.dtype)
     _check_out("out", out, tuple(codes.shape), out.dtype, codes)
+    check_no_alias("dequantize_int8", "out", out, codes=codes, scale=scale, zero_point=zero_point)
     return lay_sym
 
 
 # ---- int8 GEMM family ---------------------------------------------------------------------------
+
+# ---- int32 accumulator policy -------------------------------------------------------------------
+# The integer GEMMs accumulate in int32. fastq refuses a K for which some input could push the exact
+# sum out of int32 range, instead of wrapping or saturating silently:
+#   int8_gemm:           |a * b| <= 128 * 128 per term      -> K <= (2^31 - 1) // 16384 = 131071
+#   int8_linear_dynamic: |code * w| <= 255 * 127 per term   -> K <= (2^31 - 1) // 32385 = 66311
+# (uint8 activation codes, and the code + 128 form in which the VNNI kernels feed int8 codes, reach
+# 255; one limit for both activation modes keeps every kernel's accumulator exact without wrapping).
+# Within these limits the native kernels and the reference agree bit for bit for every input.
+INT32_MAX = 2 ** 31 - 1
+INT8_GEMM_MAX_K = INT32_MAX // (128 * 128)
+W8A8_MAX_K = INT32_MAX // (255 * 127)
+
 
 def check_int8_gemm(a: Tensor, b: Tensor) -> None:
     for name, t in (("a", a), ("b", b)):
@@ -193,6 +250,9 @@ def check_int8_gemm(a: Tensor, b: Tensor) -> None:
             raise ValueError(f"int8_gemm: {name} must be 2-D, got shape {tuple(t.shape)}")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"int8_gemm: K mismatch: a is {tuple(a.shape)} and b is {tuple(b.shape)} (b is [N, K])")
+    if a.shape[1] > INT8_GEMM_MAX_K:
+        raise ValueError(f"int8_gemm: K={a.shape[1]} exceeds {INT8_GEMM_MAX_K}, the largest K whose int32 sums "
+                         "are exact for every int8 input; split K and add the int32 (or int64) partial products")
     _check_same_device("b", b, a, "a")
 
 
@@ -214,12 +274,16 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
     if n <= 0:
         raise ValueError(f"{op}: n (output features) must be positive, got {n}")
     k = x.shape[-1]
+    if not scale_2d and k > W8A8_MAX_K:
+        raise ValueError(f"{op}: K={k} exceeds {W8A8_MAX_K}, the largest K whose int32 accumulator is exact for "
+                         "every activation (255 x 127 x K < 2^31); use int8 weight-only for this layer")
     if w_packed.dtype != torch.int8 or w_packed.dim() != 1:
         raise TypeError(f"{op}: w_packed must be the 1-D int8 tensor int8_pack_weight returns")
     expected = packed_sizes(n, k)[2]
     if w_packed.numel() != expected:
         raise ValueError(f"{op}: w_packed has {w_packed.numel()} bytes but an [{n}, {k}] weight packs to "
                          f"{expected}: K mismatch between x (K={k}) and the weight?")
+    _check_k_padding(op, w_packed, n, k)
     if w_scale.dtype != torch.float32:
         raise TypeError(f"{op}: w_scale must be float32, got {w_scale.dtype}")
     if scale_2d:
@@ -235,8 +299,44 @@ def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
     _check_same_device(f"{op}: w_scale", w_scale, x, "x")
 
 
+def _check_k_padding(op: str, w_packed: Tensor, n: int, k: int) -> None:
+    """K and the next few K pack to the same size (K is padded to a multiple of 4), so the size check
+    cannot see an x whose K is 1-3 below the weight's. The padding columns of a weight packed for
+    x's K are zero: a nonzero one means a larger K (the kernels would disagree on it: some read the
+    stored column sums, which cover it). A value check, cached per tensor version like the sparse
+    index checks; fake and meta tensors (compile, export) are skipped."""
+    from fastq.ops.reference import PACK_KR, PACK_NR, packed_sizes
+
+    if k % PACK_KR == 0 or not _has_memory(w_packed):
+        return
+    try:
+        key = (w_packed._version, k)
+    except RuntimeError:  # an inference tensor has no version counter: scan on every call
+        key = None
+    if key is not None and getattr(w_packed, "_fastq_k_checked", None) == key:
+        return
+    n_pad, k_pad, _ = packed_sizes(n, k)
+    body = w_packed[: n_pad * k_pad].view(n_pad // PACK_NR, k_pad // PACK_KR, PACK_NR, PACK_KR)
+    if bool(body[:, -1, :, k % PACK_KR:].any()):
+        raise ValueError(f"{op}: w_packed holds weights past column K={k} (x's last dimension): it was packed "
+                         "for a larger K; x's K does not match the weight")
+    if key is not None:
+        try:
+            w_packed._fastq_k_checked = key
+        except (AttributeError, RuntimeError):
+            pass
+
+
+def check_out_dtype(op: str, dtype) -> None:
+    """The output dtype of a float-output op: float32, float16 or bfloat16 (every path checks it)."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: the output dtype must be float32, float16 or bfloat16, got {dtype}")
+
+
 def check_linear_out(op: str, x: Tensor, n: int, out: Tensor, dtype: torch.dtype) -> None:
+    check_out_dtype(op, out.dtype)
     _check_out(f"{op}: out", out, tuple(x.shape[:-1]) + (n,), dtype, x)
+    check_no_alias(op, "out", out, x=x)
 
 
 # ---- sparse masked matmul family ------------------------------------------------------------------
@@ -384,6 +484,17 @@ def check_sparse_row_ptr(op: str, row_ptr: Tensor, entries: int) -> None:
         row_ptr._fastq_valid_for = key
     except (AttributeError, RuntimeError):
         pass
+
+
+def check_csr_index_values(op: str, cols: Tensor, row_ptr: Tensor, limit: int, what: str) -> None:
+    """The value checks of the CSR-like formats (csr, int8, bsr) on every path that has values
+    (native and reference; fakes skip them): a valid row_ptr over ``cols`` and every index below
+    ``limit`` (``what`` names it in the message)."""
+    if not (_has_memory(cols) and _has_memory(row_ptr)):
+        return
+    check_sparse_row_ptr(op, row_ptr, cols.numel())
+    if sparse_max_index(cols) >= limit:
+        raise ValueError(f"{op}: a stored column index is >= {what}={limit}: x's K does not match the packed weight")
 
 
 def sparse_max_index(idx: Tensor) -> int:

@@ -127,13 +127,14 @@ def int8_pack_weight(w: Tensor) -> Tensor:
 
 def _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype):
     _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    _checks.check_out_dtype("int8_linear_dynamic", out_dtype)
     return x.new_empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype)
 
 
 @_define("int8_linear_dynamic", "int8_linear_dynamic", (), _int8_linear_dynamic_fake)
 def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                         act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
-    _checks.check_packed_linear("int8_linear_dynamic", x, w_packed, w_scale, bias, n, False)
+    _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
     return reference.int8_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
 
 
@@ -210,7 +211,8 @@ def _sparse_csr_linear_fake(x, values, cols, row_ptr, bias, n):
 @_define("sparse_csr_linear", "sparse_csr_linear", (), _sparse_csr_linear_fake)
 def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
                       n: int) -> Tensor:
-    _checks.check_sparse_csr_linear("sparse_csr_linear", x, values, cols, row_ptr, bias, n)
+    k = _checks.check_sparse_csr_linear("sparse_csr_linear", x, values, cols, row_ptr, bias, n)
+    _checks.check_csr_index_values("sparse_csr_linear", cols, row_ptr, k, "K")
     return reference.sparse_csr_linear(x, values, cols, row_ptr, bias, n)
 
 
@@ -276,7 +278,9 @@ def _sparse_bsr_linear_fake(x, values, block_col, row_ptr, bias, n):
 @_define("sparse_bsr_linear", "sparse_bsr_linear", (), _sparse_bsr_linear_fake)
 def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
                       n: int) -> Tensor:
-    _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    k = _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    bc = values.shape[2]
+    _checks.check_csr_index_values("sparse_bsr_linear", block_col, row_ptr, -(-k // bc), "K / block_cols")
     return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
 
 
@@ -310,7 +314,8 @@ def _sparse_int8_linear_fake(x, q, scale, cols, row_ptr, bias):
 @_define("sparse_int8_linear", "sparse_int8_linear", (), _sparse_int8_linear_fake)
 def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
                        bias: Optional[Tensor]) -> Tensor:
-    _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    k = _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    _checks.check_csr_index_values("sparse_int8_linear", cols, row_ptr, k, "K")
     return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
 
 

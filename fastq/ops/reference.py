@@ -41,6 +41,9 @@ def quantize_int8(
       ``scale = max((hi - lo) / 255, FLT_MIN)``, ``zp = clamp(round(-lo * (1 / scale)), 0, 255)``
     * codes: ``inv = 1 / scale``; symmetric ``clamp(round(x * inv), -127, 127)``; asymmetric
       ``clamp(round(x * inv) + zp, 0, 255)``. ``round`` is half to even.
+    * a *wide* asymmetric row (finite, but ``hi - lo`` overflows float32 to +Inf): ``scale =
+      max(hi, -lo) / 128`` and ``zp = 128``, so the scale stays finite and every code dequantizes to
+      a finite value (code 0 gives exactly ``-max(hi, -lo)``); such a row clamps at most one step.
 
     Non-finite policy: a dynamic row holding NaN or +-Inf is *poisoned*: its scale is NaN, its zero
     point 0 and its codes 0, so dequantizing it gives NaN rather than plausible numbers. With static
@@ -63,8 +66,12 @@ def quantize_int8(
             lo = rows.amin(dim=1).clamp_max(0) if not empty else rows.new_zeros(lay.rows)
             hi = rows.amax(dim=1).clamp_min(0) if not empty else rows.new_zeros(lay.rows)
             finite = torch.isfinite(lo) & torch.isfinite(hi)
-            scale = _poison(torch.clamp_min(_div(hi - lo, 255), FLT_MIN), finite)
+            span = hi - lo
+            wide = finite & torch.isinf(span)  # finite extremes more than FLT_MAX apart
+            scale = torch.where(wide, _div(torch.maximum(hi, -lo), 128), torch.clamp_min(_div(span, 255), FLT_MIN))
+            scale = _poison(scale, finite)
             zp = torch.clamp(torch.round(-lo * (1.0 / scale)), 0, 255)
+            zp = torch.where(wide, torch.full_like(zp, 128), zp)
             zero_point = torch.where(finite, zp, torch.zeros_like(zp)).to(torch.int32)
     elif symmetric:
         zero_point = torch.zeros(lay.scale_shape, dtype=torch.int32, device=x.device)  # returned, never read
@@ -134,7 +141,8 @@ def packed_sizes(n: int, k: int) -> tuple[int, int, int]:
 def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
     """Exact ``a @ b.T`` for int8 ``a`` [M, K] and ``b`` [N, K], as int32 [M, N].
 
-    float64 holds every partial sum exactly (|sum| <= K * 128^2 < 2^53), on any device."""
+    float64 holds every partial sum exactly (|sum| <= K * 128^2 < 2^53), on any device; K is at
+    most 131071 (``_checks.INT8_GEMM_MAX_K``), so the int32 result is exact too."""
     return (a.double() @ b.double().T).to(torch.int32)
 
 
@@ -165,15 +173,20 @@ def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Opti
     ``x`` [*, K] (float32/float16/bfloat16); ``w_packed`` from ``int8_pack_weight`` of an [n, K]
     weight; ``w_scale`` float32 [n]; ``bias`` float32 [n] or None. Sequence:
       qa, a_scale, zp = quantize_int8(x, PER_ROW, act_symmetric)      (exactly that op)
-      acc[m, j] = sum_k qa[m, k] * w[j, k] - zp[m] * colsum[j]         (int32, exact)
+      acc[m, j] = sum_k qa[m, k] * w[j, k] - zp[m] * colsum[j]         (int32, wrapping)
       y = float32(acc) * (a_scale[m] * w_scale[j])                     (two float32 roundings)
       y = y + bias[j]                                                  (when bias is given)
     then rounded to ``out_dtype``. Native kernels follow this sequence without FMA contraction.
+    ``colsum`` is the one stored in ``w_packed``. ``acc`` is the exact integer result: _checks
+    refuses K > 66311 (``W8A8_MAX_K``), so |sum_k qa * w| <= 255 * 127 * K stays inside int32 (and
+    float64 holds it exactly here); the correction wraps modulo 2^32 as the kernels' int32
+    arithmetic does, which matters only for a column sum that does not match the weight.
     """
     k = x.shape[-1]
     w, colsum = int8_unpack_weight(w_packed, n, k)
     qa, a_scale, zp = quantize_int8(x.reshape(-1, k), -1, act_symmetric)
-    acc = (qa.double() @ w.double().T).to(torch.int32) - zp.reshape(-1, 1) * colsum.reshape(1, -1)
+    acc = (qa.double() @ w.double().T).to(torch.int64) - zp.to(torch.int64).reshape(-1, 1) * colsum.to(torch.int64)
+    acc = ((acc + 2 ** 31) % 2 ** 32 - 2 ** 31).to(torch.int32)
     y = acc.to(torch.float32) * (a_scale.reshape(-1, 1) * w_scale.reshape(1, -1))
     if bias is not None:
         y = y + bias

@@ -16,12 +16,14 @@ Invariants:
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch import nn
 
 from fastq.nn import QuantConv2d, QuantLinear, UnsupportedLayerError
+from fastq.ops._checks import FLOAT_DTYPES, W8A8_MAX_K
 from fastq.quantization.configs import Int8DynamicConfig, Int8WeightOnlyConfig
 
 # Attribute set on a float layer that quantize_ left as it was: the reason, shown by summary().
@@ -56,11 +58,21 @@ def handler_for(module: nn.Module, config) -> Optional[Handler]:
     return _HANDLERS.get(type(config), {}).get(type(module))
 
 
-def _smaller_only(from_float: Handler) -> Handler:
-    """Wrap ``from_float`` so layers whose int8 form is not smaller than fp32 are skipped: tiny K or N
+def _int8_gemm_layer(from_float: Handler) -> Handler:
+    """Wrap ``from_float`` with the checks every int8 GEMM layer needs, each a skip with a note:
+    a weight of a dtype the kernels do not take (float64, ...), a K beyond the exact int32 range of
+    W8A8 (``_checks.W8A8_MAX_K``), and layers whose int8 form is not smaller than fp32: tiny K or N
     (the packed layout pads N to 16 and K to 4, and adds per-channel sums and scales)."""
 
     def handler(module: nn.Module, config) -> nn.Module:
+        weight = module.weight
+        if weight.dtype not in FLOAT_DTYPES:
+            raise UnsupportedLayerError(f"weight dtype {weight.dtype} is not supported (float32, float16 or "
+                                        "bfloat16); cast the model, e.g. model.float(), to quantize this layer")
+        k = math.prod(weight.shape[1:])
+        if isinstance(config, Int8DynamicConfig) and k > W8A8_MAX_K:
+            raise UnsupportedLayerError(f"K={k} exceeds {W8A8_MAX_K}, beyond which W8A8's int32 accumulator "
+                                        "could overflow; Int8WeightOnlyConfig has no such limit")
         q = from_float(module, config)
         if q.weight_bytes() >= q.float_weight_bytes():
             shape = "x".join(map(str, q.weight_shape()))
@@ -72,8 +84,8 @@ def _smaller_only(from_float: Handler) -> Handler:
 
 
 for _config in (Int8DynamicConfig, Int8WeightOnlyConfig):
-    register_handler(_config, nn.Linear, _smaller_only(QuantLinear.from_float))
-    register_handler(_config, nn.Conv2d, _smaller_only(QuantConv2d.from_float))
+    register_handler(_config, nn.Linear, _int8_gemm_layer(QuantLinear.from_float))
+    register_handler(_config, nn.Conv2d, _int8_gemm_layer(QuantConv2d.from_float))
 
 
 def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tuple]:
@@ -92,6 +104,17 @@ def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tu
         else:
             raise TypeError(f"skip entries must be module names (str) or nn.Module types, got {entry!r}")
     return tuple(skip_names), tuple(skip_types)
+
+
+def _check_not_meta(model: nn.Module, config) -> None:
+    """Quantizing needs weight values: a layer still on the meta device is an error, not a skip (a
+    model built under ``torch.device("meta")`` would otherwise come back silently unquantized)."""
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if handler_for(module, config) is not None and isinstance(weight, torch.Tensor) and weight.is_meta:
+            raise ValueError(f"quantize_: layer {name or type(module).__name__!r} has its weight on the meta device "
+                             "(no values to quantize); load or materialize the weights first "
+                             "(e.g. model.to_empty(device='cpu') then load_state_dict)")
 
 
 def _skipped_by_name(name: str, skip_names: tuple) -> bool:
@@ -127,6 +150,7 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
         raise TypeError("filter_fn must be a callable (module, name) -> bool")
     names = {n for n, _ in model.named_modules()}
     skip_names, skip_types = _check_skip(skip, names)
+    _check_not_meta(model, config)
 
     # Decide every swap first, then apply them, so the walk never sees half-replaced trees. A module
     # registered under several names (shared) is decided once and replaced everywhere.

@@ -5,9 +5,17 @@ derived from the arithmetic: both sides compute sum_k x[k] * (w[k] * s) in float
 so each differs from the exact value by at most about (K + 2) * eps32 * sum_k |x[k] * w[k] * s|
 (the classic gamma_K bound of a recursive sum, plus the dequantization rounding). We allow twice
 that, plus one unit in the last place of the output dtype on each side when it is 16-bit.
+
+That worst case grows with K and at K = 4096 it would let a 1% scale error or a dropped bias pass,
+so every result must also meet the probabilistic bound of Higham & Mary (SIAM J. Sci. Comput. 2019,
+"A new approach to probabilistic rounding error analysis"): with rounding errors that are
+independent and of mean zero, |error| <= lambda * sqrt(K + 2) * eps32 * sum_k |x w s| except with
+probability at most 2 (K + 2) exp(-lambda^2 / 2) per output; lambda = 7 makes that < 1e-6 at
+K = 4096. The kernels measure at 0.03-0.27 of sqrt(K) * eps32 * sum |x w s| (RMS).
 """
 
 import functools
+import math
 
 import pytest
 import torch
@@ -18,6 +26,7 @@ from fastq.ops import _library, reference
 from _gemm_util import ISAS, assert_native_ran, case_id, forced_isa, needs_native, random_packed, threads
 
 EPS32 = torch.finfo(torch.float32).eps
+PROB_LAMBDA = 7.0  # see the module docstring
 
 # (m, n, k, groups): M 1-4 take the in-register decode path, larger M the dequantized-panel GEMM;
 # group sizes that are and are not multiples of 4; tails everywhere; real layer shapes.
@@ -45,7 +54,10 @@ def bound_parts(x, w, w_scale, bias, n, k):
     w_f = (w.double().reshape(n, groups, k // groups) * w_scale.double().reshape(n, groups, 1)).reshape(n, k)
     xd = x.reshape(-1, k).double()
     exact = xd @ w_f.T + (bias.double() if bias is not None else 0)
-    bound = 2 * (k + 2) * EPS32 * (xd.abs() @ w_f.abs().T)
+    abs_sum = xd.abs() @ w_f.abs().T
+    bound = torch.minimum(2 * (k + 2) * EPS32 * abs_sum, PROB_LAMBDA * math.sqrt(k + 2) * EPS32 * abs_sum)
+    if bias is not None:  # the bias is added once: one more rounding of the result
+        bound = bound + EPS32 * (exact.abs() + bias.double().abs())
     if x.dtype != torch.float32:
         bound = bound + 2 * torch.finfo(x.dtype).eps * exact.abs()  # one ulp each side, relative
     ref = reference.int8_weight_only_linear(x, _library.int8_pack_weight(w), w_scale, bias, n)
@@ -81,6 +93,19 @@ def test_matches_reference(m, n, k, groups, isa):
             assert_native_ran("int8_weight_only_linear", before, isa)
             assert y.dtype == x.dtype and y.shape == (m, n)
             assert_within_bound(y, x, w, w_scale, b, n, k, parts[b is None])
+
+
+@needs_native
+@pytest.mark.parametrize("m,n,k,groups", [(1, 4096, 4096, 32), (64, 3072, 768, 1), (16, 64, 256, 8)])
+def test_the_bound_catches_a_1pct_scale_error_and_a_dropped_bias(m, n, k, groups):
+    """The bound must be tight enough to fail a 1% scale error and a dropped bias at large K."""
+    x, w, packed, w_scale, bias, parts = _case(m, n, k, groups)
+    with pytest.raises(AssertionError):
+        assert_within_bound(_library.int8_weight_only_linear(x, packed, w_scale * 1.01, bias, n), x, w, w_scale,
+                            bias, n, k, parts[False])
+    with pytest.raises(AssertionError):
+        assert_within_bound(_library.int8_weight_only_linear(x, packed, w_scale, None, n), x, w, w_scale, bias, n, k,
+                            parts[False])
 
 
 @needs_native

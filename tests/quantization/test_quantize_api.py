@@ -15,6 +15,7 @@ from torch import nn
 
 import fastq
 from fastq.nn import QuantConv2d, QuantLinear
+from fastq.ops import _checks
 from fastq.quantization import SKIP_ATTR, register_handler
 
 MODEL_SQNR_DB = 30.0
@@ -257,3 +258,30 @@ def test_export_matches_eager_and_calls_native(cfg):
     torch.testing.assert_close(y, eager, rtol=1e-5, atol=1e-5)
     if op in _native_ops():
         assert fastq.native_calls(op, "cpu") == before + 2 * 4  # stem, pw, mlp.up, mlp.down, twice
+
+
+# ---- layers quantize_ cannot take: skipped with a note, or a clear error ------------------------------
+
+def test_quantize_skips_w8a8_layers_beyond_the_limit():
+    model = nn.Sequential(nn.Linear(_checks.W8A8_MAX_K + 1, 16), nn.Linear(16, 4096))
+    fastq.quantize_(model, fastq.Int8DynamicConfig())
+    assert type(model[0]) is nn.Linear and "66311" in model[0]._fastq_skip_reason
+    wo = nn.Sequential(nn.Linear(_checks.W8A8_MAX_K + 1, 16))
+    fastq.quantize_(wo, fastq.Int8WeightOnlyConfig())  # weight-only accumulates in float: no limit
+    assert type(wo[0]).__name__ == "QuantLinear"
+
+
+def test_quantize_skips_float64_layers_with_a_note():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64).double())
+    model[0].double()
+    fastq.quantize_(model, fastq.Int8DynamicConfig())
+    for i in (0, 2):
+        assert type(model[i]) is nn.Linear and "float64" in model[i]._fastq_skip_reason
+    assert "float64" in str(fastq.summary(model))
+
+
+def test_quantize_refuses_meta_weights():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="meta device"):
+        fastq.quantize_(model, fastq.Int8WeightOnlyConfig())
