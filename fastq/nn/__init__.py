@@ -17,3 +17,12 @@ MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "S
                       "SparseConv2d": SparseConv2d}
 
 __all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseConv2d", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]
+
+# ---- accuracy toolkit: static W8A8, SmoothQuant wrapper, half-precision weights ----
+from fastq.nn.half import HalfConv2d, HalfLinear  # noqa: E402
+from fastq.nn.smooth import SmoothedLinear  # noqa: E402
+from fastq.nn.static import StaticQuantConv2d, StaticQuantLinear  # noqa: E402
+
+MODULE_TYPES.update({"StaticQuantLinear": StaticQuantLinear, "StaticQuantConv2d": StaticQuantConv2d,
+                     "SmoothedLinear": SmoothedLinear, "HalfLinear": HalfLinear, "HalfConv2d": HalfConv2d})
+__all__ += ["HalfConv2d", "HalfLinear", "SmoothedLinear", "StaticQuantConv2d", "StaticQuantLinear"]
