@@ -9,7 +9,7 @@ or up_proj -> down_proj), else the layers are wrapped in ``SmoothedLinear``, whi
 Invariants:
   * Candidate producers come from one traced forward (object identity of tensors: a norm's output
     object is the layers' input object), and a fold is accepted only if the model's outputs on that
-    batch stay within ``tolerance`` (relative L2) of the original's: a fold that would break a
+    batch stay within ``tolerance`` (relative RMS change of every output channel) of the original's: a fold that would break a
     residual connection (BERT's post-norm blocks) is detected by running it, and falls back to the
     scale vector. The smoothing never changes what the float model computes beyond rounding.
   * Weights shared with another module (tied embeddings) are never rescaled: such layers are left
@@ -32,6 +32,7 @@ from fastq.quantization.calibrate import CALIBRATION_ATTR, CalibrationError, col
 from fastq.quantization.observers import MinMaxObserver
 
 RECENT_LINEARS = 4  # linear producers considered: the last ones that ran before the group
+CHECK_ROWS = 64  # input rows per group kept from the traced forward for the local fold check
 
 
 class SmoothQuantError(RuntimeError):
@@ -79,11 +80,21 @@ def _tensors(out: Any) -> list:
 
 
 def _rel_error(a: list, b: list) -> float:
+    """Largest per-channel relative RMS change (channels = last dimension): a model whose outputs are
+    dominated by a few outlier channels must not hide a change in the others."""
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return math.inf
-    num = sum(float((x.double() - y.double()).pow(2).sum()) for x, y in zip(a, b))
-    den = sum(float(y.double().pow(2).sum()) for y in b)
-    return math.sqrt(num / max(den, 1e-300)) if math.isfinite(num) else math.inf
+    worst = 0.0
+    for x, y in zip(a, b):
+        x2, y2 = x.detach().double().reshape(_rows(x)), y.double().reshape(_rows(y))
+        ref = y2.pow(2).mean(0).sqrt()
+        err = (x2 - y2).pow(2).mean(0).sqrt() / (ref + 1e-6 * float(ref.max()) + 1e-30)
+        worst = max(worst, float(err.max()) if err.numel() else 0.0)
+    return worst if math.isfinite(worst) else math.inf
+
+
+def _rows(t: Tensor) -> tuple:
+    return (-1, t.shape[-1] if t.dim() else 1)
 
 
 class _Group:
@@ -92,6 +103,7 @@ class _Group:
         self.candidates: list = []  # producer modules, most plausible first
         self.s: Optional[Tensor] = None
         self.where = "SmoothedLinear"
+        self.ref_input: Optional[Tensor] = None  # the first member's input rows in the traced forward
 
 
 def _trace(model: nn.Module, targets: dict, batch: Any, forward: Callable) -> tuple[list, list]:
@@ -112,6 +124,7 @@ def _trace(model: nn.Module, targets: dict, batch: Any, forward: Callable) -> tu
             group = next((g for ref, g in inputs if ref() is x), None)
             if group is None:
                 group = _Group(m)
+                group.ref_input = x.detach().reshape(-1, x.shape[-1])[:CHECK_ROWS].clone()
                 groups.append(group)
                 norms = [n for ref, n in norm_out if ref() is x]
                 recent = [p for p in reversed(order) if p.out_features == m.in_features][:RECENT_LINEARS]
@@ -152,7 +165,8 @@ def smooth_quant_(model: nn.Module, batches: Iterable, alpha: float = 0.5, *, fo
         progress: tqdm progress bar for the statistics pass.
         filter_fn: ``(module, name) -> bool``; False leaves that linear layer alone.
         fold: try to fold 1/s into the producing norm / linear (False: always ``SmoothedLinear``).
-        tolerance: relative L2 change of the model's outputs a fold may cause (float rounding).
+        tolerance: relative RMS change per channel a fold may cause, at the model's outputs and at the
+            smoothed layers' inputs (float rounding is ~1e-6).
 
     Returns:
         A SmoothQuantReport (printable).
@@ -212,14 +226,30 @@ def smooth_quant_(model: nn.Module, batches: Iterable, alpha: float = 0.5, *, fo
                 parents[child] = (m, child_name)
 
     def verify() -> bool:
+        """The model's outputs are unchanged, and every group's first member sees x / s: the global
+        check catches other uses of a producer (residuals), the local one non-linear paths whose
+        effect the rest of the model would dilute."""
+        seen = {}
+
+        def capture(g: _Group):
+            def hook(m, args):  # returns None: the input is only read
+                seen.setdefault(g, args[0].detach().reshape(-1, args[0].shape[-1])[:CHECK_ROWS].clone())
+            return hook
+
+        hooks = [g.members[0].register_forward_pre_hook(capture(g)) for g in groups]
         run_model = {mm: mm.training for mm in model.modules()}
         model.eval()
         try:
             out = _tensors(forward(model, first))
         finally:
+            for h in hooks:
+                h.remove()
             for mm, t in run_model.items():
                 mm.train(t)
-        return _rel_error(out, reference) <= tolerance
+        if _rel_error(out, reference) > tolerance:
+            return False
+        return all(g in seen and _rel_error([seen[g]], [g.ref_input.double() / g.s.double()]) <= tolerance
+                   for g in groups)
 
     try:
         for g in groups:
