@@ -124,6 +124,9 @@ class Int8WeightScheme(QATScheme):
     group_size: Optional[int] = None
 
     def setup(self, module: nn.Module) -> None:
+        k = _weight2d(module).shape[1]
+        if self.group_size is not None and k % self.group_size:
+            raise UnsupportedLayerError(f"group_size {self.group_size} does not divide K={k}")
         if self.lsq:
             _, scale, _ = quantize_int8(_weight2d(module).detach(), self._groups(), True)
             module.weight_scale_lsq = nn.Parameter(scale.reshape(module.weight.shape[0], -1).clone())
