@@ -8,8 +8,8 @@ Invariants:
     model error) leaves the model exactly as it was, including statistics of an earlier run.
   * Observed layers: those with a ``quantize_`` handler for the config (exact type), except
     SmoothedLinear wrappers, whose inner linear (seeing the smoothed input) is observed instead.
-  * Each observed layer gets a per-tensor observer of the config's kind and, for linear layers, the
-    exact per-input-channel max |x| (used by SmoothQuant).
+  * Each observed layer gets a per-tensor observer of the config's kind (SmoothQuant's statistics
+    pass also records the exact per-input-channel max |x| of linear layers).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class LayerCalibration:
     """What ``calibrate`` learned about one layer's input."""
 
     observer: Observer  # per tensor, of the config's kind (``observer.count`` = batches that reached the layer)
-    channel_absmax: Optional[Tensor]  # float32 [K]: max |x| per input feature (linear layers), else None
+    channel_absmax: Optional[Tensor]  # float32 [K]: max |x| per input feature (linear layers, SmoothQuant's pass)
     observer_key: tuple  # the config's observer settings, to check a later quantize_ uses the same
 
     @property
@@ -87,8 +87,9 @@ def run_batches(model: nn.Module, batches: Iterable, forward_fn: Optional[Callab
 
 def collect_stats(model: nn.Module, layers: list, batches: Iterable, make_observer: Callable[[], Observer],
                   observer_key: tuple, forward_fn: Optional[Callable], progress: bool,
-                  what: str = "calibrate") -> dict:
-    """Observe the inputs of ``layers`` [(name, module)] over ``batches``; returns {module: LayerCalibration}.
+                  what: str = "calibrate", channel_absmax: bool = False) -> dict:
+    """Observe the inputs of ``layers`` [(name, module)] over ``batches``; returns {module: LayerCalibration}
+    (with the per-input-feature max |x| of linear layers when ``channel_absmax``).
 
     Raises CalibrationError naming the layer and batch on NaN/Inf activations, and for no batches."""
     stats = {m: LayerCalibration(make_observer(), None, observer_key) for _, m in layers}
@@ -105,7 +106,7 @@ def collect_stats(model: nn.Module, layers: list, batches: Iterable, make_observ
         except ValueError as exc:
             raise CalibrationError(f"{what}: layer {names[module]!r} received NaN or Inf in batch {state['batch']} "
                                    f"({exc}); calibration batches must give finite activations") from None
-        if isinstance(module, nn.Linear) and x.numel():
+        if channel_absmax and isinstance(module, nn.Linear) and x.numel():
             a = x.detach().reshape(-1, x.shape[-1]).abs().amax(0).float()
             st.channel_absmax = a if st.channel_absmax is None else torch.maximum(st.channel_absmax, a)
 

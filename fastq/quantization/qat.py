@@ -170,7 +170,7 @@ class Int8DynamicScheme(Int8WeightScheme):
     """W8A8 with per-token activation scales computed from each row (not learned)."""
 
     def fake_act(self, module: nn.Module, x: Tensor) -> Tensor:
-        codes, scale, zp = quantize_int8(x.detach(), PER_ROW, self.config.act_symmetric)
+        _, scale, zp = quantize_int8(x.detach(), PER_ROW, self.config.act_symmetric)
         if self.config.act_symmetric:
             return fake_quant(x, scale, None, -127, 127)
         return fake_quant(x, scale, zp.float(), 0, 255)
@@ -208,13 +208,12 @@ class Int8StaticScheme(Int8WeightScheme):
 
     def _observe(self, module: nn.Module, x: Tensor) -> None:
         if module.act_observer is not None and module.training:
-            module.act_observer.update(x)
-            if self.lsq and module.act_symmetric is not None:
-                module.act_observer = None  # learnable: the observed range only initialises it
-            else:
-                from fastq.quantization.calibrate import LayerCalibration
+            from fastq.quantization.calibrate import LayerCalibration
 
-                self._set_range(module, LayerCalibration(module.act_observer, None, self.config.observer_key()))
+            module.act_observer.update(x)
+            self._set_range(module, LayerCalibration(module.act_observer, None, self.config.observer_key()))
+            if self.lsq:
+                module.act_observer = None  # a learnable scale: the first observed range only initialises it
         if module.act_symmetric is None:
             raise CalibrationError(f"{type(module).__name__}: no activation range yet; run fastq.calibrate before "
                                    "prepare_qat_, or a training-mode forward first (the layer observes its inputs)")

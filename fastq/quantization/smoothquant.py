@@ -31,7 +31,7 @@ from fastq.nn.smooth import SmoothedLinear
 from fastq.quantization.calibrate import CALIBRATION_ATTR, CalibrationError, collect_stats, run_batches
 from fastq.quantization.observers import MinMaxObserver
 
-RECENT_LINEARS = 4  # linear producers considered: the last ones that ran before the group
+RECENT_LINEARS = 2  # linear producers considered: the last ones that ran before the group
 CHECK_ROWS = 64  # input rows per group kept from the traced forward for the local fold check
 
 
@@ -97,6 +97,17 @@ def _rows(t: Tensor) -> tuple:
     return (-1, t.shape[-1] if t.dim() else 1)
 
 
+def _first_sample(batch: Any) -> Any:
+    """The batch cut to its first sample (leading dimension) wherever it is a tensor."""
+    if isinstance(batch, Tensor):
+        return batch[:1] if batch.dim() and batch.shape[0] > 1 else batch
+    if type(batch) in (list, tuple):
+        return type(batch)(_first_sample(b) for b in batch)
+    if isinstance(batch, dict) or (hasattr(batch, "items") and hasattr(batch, "keys")):
+        return {k: _first_sample(v) for k, v in batch.items()}
+    return batch
+
+
 class _Group:
     def __init__(self, first: nn.Linear):
         self.members = [first]
@@ -158,8 +169,8 @@ def smooth_quant_(model: nn.Module, batches: Iterable, alpha: float = 0.5, *, fo
 
     Args:
         model: the float model.
-        batches: representative inputs (iterated once for statistics; the first batch also serves
-            the structure trace and the fold checks).
+        batches: representative inputs (iterated once for statistics; the first sample of the first
+            batch also serves the structure trace and the fold checks).
         alpha: migration strength in [0, 1] (0.5 in the paper; 0.8-0.9 for harder models).
         forward_fn: ``forward_fn(model, batch)``, as in ``calibrate``.
         progress: tqdm progress bar for the statistics pass.
@@ -206,12 +217,17 @@ def smooth_quant_(model: nn.Module, batches: Iterable, alpha: float = 0.5, *, fo
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        groups, reference = _trace(model, targets, first, forward)
+        try:  # structure and fold checks on one sample: every check is a forward pass
+            first_full, first = first, _first_sample(first)
+            groups, reference = _trace(model, targets, first, forward)
+        except Exception:  # a model that needs its whole batch
+            first = first_full
+            groups, reference = _trace(model, targets, first, forward)
     finally:
         for m, t in modes.items():
             m.train(t)
     stats = collect_stats(model, [(targets[m], m) for g in groups for m in g.members], batches, MinMaxObserver, (),
-                          forward_fn, progress, "smooth_quant_")
+                          forward_fn, progress, "smooth_quant_", channel_absmax=True)
 
     saved = {}  # module -> {param name: original data}, for all-or-nothing
     parents = {}  # member -> (parent, child name) where it sits now

@@ -6,6 +6,8 @@ from torch import nn
 
 import fastq
 from fastq.quantization import CalibrationError, get_calibration
+from fastq.quantization.calibrate import collect_stats
+from fastq.quantization.observers import MinMaxObserver
 
 
 class Net(nn.Module):
@@ -41,9 +43,12 @@ def test_attaches_statistics_to_every_quantizable_layer():
         assert st.observer.count == 3 and st.seen
         lo, hi = st.observer.clip_range()
         assert lo == min(xs.min(), 0) and hi == max(xs.max(), 0)
+    assert get_calibration(model.fc2).channel_absmax is None  # only SmoothQuant's pass records it
+    stats = collect_stats(model, [("fc2", model.fc2), ("conv", model.conv)], batches, MinMaxObserver, (), None,
+                          False, channel_absmax=True)
     inputs = torch.cat([x.reshape(-1, 64) for x in seen["fc2"]])
-    assert torch.equal(get_calibration(model.fc2).channel_absmax, inputs.abs().amax(0))
-    assert get_calibration(model.conv).channel_absmax is None
+    assert torch.equal(stats[model.fc2].channel_absmax, inputs.abs().amax(0))
+    assert stats[model.conv].channel_absmax is None
     assert not get_calibration(model.unused).seen  # attached, but it never ran
 
 
