@@ -8,7 +8,7 @@ or up_proj -> down_proj), else the layers are wrapped in ``SmoothedLinear``, whi
 
 Invariants:
   * Candidate producers come from one traced forward (object identity of tensors: a norm's output
-    object is the layers' input object), and a fold is accepted only if the model's outputs on that
+    object is the layers' input object, and no other torch call reads it), and a fold is accepted only if the model's outputs on that
     batch stay within ``tolerance`` (relative RMS change of every output channel) of the original's: a fold that would break a
     residual connection (BERT's post-norm blocks) is detected by running it, and falls back to the
     scale vector. The smoothing never changes what the float model computes beyond rounding.
@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from fastq.nn.smooth import SmoothedLinear
 from fastq.quantization.calibrate import CALIBRATION_ATTR, CalibrationError, collect_stats, run_batches
@@ -80,15 +81,17 @@ def _tensors(out: Any) -> list:
 
 
 def _rel_error(a: list, b: list) -> float:
-    """Largest per-channel relative RMS change (channels = last dimension): a model whose outputs are
-    dominated by a few outlier channels must not hide a change in the others."""
+    """Largest per-channel relative RMS change (channels = last dimension; a channel's RMS counts at
+    least 1% of the whole tensor's): a model whose outputs are dominated by a few outlier channels
+    must not hide a change in the others."""
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return math.inf
     worst = 0.0
     for x, y in zip(a, b):
         x2, y2 = x.detach().double().reshape(_rows(x)), y.double().reshape(_rows(y))
         ref = y2.pow(2).mean(0).sqrt()
-        err = (x2 - y2).pow(2).mean(0).sqrt() / (ref + 1e-6 * float(ref.max()) + 1e-30)
+        floor = 1e-2 * float(y2.pow(2).mean().sqrt()) + 1e-30  # near-silent channels: absolute rounding noise
+        err = (x2 - y2).pow(2).mean(0).sqrt() / (ref + floor)
         worst = max(worst, float(err.max()) if err.numel() else 0.0)
     return worst if math.isfinite(worst) else math.inf
 
@@ -112,9 +115,40 @@ class _Group:
     def __init__(self, first: nn.Linear):
         self.members = [first]
         self.candidates: list = []  # producer modules, most plausible first
+        self.norm_uses: Optional[list] = None  # the norm candidate's output: [weakref, reads] (_UseCounter)
         self.s: Optional[Tensor] = None
         self.where = "SmoothedLinear"
         self.ref_input: Optional[Tensor] = None  # the first member's input rows in the traced forward
+
+
+_METADATA = {"__get__", "size", "dim", "numel", "stride", "is_floating_point", "is_contiguous", "element_size",
+             "__len__", "data_ptr", "get_device", "is_complex"}
+
+
+class _UseCounter(TorchFunctionMode):
+    """Counts the torch calls that read each tracked tensor (metadata queries and calls that return
+    the tensor itself, such as eval-mode dropout, excluded): a norm whose output is read by more than
+    the linear layers it feeds (a residual connection) cannot absorb 1/s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracked: dict = {}  # id -> [weakref, reads]
+        self.paused = False
+
+    def track(self, t: Tensor) -> list:
+        self.tracked[id(t)] = entry = [weakref.ref(t), 0]
+        return entry
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not self.paused and getattr(func, "__name__", "") not in _METADATA:
+            for a in list(args) + list(kwargs.values()):
+                for t in a if isinstance(a, (list, tuple)) else (a,):
+                    entry = self.tracked.get(id(t)) if isinstance(t, Tensor) and t is not out else None
+                    if entry is not None and entry[0]() is t:
+                        entry[1] += 1
+        return out
 
 
 def _trace(model: nn.Module, targets: dict, batch: Any, forward: Callable) -> tuple[list, list]:
@@ -122,14 +156,16 @@ def _trace(model: nn.Module, targets: dict, batch: Any, forward: Callable) -> tu
     model's float outputs (the verification reference)."""
     groups: list = []
     inputs: list = []  # (weakref to an input tensor, group) of targets that ran
-    norm_out: list = []  # (weakref to a norm's output, norm)
+    norm_out: list = []  # (weakref to a norm's output, norm, use entry)
     order: list = []  # every nn.Linear in execution order
+    counter = _UseCounter()
 
     def norm_hook(m, args, out):
         if isinstance(out, Tensor):
-            norm_out.append((weakref.ref(out), m))
+            norm_out.append((weakref.ref(out), m, counter.track(out)))
 
     def linear_hook(m, args):
+        counter.paused = True  # this hook's own reads of x are not uses
         x = args[0] if args else None
         if m in targets and isinstance(x, Tensor):
             group = next((g for ref, g in inputs if ref() is x), None)
@@ -137,22 +173,27 @@ def _trace(model: nn.Module, targets: dict, batch: Any, forward: Callable) -> tu
                 group = _Group(m)
                 group.ref_input = x.detach().reshape(-1, x.shape[-1])[:CHECK_ROWS].clone()
                 groups.append(group)
-                norms = [n for ref, n in norm_out if ref() is x]
+                norms = [(n, uses) for ref, n, uses in norm_out if ref() is x]
                 recent = [p for p in reversed(order) if p.out_features == m.in_features][:RECENT_LINEARS]
-                group.candidates = norms + recent
+                group.candidates = [n for n, _ in norms[:1]] + recent
+                group.norm_uses = norms[0][1] if norms else None
                 inputs.append((weakref.ref(x), group))
             elif m not in group.members:
                 group.members.append(m)
         order.append(m)
+        counter.paused = False
 
     handles = [m.register_forward_hook(norm_hook) for m in model.modules() if _is_norm(m)]
     handles += [m.register_forward_pre_hook(linear_hook) for m in model.modules() if type(m) is nn.Linear]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             out = [t.detach().clone() for t in _tensors(forward(model, batch))]
     finally:
         for h in handles:
             h.remove()
+    for g in groups:
+        if g.norm_uses is not None and g.norm_uses[1] != len(g.members):  # read elsewhere too
+            g.candidates = g.candidates[1:]
     for g in groups:
         g.candidates = [c for c in g.candidates if c not in g.members]
     return groups, out
