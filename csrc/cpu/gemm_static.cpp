@@ -25,7 +25,7 @@ namespace {
 using cpu::kKR;
 using cpu::kNR;
 
-constexpr int64_t kQuantGrainElems = int64_t{1} << 14;  // below this per thread, fewer threads quantize
+constexpr int64_t kQuantGrainElems = int64_t{1} << 12;  // below this per thread, fewer threads quantize
 
 int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }

@@ -49,17 +49,20 @@ class StaticActivations:
             raise ValueError(f"{self._describe()}: a zero point is required exactly for asymmetric activations")
         if (smooth is None) != (self.act_smooth is None):
             raise ValueError(f"{self._describe()}: smoothing divisors are required exactly when smooth=True")
-        self.act_scale.copy_(scale.to(self.act_scale.device))
         if zero_point is not None:
             zp = torch.as_tensor(zero_point).reshape(-1)
             if zp.numel() != 1 or not 0 <= int(zp) <= 255:
                 raise ValueError(f"{self._describe()}: zero point must be one int in [0, 255], got {zp}")
-            self.act_zero_point.fill_(int(zp))
         if smooth is not None:
             s = torch.as_tensor(smooth, dtype=torch.float32).reshape(-1)
             if s.numel() != self._k or not bool(torch.isfinite(s).all()) or float(s.min()) <= 0:
                 raise ValueError(f"{self._describe()}: smoothing divisors must be {self._k} finite positive floats")
-            self.act_smooth.copy_(s.to(self.act_smooth.device))
+        device = self.weight_packed.device  # all parameters live with the weight
+        self.act_scale = scale.to(device).clone()
+        if zero_point is not None:
+            self.act_zero_point = torch.full((1,), int(zp), dtype=torch.int32, device=device)
+        if smooth is not None:
+            self.act_smooth = s.to(device).clone()
 
     def _gemm(self, x: Tensor) -> Tensor:
         return call_op("int8_linear_static", x, self.weight_packed, self.weight_scale, self.bias, self._n, self.act_scale,
