@@ -77,7 +77,8 @@ def main() -> None:
     model, tok = load_smollm2()
     ids = tok("\n".join(lee_documents()), return_tensors="pt").input_ids[0]
     windows = [ids[i:i + 512] for i in range(0, ids.numel() - 511, 512)]
-    calib, scored = windows[:args.calib], windows[args.calib:args.calib + args.eval]
+    calib = [w[None] for w in windows[:args.calib]]  # [1, 512] batches
+    scored = windows[args.calib:args.calib + args.eval]
     print(f"SmolLM2-135M: {ids.numel()} tokens, {len(windows)} windows of 512; calibrate on {len(calib)}, "
           f"score {len(scored)}; {torch.get_num_threads()} threads, ISA {fastq.cpu_isa()}", flush=True)
     results = {"fp32 (scored windows)": {"ppl": perplexity(model, scored)}}
@@ -95,6 +96,9 @@ def main() -> None:
         t0 = time.perf_counter()
         if isinstance(cfg, fastq.Int8StaticConfig):
             fastq.calibrate(m, calib, cfg, forward_fn=forward, progress=False)
+            if cfg.smooth_alpha is not None:
+                folds = sum(isinstance(x, fastq.nn.SmoothedLinear) for x in m.modules())
+                print(f"    SmoothQuant kept {folds} scale vectors in SmoothedLinear modules (the rest folded)")
         calib_s = time.perf_counter() - t0
         fastq.quantize_(m, cfg, filter_fn=not_lm_head)
         ppl = perplexity(m, scored)
