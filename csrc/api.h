@@ -245,6 +245,26 @@ void codebook_linear_cpu(const CodebookLinearArgs& args);
 #ifdef FASTQ_WITH_CUDA
 // Same arguments (workspace and num_threads unused); x, codes, codebook, scale, bias, y on the device.
 void codebook_linear_cuda(const CodebookLinearArgs& args, void* stream);
+// ---- static W8A8 linear (accuracy toolkit; fastq/ops/reference.py: int8_linear_static) --------
+// int8_linear_dynamic with calibrated activation quantization: no run-time max pass. Per element
+//   mul[k] = 1 / act_scale, or (1 / act_smooth[k]) * (1 / act_scale)      (float32 roundings)
+//   q = clamp(round_half_even(x[m, k] * mul[k]), -127, 127)               (symmetric; NaN -> 0)
+//   q = clamp(round_half_even(x[m, k] * mul[k]) + zp, 0, 255)             (asymmetric; NaN -> zp)
+// then the int8_linear_dynamic epilogue with a_scale[m] = act_scale for every row. act_scale (and
+// act_zero_point) are device pointers to one value, so a call never reads them on the host side.
+struct Int8StaticLinearArgs {
+  Int8LinearArgs lin;                       // act_symmetric selects the zero-point form
+  const float* act_scale = nullptr;         // [1], finite normal > 0 (Python checks)
+  const int32_t* act_zero_point = nullptr;  // [1] in [0, 255]; asymmetric only
+  const float* act_smooth = nullptr;        // [k] SmoothQuant divisors, or nullptr
+};
+
+int64_t int8_linear_static_workspace_bytes_cpu(int64_t m, int64_t n, int64_t k);
+void int8_linear_static_cpu(const Int8StaticLinearArgs& args);
+
+#ifdef FASTQ_WITH_CUDA
+int64_t int8_linear_static_workspace_bytes_cuda(int64_t m, int64_t n, int64_t k);
+void int8_linear_static_cuda(const Int8StaticLinearArgs& args, void* stream);
 #endif
 
 }  // namespace fastq

@@ -132,6 +132,54 @@ fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_x
 }  // namespace
 
 void fastq_bind_codebook(py::module_& m);  // codebook (weight sharing) section, at the end of this file
+// ---- static W8A8 linear (accuracy toolkit): linear_args(...) plus act_scale, act_zero_point,
+// act_smooth pointers; CUDA passes a stream instead of num_threads ----
+namespace {
+
+fastq::Int8StaticLinearArgs static_args(uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale,
+                                        uintptr_t bias, uintptr_t y, int y_dtype, int64_t m, int64_t n, int64_t k,
+                                        bool act_symmetric, uintptr_t act_scale, uintptr_t act_zero_point,
+                                        uintptr_t act_smooth, uintptr_t workspace, int64_t workspace_bytes,
+                                        int num_threads) {
+  fastq::Int8StaticLinearArgs s;
+  s.lin = linear_args(x, x_dtype, w_packed, w_scale, 1, bias, y, y_dtype, m, n, k, act_symmetric, workspace,
+                      workspace_bytes, num_threads);
+  s.act_scale = ptr<const float>(act_scale);
+  s.act_zero_point = ptr<const int32_t>(act_zero_point);
+  s.act_smooth = ptr<const float>(act_smooth);
+  return s;
+}
+
+}  // namespace
+
+void fastq_bind_static_linear(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("int8_linear_static_workspace_bytes_cpu", &fastq::int8_linear_static_workspace_bytes_cpu);
+  m.def(
+      "int8_linear_static_cpu",
+      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
+         int64_t m_, int64_t n, int64_t k, bool act_symmetric, uintptr_t act_scale, uintptr_t act_zero_point,
+         uintptr_t act_smooth, uintptr_t workspace, int64_t workspace_bytes, int num_threads) {
+        fastq::int8_linear_static_cpu(static_args(x, x_dtype, w_packed, w_scale, bias, y, y_dtype, m_, n, k,
+                                                  act_symmetric, act_scale, act_zero_point, act_smooth, workspace,
+                                                  workspace_bytes, num_threads));
+      },
+      nogil);
+#ifdef FASTQ_WITH_CUDA
+  m.def("int8_linear_static_workspace_bytes_cuda", &fastq::int8_linear_static_workspace_bytes_cuda);
+  m.def(
+      "int8_linear_static_cuda",
+      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
+         int64_t m_, int64_t n, int64_t k, bool act_symmetric, uintptr_t act_scale, uintptr_t act_zero_point,
+         uintptr_t act_smooth, uintptr_t workspace, int64_t workspace_bytes, uintptr_t stream) {
+        fastq::int8_linear_static_cuda(static_args(x, x_dtype, w_packed, w_scale, bias, y, y_dtype, m_, n, k,
+                                                   act_symmetric, act_scale, act_zero_point, act_smooth, workspace,
+                                                   workspace_bytes, 1),
+                                       ptr<void>(stream));
+      },
+      nogil);
+#endif
+}
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastq native kernels (torch-free; see csrc/api.h)";
@@ -327,6 +375,7 @@ PYBIND11_MODULE(_C, m) {
       nogil);
 #endif
   fastq_bind_codebook(m);
+  fastq_bind_static_linear(m);
 }
 
 // ---- codebook (weight sharing) linear: (x, m, n, k, codes, bits, lut, codebook, cb_rows, cb_groups,

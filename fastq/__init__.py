@@ -65,3 +65,11 @@ def native_available() -> bool:
     """True when the compiled extension ``fastq._C`` is loaded."""
     return _native.available()
 
+
+# ---- accuracy toolkit: calibration, static W8A8, SmoothQuant, QAT, half-precision weights ----
+from fastq.quantization import (  # noqa: E402
+    BFloat16Config, CalibrationError, Float16Config, Int8StaticConfig, calibrate, convert_, prepare_qat_,
+    smooth_quant_)
+
+__all__ += ["BFloat16Config", "CalibrationError", "Float16Config", "Int8StaticConfig", "calibrate", "convert_",
+            "prepare_qat_", "smooth_quant_"]

@@ -75,3 +75,17 @@ const LutKernels& lut_kernels() {
 }
 
 }  // namespace fastq::cpu
+
+// ---- static W8A8 activation quantization (accuracy toolkit) ----
+namespace fastq::cpu {
+
+const StaticActKernels& static_act_kernels() {
+  switch (cpu_isa_active()) {
+    case kAmx:
+    case kAvx512: return static_act_kernels_avx512;
+    case kAvx2: return static_act_kernels_avx2;
+    default: return static_act_kernels_scalar;
+  }
+}
+
+}  // namespace fastq::cpu

@@ -203,5 +203,23 @@ extern const LutKernels lut_kernels_avx2;
 extern const LutKernels lut_kernels_avx512;
 
 const LutKernels& lut_kernels();
+// ---- static W8A8 activation quantization (accuracy toolkit; csrc/cpu/gemm_static.cpp drives it) --
+namespace fastq::cpu {
+
+// quant_act[dtype](x, n, mul, symmetric, zp, out): the codes of int8_linear_static's activations,
+//   symmetric:  q = clamp(round_half_even(x[i] * mul[i]), -127, 127), NaN -> 0
+//   asymmetric: q = clamp(round_half_even(x[i] * mul[i]) + zp, 0, 255), NaN -> zp
+// written straight in the ISA's GEMM activation format (GemmKernels::act_format of the same ISA):
+// kActU8Offset: uint8 q + 128 (symmetric) or q (asymmetric); kActS16: int16 q (symmetric) or q - zp.
+// Indexed by the DType of x.
+struct StaticActKernels {
+  void (*quant_act[3])(const void* x, int64_t n, const float* mul, bool symmetric, int32_t zp, void* out);
+};
+
+extern const StaticActKernels static_act_kernels_scalar;
+extern const StaticActKernels static_act_kernels_avx2;
+extern const StaticActKernels static_act_kernels_avx512;
+
+const StaticActKernels& static_act_kernels();
 
 }  // namespace fastq::cpu

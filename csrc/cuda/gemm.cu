@@ -713,40 +713,20 @@ int64_t int8_linear_dynamic_workspace_bytes_cuda(int64_t m, int64_t n, int64_t k
   return linear_layout(m, n, k).total;
 }
 
-void int8_linear_dynamic_cuda(const Int8LinearArgs& a, void* stream) {
-  FASTQ_CHECK(a.m >= 0 && a.n > 0 && a.k > 0, "bad sizes: m=", a.m, " n=", a.n, " k=", a.k);
-  if (a.m == 0) return;
-  FASTQ_CHECK(a.x && a.w_packed && a.w_scale && a.y && a.workspace, "null pointer");
-  const LinearLayout l = linear_layout(a.m, a.n, a.k);
-  FASTQ_CHECK(a.workspace_bytes >= l.total, "workspace of ", a.workspace_bytes, " bytes, need ", l.total);
-  FASTQ_CHECK(aligned(a.workspace, 16) && aligned(a.w_packed, 16),
-              "workspace and packed weight must be 16-byte aligned (pass freshly allocated tensors)");
-  FASTQ_CHECK(a.k <= INT32_MAX - kBK, "k too large: ", a.k);
-  auto s = static_cast<cudaStream_t>(stream);
+namespace {
 
-  auto* ws = static_cast<uint8_t*>(a.workspace);
-  ActQuantParams q{a.x, a.m, a.k, l.lda, a.act_symmetric, ws, reinterpret_cast<float*>(ws + l.scale_off),
-                   reinterpret_cast<int32_t*>(ws + l.zp_off)};
-  cuda::dispatch_dtype(a.x_dtype, [&](auto tag) {
-    constexpr DType D = decltype(tag)::value;
-    if (a.k <= 1024) {
-      const int64_t blocks = (a.m + kWarps - 1) / kWarps;
-      FASTQ_CHECK(blocks <= INT32_MAX, "too many rows: ", a.m);
-      quantize_act_warp<D><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(q);
-    } else {
-      FASTQ_CHECK(a.m <= INT32_MAX, "too many rows: ", a.m);
-      quantize_act_block<D><<<static_cast<unsigned>(a.m), kThreads, 0, s>>>(q);
-    }
-  });
-  FASTQ_CUDA_CHECK(cudaGetLastError());
-
+// The GEMM half of the W8A8 linears (int8_linear_dynamic, int8_linear_static): codes [m, lda] at ws
+// (zero-padded), per-row a_scale / a_zp, then the streaming (M <= 16) or tiled kernel with the fused
+// epilogue.
+void launch_linear_gemm(const Int8LinearArgs& a, const LinearLayout& l, const uint8_t* ws, const float* a_scale,
+                        const int32_t* a_zp, cudaStream_t s) {
   const int64_t nblocks = l.n_pad / 16, kg = l.k_pad / 4;
   const auto* colsum = reinterpret_cast<const int32_t*>(a.w_packed + l.n_pad * l.k_pad);
   const bool pair_ok = a.n % 2 == 0 && aligned(a.y, 2 * dtype_size(a.y_dtype));
   const auto run = [&](auto ytag, auto asym_tag) {
     constexpr DType YD = decltype(ytag)::value;
     constexpr bool kAsym = decltype(asym_tag)::value;
-    const LinearEpi<YD, kAsym> epi{q.scale, q.zp, colsum, a.w_scale, a.bias, a.y, a.m, a.n, pair_ok};
+    const LinearEpi<YD, kAsym> epi{a_scale, a_zp, colsum, a.w_scale, a.bias, a.y, a.m, a.n, pair_ok};
     if (a.m <= 16) {
       StreamParams sp{reinterpret_cast<const int8_t*>(ws), l.lda, a.w_packed, kg, nblocks, a.m,
                       static_cast<int>(l.lda / kBK)};
@@ -788,6 +768,38 @@ void int8_linear_dynamic_cuda(const Int8LinearArgs& a, void* stream) {
       run(ytag, BTag<true>{});
     }
   });
+}
+
+}  // namespace
+
+void int8_linear_dynamic_cuda(const Int8LinearArgs& a, void* stream) {
+  FASTQ_CHECK(a.m >= 0 && a.n > 0 && a.k > 0, "bad sizes: m=", a.m, " n=", a.n, " k=", a.k);
+  if (a.m == 0) return;
+  FASTQ_CHECK(a.x && a.w_packed && a.w_scale && a.y && a.workspace, "null pointer");
+  const LinearLayout l = linear_layout(a.m, a.n, a.k);
+  FASTQ_CHECK(a.workspace_bytes >= l.total, "workspace of ", a.workspace_bytes, " bytes, need ", l.total);
+  FASTQ_CHECK(aligned(a.workspace, 16) && aligned(a.w_packed, 16),
+              "workspace and packed weight must be 16-byte aligned (pass freshly allocated tensors)");
+  FASTQ_CHECK(a.k <= INT32_MAX - kBK, "k too large: ", a.k);
+  auto s = static_cast<cudaStream_t>(stream);
+
+  auto* ws = static_cast<uint8_t*>(a.workspace);
+  ActQuantParams q{a.x, a.m, a.k, l.lda, a.act_symmetric, ws, reinterpret_cast<float*>(ws + l.scale_off),
+                   reinterpret_cast<int32_t*>(ws + l.zp_off)};
+  cuda::dispatch_dtype(a.x_dtype, [&](auto tag) {
+    constexpr DType D = decltype(tag)::value;
+    if (a.k <= 1024) {
+      const int64_t blocks = (a.m + kWarps - 1) / kWarps;
+      FASTQ_CHECK(blocks <= INT32_MAX, "too many rows: ", a.m);
+      quantize_act_warp<D><<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(q);
+    } else {
+      FASTQ_CHECK(a.m <= INT32_MAX, "too many rows: ", a.m);
+      quantize_act_block<D><<<static_cast<unsigned>(a.m), kThreads, 0, s>>>(q);
+    }
+  });
+  FASTQ_CUDA_CHECK(cudaGetLastError());
+
+  launch_linear_gemm(a, l, ws, q.scale, q.zp, s);
 }
 
 void int8_weight_only_linear_cuda(const Int8LinearArgs& a, void* stream) {
@@ -840,6 +852,77 @@ void int8_weight_only_linear_cuda(const Int8LinearArgs& a, void* stream) {
     }
   });
   FASTQ_CUDA_CHECK(cudaGetLastError());
+}
+
+
+// ---- static W8A8 linear (accuracy toolkit; reference.int8_linear_static) ----------------------
+// Codes from the calibrated scale (no row statistics): one block per row writes codes [lda] (zeros
+// past k), a_scale[row] = act_scale and a_zp[row] = the zero point, so the dynamic op's GEMMs and
+// epilogue (launch_linear_gemm) finish the job. Float ops as the reference: inv = 1 / scale,
+// mul = (1 / smooth[c]) * inv, v = x * mul, each _rn (no FMA; the module builds with --fmad=false).
+namespace {
+
+struct StaticQuantParams {
+  const void* x;  // [m, k]
+  int64_t m, k, lda;
+  bool symmetric;
+  const float* act_scale;        // [1]
+  const int32_t* act_zp;         // [1] (asymmetric)
+  const float* act_smooth;       // [k] or nullptr
+  uint8_t* codes;                // [m, lda]
+  float* scale;                  // [m]
+  int32_t* zp;                   // [m]
+};
+
+template <DType D>
+__global__ void __launch_bounds__(kThreads) quantize_act_static(StaticQuantParams p) {
+  const int64_t row = blockIdx.x;
+  const float scale = *p.act_scale, inv = __fdiv_rn(1.0f, scale);
+  const int32_t zp = p.symmetric ? 0 : *p.act_zp;
+  if (threadIdx.x == 0) {
+    p.scale[row] = scale;
+    p.zp[row] = zp;
+  }
+  uint8_t* out = p.codes + row * p.lda;
+  for (int64_t c = threadIdx.x; c < p.lda; c += kThreads) {
+    uint8_t q = 0;
+    if (c < p.k) {
+      const float mul = p.act_smooth ? __fmul_rn(__fdiv_rn(1.0f, p.act_smooth[c]), inv) : inv;
+      const cuda::RowScale s{scale, mul, zp, false};
+      const float v = load_elem<D>(p.x, row * p.k + c);
+      q = p.symmetric ? static_cast<uint8_t>(cuda::quantize_sym(v, s)) : cuda::quantize_asym(v, s);
+    }
+    out[c] = q;
+  }
+}
+
+}  // namespace
+
+int64_t int8_linear_static_workspace_bytes_cuda(int64_t m, int64_t n, int64_t k) {
+  return int8_linear_dynamic_workspace_bytes_cuda(m, n, k);
+}
+
+void int8_linear_static_cuda(const Int8StaticLinearArgs& sa, void* stream) {
+  const Int8LinearArgs& a = sa.lin;
+  FASTQ_CHECK(a.m >= 0 && a.n > 0 && a.k > 0, "bad sizes: m=", a.m, " n=", a.n, " k=", a.k);
+  if (a.m == 0) return;
+  FASTQ_CHECK(a.x && a.w_packed && a.w_scale && a.y && a.workspace && sa.act_scale, "null pointer");
+  FASTQ_CHECK(a.act_symmetric || sa.act_zero_point, "asymmetric activations need act_zero_point");
+  const LinearLayout l = linear_layout(a.m, a.n, a.k);
+  FASTQ_CHECK(a.workspace_bytes >= l.total, "workspace of ", a.workspace_bytes, " bytes, need ", l.total);
+  FASTQ_CHECK(aligned(a.workspace, 16) && aligned(a.w_packed, 16),
+              "workspace and packed weight must be 16-byte aligned (pass freshly allocated tensors)");
+  FASTQ_CHECK(a.k <= INT32_MAX - kBK, "k too large: ", a.k);
+  FASTQ_CHECK(a.m <= INT32_MAX, "too many rows: ", a.m);
+  auto s = static_cast<cudaStream_t>(stream);
+  auto* ws = static_cast<uint8_t*>(a.workspace);
+  StaticQuantParams q{a.x, a.m, a.k, l.lda, a.act_symmetric, sa.act_scale, sa.act_zero_point, sa.act_smooth, ws,
+                      reinterpret_cast<float*>(ws + l.scale_off), reinterpret_cast<int32_t*>(ws + l.zp_off)};
+  cuda::dispatch_dtype(a.x_dtype, [&](auto tag) {
+    quantize_act_static<decltype(tag)::value><<<static_cast<unsigned>(a.m), kThreads, 0, s>>>(q);
+  });
+  FASTQ_CUDA_CHECK(cudaGetLastError());
+  launch_linear_gemm(a, l, ws, q.scale, q.zp, s);
 }
 
 }  // namespace fastq

@@ -23,3 +23,11 @@ from fastq.nn.codebook import SharedWeightConv2d, SharedWeightLinear, train_cent
 
 MODULE_TYPES.update({"SharedWeightLinear": SharedWeightLinear, "SharedWeightConv2d": SharedWeightConv2d})
 __all__ += ["SharedWeightConv2d", "SharedWeightLinear", "train_centroids_"]
+# ---- accuracy toolkit: static W8A8, SmoothQuant wrapper, half-precision weights ----
+from fastq.nn.half import HalfConv2d, HalfLinear  # noqa: E402
+from fastq.nn.smooth import SmoothedLinear  # noqa: E402
+from fastq.nn.static import StaticQuantConv2d, StaticQuantLinear  # noqa: E402
+
+MODULE_TYPES.update({"StaticQuantLinear": StaticQuantLinear, "StaticQuantConv2d": StaticQuantConv2d,
+                     "SmoothedLinear": SmoothedLinear, "HalfLinear": HalfLinear, "HalfConv2d": HalfConv2d})
+__all__ += ["HalfConv2d", "HalfLinear", "SmoothedLinear", "StaticQuantConv2d", "StaticQuantLinear"]

@@ -693,3 +693,44 @@ def check_codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Op
     check_codebook_table(op, codebook, scale, n, k, bits, lut, x, "x")
     _check_bias(op, bias, n, x)
     return k
+# ---- static W8A8 linear (int8_linear_static; accuracy toolkit) -----------------------------------
+
+def check_static_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                        act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor]) -> None:
+    """Shapes, dtypes and devices of int8_linear_static's arguments (values: check_static_values)."""
+    check_packed_linear(op, x, w_packed, w_scale, bias, n, False)
+    k = x.shape[-1]
+    for name, t, dtype, shape in (("act_scale", act_scale, torch.float32, (1,)),
+                                  ("act_zero_point", act_zero_point, torch.int32, (1,)),
+                                  ("act_smooth", act_smooth, torch.float32, (k,))):
+        if t is None:
+            if name == "act_scale":
+                raise TypeError(f"{op}: act_scale is required (a float32 tensor of shape (1,))")
+            continue
+        if not isinstance(t, Tensor) or t.dtype != dtype:
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"{op}: {name} must be {dtype}, got {got}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{op}: {name} must have shape {shape}" + (" (one per input feature K)" if name ==
+                                                                        "act_smooth" else "")
+                             + f", got {tuple(t.shape)}")
+        _check_same_device(f"{op}: {name}", t, x, "x")
+
+
+def check_static_values(op: str, act_scale: Tensor, act_zero_point: Optional[Tensor],
+                        act_smooth: Optional[Tensor]) -> None:
+    """Values native code trusts: scale and smoothing divisors finite normal floats (so their
+    reciprocals are finite), zero point in [0, 255]. Cached per tensor version, so a layer's
+    calibrated parameters are read once, not on every call."""
+    for name, t, lo, hi in (("act_scale", act_scale, FLT_MIN, torch.finfo(torch.float32).max),
+                            ("act_zero_point", act_zero_point, 0, 255),
+                            ("act_smooth", act_smooth, FLT_MIN, torch.finfo(torch.float32).max)):
+        if t is None or getattr(t, "_fastq_range_ok", None) == t._version:
+            continue
+        if not _in_range(t, lo, hi):
+            raise ValueError(f"{op}: {name} must lie in [{lo:g}, {hi:g}] (finite, positive normal floats for scales); "
+                             f"got values outside it (NaN/Inf/zero/negative?)")
+        try:
+            t._fastq_range_ok = t._version
+        except (AttributeError, RuntimeError):
+            pass

@@ -410,3 +410,24 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
     float-op sequence and the error bound native kernels keep)."""
     _checks.check_codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
     return reference.codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+# ---- static W8A8 linear (accuracy toolkit) ----------------------------------------------------
+# int8_linear_dynamic with calibrated activation quantization (reference.int8_linear_static states
+# the sequence); native CPU kernels (scalar / AVX2 / AVX-512) and CUDA, bit-exact with the reference.
+
+def _int8_linear_static_fake(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth, out_dtype):
+    _checks.check_static_linear("int8_linear_static", x, w_packed, w_scale, bias, n, act_scale, act_zero_point,
+                                act_smooth)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype)
+
+
+@_define("int8_linear_static", "int8_linear_static", (), _int8_linear_static_fake)
+def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                       act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
+                       out_dtype: torch.dtype) -> Tensor:
+    _checks.check_static_linear("int8_linear_static", x, w_packed, w_scale, bias, n, act_scale, act_zero_point,
+                                act_smooth)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"int8_linear_static: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    _checks.check_static_values("int8_linear_static", act_scale, act_zero_point, act_smooth)
+    return reference.int8_linear_static(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth,
+                                        out_dtype)

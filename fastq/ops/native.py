@@ -404,3 +404,33 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
         with torch.cuda.device(x.device):
             _native._C.codebook_linear_cuda(*args, _native.cuda_stream(x))
     return y if x.dtype == torch.float32 else y.to(x.dtype)
+# ---- static W8A8 linear (accuracy toolkit) ----------------------------------------------------
+# One native call: CPU quantizes x with the calibrated scale straight into the GEMM's activation
+# format inside the GEMM's own parallel region (csrc/cpu/gemm_static.cpp); CUDA quantizes into the
+# workspace, then runs int8_linear_dynamic's GEMMs. The scale / zero point / smoothing tensors are
+# passed as device pointers: a call never reads them on the host.
+
+def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                       act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
+                       out_dtype: torch.dtype) -> Tensor:
+    op = "int8_linear_static"
+    _checks.check_static_linear(op, x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    _checks.check_static_values(op, act_scale, act_zero_point, act_smooth)
+    y = torch.empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    _native.record(op, x.device.type)
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k).contiguous()
+    m = x2.shape[0]
+    cpu = x.device.type == "cpu"
+    ws_bytes = getattr(_native._C, f"{op}_workspace_bytes_{'cpu' if cpu else 'cuda'}")(m, n, k)
+    workspace = _workspace(x.device, ws_bytes)
+    zp = _contig(act_zero_point)
+    _device_call(op, x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype], w_packed.contiguous().data_ptr(),
+                 w_scale.contiguous().data_ptr(), _ptr(_contig(bias)), y.data_ptr(), _native.DTYPE_CODES[y.dtype], m, n,
+                 k, zp is None, act_scale.contiguous().data_ptr(), _ptr(zp), _ptr(_contig(act_smooth)),
+                 workspace.data_ptr(), ws_bytes)
+    return y

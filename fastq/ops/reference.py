@@ -659,3 +659,57 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
     if bias is not None:
         y = y + bias
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
+# ---- static W8A8 linear (int8_linear_static; accuracy toolkit) -----------------------------------
+# int8_linear_dynamic with calibrated (static, per-tensor) activation quantization, optionally after
+# SmoothQuant's per-input-channel division. No run-time statistics: the activation codes depend on
+# x alone, element by element.
+
+
+def static_act_multiplier(act_scale: Tensor, act_smooth: Optional[Tensor], k: int) -> Tensor:
+    """float32 [K]: ``1 / act_scale``, or ``(1 / act_smooth[k]) * (1 / act_scale)`` (each op rounded
+    to float32 on its own): the factor every activation of column k is multiplied by."""
+    inv = 1.0 / act_scale.reshape(())
+    if act_smooth is None:
+        return inv.expand(k)
+    return (1.0 / act_smooth) * inv
+
+
+def quantize_static_act(x2: Tensor, mul: Tensor, zero_point: Optional[Tensor]) -> Tensor:
+    """Codes of [M, K] activations: ``v = float32(x) * mul[k]``; symmetric (``zero_point`` None)
+    ``clamp(round_half_even(v), -127, 127)`` as int8, NaN -> 0; asymmetric
+    ``clamp(round_half_even(v) + zp, 0, 255)`` as uint8, NaN -> zp. +-Inf saturate."""
+    v = x2.float() * mul
+    if zero_point is None:
+        q = torch.round(v).clamp(-127, 127)
+        return torch.where(torch.isnan(v), torch.zeros_like(q), q).to(torch.int8)
+    zp = zero_point.reshape(()).float()
+    q = torch.clamp(torch.round(v) + zp, 0, 255)
+    return torch.where(torch.isnan(v), zp.expand_as(q), q).to(torch.uint8)
+
+
+def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                       act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
+                       out_dtype: torch.dtype) -> Tensor:
+    """Static W8A8 linear: calibrated per-tensor activation quantization x int8 per-channel weights.
+
+    ``x`` [*, K]; ``w_packed``, ``w_scale`` [n], ``bias`` as in ``int8_linear_dynamic``;
+    ``act_scale`` float32 [1] (> 0); ``act_zero_point`` int32 [1] in [0, 255] for asymmetric (uint8)
+    activations or None for symmetric int8; ``act_smooth`` float32 [K] SmoothQuant divisors or None.
+    Sequence:
+      mul = static_act_multiplier(act_scale, act_smooth, K)               (float32 [K])
+      qa = quantize_static_act(x, mul, act_zero_point)                    (element-wise)
+      acc[m, j] = sum_k qa[m, k] * w[j, k] - zp * colsum[j]               (int32, exact)
+      y = float32(acc) * (act_scale * w_scale[j])                         (two float32 roundings)
+      y = y + bias[j]                                                     (when bias is given)
+    then rounded to ``out_dtype``. Native kernels follow it without FMA contraction (bit-exact).
+    """
+    k = x.shape[-1]
+    w, colsum = int8_unpack_weight(w_packed, n, k)
+    qa = quantize_static_act(x.reshape(-1, k), static_act_multiplier(act_scale, act_smooth, k), act_zero_point)
+    acc = (qa.double() @ w.double().T).to(torch.int32)
+    if act_zero_point is not None:
+        acc = acc - act_zero_point.reshape(1, 1) * colsum.reshape(1, -1)
+    y = acc.to(torch.float32) * (act_scale.reshape(1, 1) * w_scale.reshape(1, -1))
+    if bias is not None:
+        y = y + bias
+    return y.to(out_dtype).reshape(*x.shape[:-1], n)

@@ -12,3 +12,14 @@ from fastq.quantization.codebook import (BinaryConfig, PowerOfTwoConfig, Ternary
                                          WeightSharingConfig)
 
 __all__ += ["BinaryConfig", "PowerOfTwoConfig", "TernaryConfig", "WeightSharingConfig"]
+# ---- accuracy toolkit: observers, calibration, static W8A8, SmoothQuant, QAT, half precision ----
+from fastq.quantization.calibrate import CalibrationError, LayerCalibration, calibrate, get_calibration  # noqa: E402
+from fastq.quantization.half import BFloat16Config, Float16Config  # noqa: E402
+from fastq.quantization.observers import OBSERVERS, make_observer  # noqa: E402
+from fastq.quantization.qat import convert_, prepare_qat_, register_qat  # noqa: E402
+from fastq.quantization.smoothquant import SmoothQuantError, SmoothQuantReport, smooth_quant_  # noqa: E402
+from fastq.quantization.static import Int8StaticConfig  # noqa: E402
+
+__all__ += ["BFloat16Config", "CalibrationError", "Float16Config", "Int8StaticConfig", "LayerCalibration", "OBSERVERS",
+            "SmoothQuantError", "SmoothQuantReport", "calibrate", "convert_", "get_calibration", "make_observer",
+            "prepare_qat_", "register_qat", "smooth_quant_"]

@@ -1,0 +1,202 @@
+"""QAT: the prepared model's forward is the integer kernel's output (so convert_ is bit-exact for
+every config), gradients follow the straight-through estimator, LSQ scales learn, other configs plug
+in with register_qat, and bad input is refused."""
+
+import copy
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+import fastq
+from fastq.nn import QuantConv2d, QuantLinear, StaticQuantConv2d, StaticQuantLinear
+from fastq.quantization import CalibrationError, register_handler, register_qat
+from fastq.quantization.qat import QATConv2d, QATLinear, QATScheme, fake_quant, round_ste
+
+CONFIGS = {
+    "dynamic_sym": fastq.Int8DynamicConfig(),
+    "dynamic_asym": fastq.Int8DynamicConfig(act_symmetric=False),
+    "weight_only": fastq.quantization.Int8WeightOnlyConfig(),
+    "weight_only_g16": fastq.quantization.Int8WeightOnlyConfig(group_size=16),
+    "static": fastq.Int8StaticConfig(observer="minmax"),
+}
+
+
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(32 * 4 * 4, 48), nn.GELU(), nn.Linear(48, 10))
+
+
+def _data(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 1, 10, 10, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(n)]
+
+
+def _train(model, data, steps=3, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for i in range(steps):
+        x, y = data[i % len(data)]
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("lsq", [False, True], ids=["amax", "lsq"])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_convert_is_bit_exact_with_the_qat_forward(name, lsq):
+    cfg, model, data = CONFIGS[name], _cnn(), _data()
+    first = nn.Conv2d if name == "weight_only_g16" else QATConv2d  # K = 9: no groups of 16
+    if name == "static":
+        fastq.calibrate(model, [x for x, _ in data], cfg, progress=False)
+    fastq.prepare_qat_(model, cfg, lsq=lsq)
+    assert isinstance(model[0], first) and isinstance(model[7], QATLinear)
+    w0 = model[7].weight.detach().clone()
+    _train(model, data)
+    assert not torch.equal(model[7].weight, w0)  # gradients reached the float weights
+    model.eval()
+    x = _data(1, seed=9)[0][0]
+    with torch.no_grad():
+        y_qat = model(x)
+    fastq.convert_(model)
+    kinds = (StaticQuantConv2d, StaticQuantLinear) if name == "static" else (QuantConv2d, QuantLinear)
+    assert isinstance(model[2], kinds[0]) and isinstance(model[7], kinds[1])
+    assert torch.equal(model(x), y_qat)
+
+
+def test_forward_value_is_the_kernel_and_gradient_the_ste():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16)
+    model = nn.Sequential(copy.deepcopy(lin))
+    fastq.prepare_qat_(model, fastq.Int8DynamicConfig())
+    x = torch.randn(4, 32, requires_grad=True)
+    y = model(x)
+    q = QuantLinear.from_float(lin, fastq.Int8DynamicConfig())
+    assert torch.equal(y.detach(), q(x.detach()))  # the value is the int8 kernel's
+    y.sum().backward()
+    # STE: dL/dx = sum over outputs of the fake-quantized weight rows
+    w_fq = q.dequantized_weight()
+    torch.testing.assert_close(x.grad, w_fq.sum(0).expand(4, 32), rtol=1e-5, atol=1e-6)
+
+
+def test_static_clipped_activations_get_no_gradient_and_lsq_scale_learns():
+    x = torch.tensor([[-4.0, -0.503, 0.2549, 3.0]])
+    scale = torch.tensor([0.01], requires_grad=True)  # range [-1.27, 1.27]: -4 and 3 are clipped
+    xr = x.clone().requires_grad_(True)
+    out = fake_quant(xr, scale, None, -127, 127)
+    out.sum().backward()
+    assert torch.equal(xr.grad, torch.tensor([[0.0, 1.0, 1.0, 0.0]]))
+    # LSQ: d out / d s = q - x / s inside the range, the clip level outside
+    expected = (-50 + 50.3) + (25 - 25.49) + (-127 + 127)
+    torch.testing.assert_close(scale.grad, torch.tensor([expected]), rtol=1e-3, atol=1e-3)
+    v = torch.tensor([0.5, 1.5, 2.5, -0.5], requires_grad=True)
+    r = round_ste(v)
+    assert torch.equal(r.detach(), torch.round(v.detach()))  # half to even, exactly
+    r.sum().backward()
+    assert torch.equal(v.grad, torch.ones(4))
+
+
+def test_static_qat_without_calibration_observes_in_training():
+    model, data = _cnn(), _data()
+    fastq.prepare_qat_(model, fastq.Int8StaticConfig(observer="moving_average"))
+    with pytest.raises(CalibrationError, match="no activation range yet"):
+        model.eval()(data[0][0])
+    _train(model, data, steps=2)
+    assert model[5].act_symmetric is False  # after ReLU: one-sided
+    model.eval()
+    with torch.no_grad():
+        y = model(data[0][0])
+    fastq.convert_(model)
+    assert torch.equal(model(data[0][0]), y)
+
+
+def test_lsq_static_activation_scale_is_learned():
+    model, data = _cnn(), _data()
+    cfg = fastq.Int8StaticConfig(observer="minmax")
+    fastq.calibrate(model, [x for x, _ in data], cfg, progress=False)
+    fastq.prepare_qat_(model, cfg, lsq=True)
+    s0 = model[5].act_scale.detach().clone()
+    assert isinstance(model[5].act_scale, nn.Parameter) and isinstance(model[5].weight_scale_lsq, nn.Parameter)
+    _train(model, data, steps=3, lr=0.5)
+    assert not torch.equal(model[5].act_scale.detach(), s0)
+
+
+def test_trains_with_distill():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 16))
+    student = copy.deepcopy(teacher)
+    fastq.prepare_qat_(student, fastq.Int8DynamicConfig())
+    batches = [torch.randn(8, 32) for _ in range(4)]
+    hist = fastq.distill_(student, teacher, batches, loss="mse", steps=6, lr=1e-3)
+    assert len(hist.losses) == 6 and all(l == l for l in hist.losses)
+    fastq.convert_(student)
+    assert isinstance(student[0], QuantLinear)
+
+
+@dataclass(frozen=True)
+class _SignConfig:
+    """A toy 'binary' weight config: the hook example of register_qat."""
+
+
+class _SignLinear(nn.Module):
+    def __init__(self, w, b):
+        super().__init__()
+        self.register_buffer("scale", w.abs().mean(1, keepdim=True))
+        self.register_buffer("sign", torch.sign(w))
+        self.bias = None if b is None else b.detach().clone()
+
+    def forward(self, x):
+        y = x @ (self.sign * self.scale).T
+        return y if self.bias is None else y + self.bias
+
+
+class _SignScheme(QATScheme):
+    def fake_weight(self, module, w):
+        scale = w.abs().mean(1, keepdim=True).detach()
+        return w + (torch.sign(w) * scale - w).detach()
+
+
+def test_other_configs_plug_in_with_register_qat():
+    register_handler(_SignConfig, nn.Linear, lambda m, c: _SignLinear(m.weight.detach(), m.bias))
+    register_qat(_SignConfig, _SignScheme)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    fastq.prepare_qat_(model, _SignConfig())
+    x = torch.randn(5, 8)
+    loss = model(x).sum()
+    loss.backward()
+    assert model[0].weight.grad is not None
+    with torch.no_grad():
+        y = model(x)
+    fastq.convert_(model)
+    assert isinstance(model[0], _SignLinear) and torch.equal(model(x), y)
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="no QAT scheme for Float16Config"):
+        fastq.prepare_qat_(_cnn(), fastq.Float16Config())
+    with pytest.raises(TypeError, match="lsq"):
+        fastq.prepare_qat_(_cnn(), fastq.Int8DynamicConfig(), lsq="yes")
+    with pytest.raises(ValueError, match="no layer"):
+        fastq.prepare_qat_(nn.Sequential(nn.ReLU()), fastq.Int8DynamicConfig())
+    with pytest.raises(ValueError, match="no QAT layers"):
+        fastq.convert_(_cnn())
+    model = _cnn()
+    fastq.prepare_qat_(model, fastq.Int8StaticConfig())
+    with pytest.raises(CalibrationError, match="never saw activations"):
+        fastq.convert_(model)
+    assert isinstance(model[0], QATConv2d)  # nothing was converted
+
+
+def test_filter_and_tiny_layers_stay_float():
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.Linear(32, 2))
+    fastq.prepare_qat_(model, fastq.Int8DynamicConfig(), filter_fn=lambda m, n: n != "0")
+    assert type(model[0]) is nn.Linear and isinstance(model[2], QATLinear)
+    assert type(model[3]) is nn.Linear  # too small to gain from int8: left float with a note
+    assert "too small" in dict(fastq.summary(model).notes)["3"]
