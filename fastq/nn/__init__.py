@@ -16,4 +16,9 @@ from fastq.nn.sparse_conv import SparseConv2d
 MODULE_TYPES: dict = {"QuantLinear": QuantLinear, "QuantConv2d": QuantConv2d, "SparseLinear": SparseLinear,
                       "SparseConv2d": SparseConv2d}
 
-__all__ = ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseConv2d", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]
+# ---- sub-8-bit integer weights ----
+from fastq.nn.intx import IntxEmbedding, IntxLinear  # noqa: E402
+
+MODULE_TYPES.update({"IntxLinear": IntxLinear, "IntxEmbedding": IntxEmbedding})
+
+__all__ = ["IntxEmbedding", "IntxLinear"] + ["MODES", "MODULE_TYPES", "QuantConv2d", "QuantLinear", "SparseConv2d", "SparseLinear", "UnsupportedLayerError", "quantize_weight"]

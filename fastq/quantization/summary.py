@@ -9,6 +9,7 @@ other modules count as unchanged. compression ratio = original bytes / stored by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -30,6 +31,19 @@ class LayerInfo:
     detail: str = ""  # mode / granularity of fastq modules
     note: Optional[str] = None  # why quantize_ left the layer as it was
     quantized: bool = False  # a fastq module (it reports weight_bytes / float_weight_bytes)
+
+    weight_elements: int = 0  # weight elements stored here (0 for a weight counted at another layer)
+
+    @property
+    def bits_per_weight(self) -> Optional[float]:
+        """Stored bits per weight element, scales, zero points and bias included (None: no weight
+        of its own, e.g. a head tied to an embedding)."""
+        return 8 * self.bytes / self.weight_elements if self.weight_elements else None
+
+    @property
+    def compression_ratio(self) -> Optional[float]:
+        """original bytes / stored bytes (None for a layer storing nothing itself, e.g. a tied head)."""
+        return self.original_bytes / self.bytes if self.bytes else None
 
 
 def _own_tensors(m: nn.Module) -> list:
@@ -69,18 +83,26 @@ class Summary:
         return [r for r in self.layers if r.quantized]
 
     @property
+    def quantized_bits_per_weight(self) -> Optional[float]:
+        """Stored bits per weight element over the quantized layers (a tied weight counted once)."""
+        numel = sum(r.weight_elements for r in self.quantized)
+        return 8 * sum(r.bytes for r in self.quantized) / numel if numel else None
+
+    @property
     def notes(self) -> list:
         """(layer name, reason) for every layer quantize_ skipped."""
         return [(r.name, r.note) for r in self.layers if r.note]
 
     def __str__(self) -> str:
-        head = ("name", "type", "shape", "bits", "bytes", "sparsity", "detail")
+        head = ("name", "type", "shape", "bits", "bpw", "bytes", "ratio", "sparsity", "detail")
         rows = [(r.name or "(root)", r.type, "x".join(map(str, r.shape)) if r.shape else "-", str(r.bits),
-                 _fmt_bytes(r.bytes), "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
+                 "-" if r.bits_per_weight is None else f"{r.bits_per_weight:.2f}", _fmt_bytes(r.bytes),
+                 "-" if r.compression_ratio is None else f"{r.compression_ratio:.2f}x",
+                 "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
                  r.detail or ("left as is (see notes)" if r.note else ""))
                 for r in self.layers]
         widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-        right = (False, False, False, True, True, True, False)
+        right = (False, False, False, True, True, True, True, True, False)
 
         def line(cells) -> str:
             return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
@@ -93,7 +115,7 @@ class Summary:
                    f"compression ratio {self.compression_ratio:.2f}x")
         if q:
             out.append(f"quantized layers: {len(q)}, {_fmt_bytes(q_now)} (original {_fmt_bytes(q_orig)}), "
-                       f"{q_orig / q_now:.2f}x")
+                       f"{q_orig / q_now:.2f}x, {self.quantized_bits_per_weight:.2f} bits per weight")
         if self.notes:
             out.append("notes (left as they were):")
             out.extend(f"  {name or '(root)'}: {reason}" for name, reason in self.notes)
@@ -105,25 +127,28 @@ def _bits(t: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def _layer_info(name: str, m: nn.Module) -> Optional[LayerInfo]:
+def _layer_info(name: str, m: nn.Module, seen: set) -> Optional[LayerInfo]:
     if hasattr(m, "weight_bytes") and hasattr(m, "float_weight_bytes"):
         shape = tuple(getattr(m, "weight_shape", lambda: ())())
         sparsity = m.weight_sparsity() if hasattr(m, "weight_sparsity") else None
         detail = getattr(m, "mode", "")
         if hasattr(m, "granularity"):
             detail += f" {m.granularity()}"
+        elements = 0 if getattr(m, "tied", False) else math.prod(shape)
         return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), int(m.weight_bytes()),
-                         int(m.float_weight_bytes()), sparsity, detail.strip(), None, True)
+                         int(m.float_weight_bytes()), sparsity, detail.strip(), None, True, elements)
     tensors = _own_tensors(m)
     if not tensors:
         return None
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if id(t) not in seen)
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor):
         w = tensors[0]
+    elements = 0 if id(w) in seen else w.numel()
+    seen.update(id(t) for t in tensors)
     sparsity = float((w == 0).float().mean()) if w.numel() else None
     return LayerInfo(name, type(m).__name__, tuple(w.shape), _bits(w), nbytes, nbytes, sparsity, "",
-                     getattr(m, SKIP_ATTR, None))
+                     getattr(m, SKIP_ATTR, None), False, elements)
 
 
 def summary(model: nn.Module) -> Summary:
@@ -135,5 +160,6 @@ def summary(model: nn.Module) -> Summary:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary expects an nn.Module, got {type(model).__name__}")
-    rows = [_layer_info(name, m) for name, m in model.named_modules()]
+    seen: set = set()  # tensors already counted (a weight tied between two plain modules counts once)
+    rows = [_layer_info(name, m, seen) for name, m in model.named_modules()]
     return Summary([r for r in rows if r is not None])

@@ -62,7 +62,7 @@ def test_str_is_a_readable_table():
     fastq.quantize_(model, fastq.Int8DynamicConfig(), skip=["3"])
     text = str(fastq.summary(model))
     lines = text.splitlines()
-    assert lines[0].split() == ["name", "type", "shape", "bits", "bytes", "sparsity", "detail"]
+    assert lines[0].split() == ["name", "type", "shape", "bits", "bpw", "bytes", "ratio", "sparsity", "detail"]
     assert any(line.startswith("0 ") and "QuantLinear" in line and "512x256" in line and "w8a8 per_channel" in line
                for line in lines)
     assert "compression ratio" in text and "quantized layers: 1" in text
