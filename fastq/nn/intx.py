@@ -51,10 +51,36 @@ def _shared_packed(weight: Tensor, bits: int, group_size: Optional[int], symmetr
     return packed, clip, False
 
 
+def fit_group_size(k: int, group_size: Optional[int], bits: int) -> Optional[int]:
+    """``group_size`` when it divides K (or is None: per channel), else the largest smaller multiple
+    of the packed chunk that divides K (K = 576 with groups of 128: 96).
+
+    Raises:
+        UnsupportedLayerError: K is not a multiple of the chunk, so no group size fits.
+    """
+    if group_size is None or k % group_size == 0:
+        return group_size
+    chunk = intx_chunk_k(bits)
+    for g in range(group_size - group_size % chunk, 0, -chunk):
+        if k % g == 0:
+            return g
+    raise UnsupportedLayerError(f"K={k} is not a multiple of {chunk}: {bits}-bit codes pack {chunk // 4} per byte "
+                                f"in chunks of {chunk} inputs")
+
+
+def _group_for(k: int, config) -> tuple[Optional[int], Optional[int]]:
+    """(group size to use, the requested one when it had to be fitted)."""
+    if not getattr(config, "fit_group_size", False):
+        return config.group_size, None
+    g = fit_group_size(k, config.group_size, config.bits)
+    return g, (config.group_size if g != config.group_size else None)
+
+
 class _IntxWeight(nn.Module):
     """The packed [N, K] weight shared by IntxLinear and IntxEmbedding."""
 
-    def _init_intx(self, n: int, k: int, bits: int, group_size: Optional[int], symmetric: bool, tied: bool) -> None:
+    def _init_intx(self, n: int, k: int, bits: int, group_size: Optional[int], symmetric: bool, tied: bool,
+                   fitted_from: Optional[int]) -> None:
         if isinstance(bits, bool) or not isinstance(bits, int) or bits not in INTX_BITS:
             raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
         if not isinstance(symmetric, bool) or not isinstance(tied, bool):
@@ -73,6 +99,7 @@ class _IntxWeight(nn.Module):
                                         f"{chunk // 4} per byte in chunks of {chunk} inputs")
         self._n, self._k = n, k
         self.bits, self.group_size, self.symmetric, self.tied = bits, group_size, symmetric, tied
+        self.fitted_from = fitted_from  # the requested group size, when it did not divide K
         self.groups = k // gs
         self.register_buffer("weight_packed", torch.zeros(intx_packed_bytes(n, k, self.groups, bits, not symmetric),
                                                           dtype=torch.uint8))
@@ -94,6 +121,8 @@ class _IntxWeight(nn.Module):
 
     def granularity(self) -> str:
         g = "per_channel" if self.group_size is None else f"group{self.group_size}"
+        if self.fitted_from is not None:
+            g += f" (fitted: {self.fitted_from} does not divide K={self._k})"
         s = f"{g} {'symmetric' if self.symmetric else 'asymmetric'}"
         if intx_slot_bits(self.bits) != self.bits:
             s += f", {self.bits}-bit codes in {intx_slot_bits(self.bits)}-bit slots"
@@ -146,7 +175,7 @@ class IntxLinear(_IntxWeight):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
                  group_size: Optional[int] = 128, symmetric: bool = True, mode: str = "weight_only",
-                 tied: bool = False, clip: Optional[str] = None) -> None:
+                 tied: bool = False, clip: Optional[str] = None, fitted_from: Optional[int] = None) -> None:
         super().__init__()
         if mode not in LINEAR_MODES:
             raise ValueError(f"mode must be one of {LINEAR_MODES}, got {mode!r}")
@@ -154,7 +183,7 @@ class IntxLinear(_IntxWeight):
             raise ValueError(f"mode='dynamic' needs bits <= 4 (int8 activations x up-to-4-bit codes), got {bits}")
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.mode, self.clip = mode, clip
-        self._init_intx(self.out_features, self.in_features, bits, group_size, symmetric, tied)
+        self._init_intx(self.out_features, self.in_features, bits, group_size, symmetric, tied, fitted_from)
         self.register_buffer("bias", torch.zeros(self.out_features) if bias else None)
 
     @classmethod
@@ -170,10 +199,11 @@ class IntxLinear(_IntxWeight):
 
         if not isinstance(module, nn.Linear):
             raise TypeError(f"IntxLinear.from_float expects an nn.Linear, got {type(module).__name__}")
-        q = cls(module.in_features, module.out_features, module.bias is not None, config.bits, config.group_size,
-                config.symmetric, config.mode)  # validates the layer before any quantization work
-        q.weight_packed, q.clip, q.tied = _shared_packed(module.weight, config.bits, config.group_size,
-                                                         config.symmetric, config.clip, input_stats(module))
+        group, fitted_from = _group_for(module.in_features, config)
+        q = cls(module.in_features, module.out_features, module.bias is not None, config.bits, group,
+                config.symmetric, config.mode, fitted_from=fitted_from)  # validates the layer first
+        q.weight_packed, q.clip, q.tied = _shared_packed(module.weight, config.bits, group, config.symmetric,
+                                                         config.clip, input_stats(module))
         if module.bias is not None:
             q.bias = module.bias.detach().to(dtype=torch.float32).clone()
         return q
@@ -193,7 +223,7 @@ class IntxLinear(_IntxWeight):
         """JSON-serialisable constructor arguments: ``IntxLinear(**m.init_kwargs())`` is an empty twin."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "mode": self.mode,
-                "tied": self.tied, "clip": self.clip}
+                "tied": self.tied, "clip": self.clip, "fitted_from": self.fitted_from}
 
     def _describe(self) -> str:
         return f"IntxLinear({self.extra_repr()})"
@@ -219,13 +249,13 @@ class IntxEmbedding(_IntxWeight):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 8, group_size: Optional[int] = None,
                  symmetric: bool = True, tied: bool = False, padding_idx: Optional[int] = None,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", fitted_from: Optional[int] = None) -> None:
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         self.padding_idx, self.out_dtype = padding_idx, _DTYPES[dtype]
-        self._init_intx(self.num_embeddings, self.embedding_dim, bits, group_size, symmetric, tied)
+        self._init_intx(self.num_embeddings, self.embedding_dim, bits, group_size, symmetric, tied, fitted_from)
 
     @property
     def mode(self) -> str:
@@ -244,10 +274,10 @@ class IntxEmbedding(_IntxWeight):
         if module.max_norm is not None:
             raise UnsupportedLayerError("max_norm is set: nn.Embedding renormalizes looked-up rows in place")
         dtype = str(module.weight.dtype).removeprefix("torch.")
-        q = cls(module.num_embeddings, module.embedding_dim, config.bits, config.group_size, config.symmetric,
-                padding_idx=module.padding_idx, dtype=dtype if dtype in _DTYPES else "float32")
-        q.weight_packed, _, q.tied = _shared_packed(module.weight, config.bits, config.group_size, config.symmetric,
-                                                    None, None)
+        group, fitted_from = _group_for(module.embedding_dim, config)
+        q = cls(module.num_embeddings, module.embedding_dim, config.bits, group, config.symmetric,
+                padding_idx=module.padding_idx, dtype=dtype if dtype in _DTYPES else "float32", fitted_from=fitted_from)
+        q.weight_packed, _, q.tied = _shared_packed(module.weight, config.bits, group, config.symmetric, None, None)
         return q
 
     def forward(self, indices: Tensor) -> Tensor:
@@ -267,7 +297,8 @@ class IntxEmbedding(_IntxWeight):
     def init_kwargs(self) -> dict:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
                 "group_size": self.group_size, "symmetric": self.symmetric, "tied": self.tied,
-                "padding_idx": self.padding_idx, "dtype": str(self.out_dtype).removeprefix("torch.")}
+                "padding_idx": self.padding_idx, "dtype": str(self.out_dtype).removeprefix("torch."),
+                "fitted_from": self.fitted_from}
 
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, weight={self.granularity()}, "
@@ -293,3 +324,4 @@ class _TiedHead:
 
     def __init__(self, config) -> None:
         self.bits, self.group_size, self.symmetric = config.bits, config.group_size, config.symmetric
+        self.fit_group_size = config.fit_group_size

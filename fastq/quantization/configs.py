@@ -76,7 +76,8 @@ DEFAULT_INTX_CLIP: Optional[str] = None
 CLIP_MODES = (None, "weight", "output")
 
 
-def _check_intx(cls: str, bits: int, group_size: Optional[int], symmetric: bool, clip: Optional[str] = None) -> None:
+def _check_intx(cls: str, bits: int, group_size: Optional[int], symmetric: bool, clip: Optional[str],
+                fit_group_size: bool) -> None:
     from fastq.ops.reference import INTX_BITS, intx_chunk_k
 
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in INTX_BITS:
@@ -91,6 +92,8 @@ def _check_intx(cls: str, bits: int, group_size: Optional[int], symmetric: bool,
                              f"layout's chunk), got {group_size}; 32, 64, 128 or 256 always work")
     if not isinstance(symmetric, bool):
         raise TypeError(f"{cls}.symmetric must be True or False, got {symmetric!r}")
+    if not isinstance(fit_group_size, bool):
+        raise TypeError(f"{cls}.fit_group_size must be True or False, got {fit_group_size!r}")
     if clip not in CLIP_MODES:
         raise ValueError(f"{cls}.clip must be None, 'weight' (per-group clip ratio minimizing the weight error) or "
                          f"'output' (minimizing the error weighted by observed inputs), got {clip!r}")
@@ -111,16 +114,20 @@ class IntxWeightOnlyConfig:
             squared reconstruction error; "output": the same weighted by each input feature's mean
             squared activation, recorded beforehand with ``fastq.quantization.observe_inputs``
             (layers without observations fall back to "weight").
+        fit_group_size: for a layer whose K the group size does not divide (SmolLM2's K = 576 and
+            groups of 128, say), use the largest smaller group size that divides K and suits the
+            packed layout (96 there; ``summary`` shows it). False skips such layers with a note.
     """
 
     bits: int = 4
     group_size: Optional[int] = 128
     symmetric: bool = True
     clip: Optional[str] = DEFAULT_INTX_CLIP
+    fit_group_size: bool = True
     mode = "weight_only"
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size)
 
 
 @dataclass(frozen=True)
@@ -130,11 +137,12 @@ class Int4WeightOnlyConfig:
     group_size: Optional[int] = 128
     symmetric: bool = True
     clip: Optional[str] = DEFAULT_INTX_CLIP
+    fit_group_size: bool = True
     bits = 4
     mode = "weight_only"
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size)
 
 
 @dataclass(frozen=True)
@@ -146,11 +154,12 @@ class Int4DynamicConfig:
     group_size: Optional[int] = 128
     symmetric: bool = True
     clip: Optional[str] = DEFAULT_INTX_CLIP
+    fit_group_size: bool = True
     bits = 4
     mode = "dynamic"
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size)
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ class IntxEmbeddingConfig:
     bits: int = 8
     group_size: Optional[int] = None
     symmetric: bool = True
+    fit_group_size: bool = True
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, None, self.fit_group_size)

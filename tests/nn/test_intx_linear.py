@@ -163,6 +163,18 @@ def test_repr_and_sizes():
     assert 4.3 < 8 * q.weight_packed.numel() / (32 * 4096) < 4.4  # 4 + 0.25 (scales) + 0.0625 (zeros)
 
 
+def test_group_size_is_fitted_to_k():
+    lin = gaussian_linear(576, 32)  # SmolLM2's hidden size: 128 does not divide it
+    q = IntxLinear.from_float(lin, fastq.Int4WeightOnlyConfig(128))
+    assert q.group_size == 96 and q.groups == 6 and q.fitted_from == 128
+    assert "group96 (fitted: 128 does not divide K=576)" in repr(q)
+    twin = IntxLinear(**q.init_kwargs())
+    twin.load_state_dict(q.state_dict())
+    assert "fitted" in repr(twin)
+    assert IntxLinear.from_float(lin, fastq.IntxWeightOnlyConfig(2, 128)).group_size == 96  # 96 % 16 == 0
+    assert IntxLinear.from_float(gaussian_linear(1536, 8), fastq.Int4WeightOnlyConfig(128)).fitted_from is None
+
+
 def test_weight_sparsity_counts_zero_weights():
     lin = gaussian_linear(64, 32)
     with torch.no_grad():
@@ -174,7 +186,9 @@ def test_weight_sparsity_counts_zero_weights():
 def test_bad_layers_and_inputs():
     lin = gaussian_linear(100, 16)
     with pytest.raises(UnsupportedLayerError, match="does not divide K=100"):
-        IntxLinear.from_float(lin, fastq.Int4WeightOnlyConfig(32))
+        IntxLinear.from_float(lin, fastq.Int4WeightOnlyConfig(32, fit_group_size=False))
+    with pytest.raises(UnsupportedLayerError, match="K=100 is not a multiple of 8"):
+        IntxLinear.from_float(lin, fastq.Int4WeightOnlyConfig(32))  # no smaller group fits either
     with pytest.raises(UnsupportedLayerError, match="K=100 is not a multiple of 8"):
         IntxLinear.from_float(lin, fastq.Int4WeightOnlyConfig(None))  # two codes per byte, 8-k chunks
     with pytest.raises(UnsupportedLayerError, match="multiple of 16"):

@@ -87,8 +87,10 @@ def test_quantize_skips_with_reasons_and_stays_accurate(name):
     fastq.quantize_(model, cfg)
     assert isinstance(model.fc1, IntxLinear) and isinstance(model.odd, IntxLinear)
     notes = dict(fastq.summary(model).notes)
-    if cfg.group_size == 32:
-        assert "group_size 32 does not divide K=72" in notes["wide"]
+    if cfg.group_size == 32 and cfg.bits == 4:  # K = 72: groups of 24 fit
+        assert isinstance(model.wide, IntxLinear) and model.wide.group_size == 24 and "wide" not in notes
+    elif cfg.bits == 2:  # 2-bit chunks hold 16 k: K = 72 has no packed form
+        assert "K=72 is not a multiple of 16" in notes["wide"]
     assert "tiny" in notes  # too small to gain, or K=8 not holding a group
     assert isinstance(model.embed, nn.Embedding)  # linear configs leave embeddings alone
     with torch.no_grad():
@@ -97,6 +99,15 @@ def test_quantize_skips_with_reasons_and_stays_accurate(name):
     assert db > (5 if cfg.bits == 2 else 14), f"{name}: {db:.1f} dB"
     s = str(fastq.summary(model))
     assert "bits per weight" in s and "bpw" in s.splitlines()[0]
+
+
+def test_group_size_not_dividing_k_is_skipped_without_fitting():
+    model = net()
+    fastq.quantize_(model, fastq.Int4WeightOnlyConfig(group_size=32, fit_group_size=False))
+    assert "group_size 32 does not divide K=72" in dict(fastq.summary(model).notes)["wide"]
+    assert type(model.wide) is nn.Linear
+    with pytest.raises(TypeError, match="fit_group_size"):
+        fastq.Int4WeightOnlyConfig(fit_group_size=None)
 
 
 def test_nan_weights_are_skipped_with_the_reason():
