@@ -100,7 +100,7 @@ def test_dtypes(x_dtype, out_dtype):
     assert_within(y, *weight_only_bound(x, codes, scale, zero, None, n))
 
 
-@pytest.mark.parametrize("shape", [(1, 11008, 4096, 32), (128, 4096, 4096, 32), (300, 4096, 11008, 86)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 11008, 4096, 32), (128, 4096, 4096, 32), (64, 4096, 11008, 86)], ids=str)
 def test_real_shapes(shape):
     _native_cuda("intx_linear_dynamic")
     m, n, k, groups = shape
