@@ -10,7 +10,6 @@ sit 0.5-1.5 dB above each threshold below.
 
 import copy
 import json
-import math
 
 import pytest
 import torch
@@ -19,6 +18,8 @@ import fastq
 from fastq.nn import IntxLinear, UnsupportedLayerError
 from fastq.ops import reference
 from fastq.quantization.intx import intx_quantize, reconstruction_error
+
+from test_quant_linear import gaussian_linear, sqnr  # tests/nn has no __init__: a plain import
 
 CASES = {  # name: (config, SQNR floor in dB)
     "int4_g128_sym": (fastq.Int4WeightOnlyConfig(128, True), 18.0),
@@ -31,21 +32,6 @@ CASES = {  # name: (config, SQNR floor in dB)
     "int3_g64_asym": (fastq.IntxWeightOnlyConfig(3, 64, False), 12.5),
     "int8_channel_sym": (fastq.IntxWeightOnlyConfig(8, None, True), 40.0),
 }
-
-
-def sqnr(ref: torch.Tensor, y: torch.Tensor) -> float:
-    ref, y = ref.double(), y.double()
-    return 20 * math.log10(ref.norm() / (ref - y).norm())
-
-
-def gaussian_linear(k: int, n: int, bias: bool = True, seed: int = 0) -> torch.nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    lin = torch.nn.Linear(k, n, bias=bias)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(n, k, generator=g) / math.sqrt(k))
-        if bias:
-            lin.bias.copy_(torch.randn(n, generator=g) * 0.1)
-    return lin
 
 
 def op_of(q: IntxLinear) -> str:

@@ -19,6 +19,12 @@ def fmt_id(f) -> str:
     return f"int{f[0]}{'a' if f[1] else 's'}"
 
 
+def activations(m: int, k: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Fresh Gaussian activations with an offset (never zeros), reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(m, k, generator=gen) * 2 + 0.25).to(dtype)
+
+
 def random_weight(n: int, k: int, groups: int, bits: int, asymmetric: bool, gen: torch.Generator,
                   device: str = "cpu"):
     """Random codes, scales (and zero points) of an [n, k] weight and its packing."""

@@ -16,6 +16,7 @@ from fastq.ops import _library, reference
 from _compare import assert_bits_equal
 from _gemm_util import ISAS, assert_native_ran, case_id, forced_isa, needs_native, threads
 from _intx_util import DYNAMIC_FORMATS, fmt_id, random_weight
+from _intx_util import activations as _x
 
 OP = "intx_linear_dynamic"
 CASES = [
@@ -24,11 +25,6 @@ CASES = [
     (1, 127, 24, 3), (17, 129, 16, 2), (33, 40, 16, 1),
 ]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def _x(m, k, seed, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(m, k, generator=gen) * 3 + 0.5).to(dtype)
 
 
 @functools.lru_cache(maxsize=None)

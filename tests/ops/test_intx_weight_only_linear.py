@@ -16,6 +16,7 @@ from fastq.ops import _library, reference
 
 from _gemm_util import ISAS, assert_native_ran, case_id, forced_isa, needs_native, threads
 from _intx_util import FORMATS, assert_within, check_reference_bound, fmt_id, random_weight, weight_only_bound
+from _intx_util import activations as _x
 
 OP = "intx_weight_only_linear"
 # (m, n, k_chunks, groups): k = k_chunks * the format's chunk (8 k for int4, 16 for int2, 4 for 8-bit)
@@ -25,11 +26,6 @@ CASES = [
     (1, 127, 24, 3), (17, 129, 16, 2), (33, 40, 16, 1),
 ]
 SHAPES = [(1, 768, 768, 6), (1, 3072, 768, 6), (4, 768, 3072, 24), (1, 576, 1536, 12)]  # real layers, g128
-
-
-def _x(m, k, seed, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(m, k, generator=gen) * 2 + 0.25).to(dtype)
 
 
 @functools.lru_cache(maxsize=None)

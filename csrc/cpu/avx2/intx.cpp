@@ -10,6 +10,7 @@
 
 #include "cpu/avx2/vec.h"
 #include "cpu/gemm_math.h"
+#include "cpu/intx_dispatch.h"
 #include "cpu/kernels.h"
 
 namespace fastq::cpu {
@@ -156,45 +157,32 @@ void dyn_tile(const IntxTask& t, int64_t m0, int64_t nb0) {
   }
 }
 
-// Blocks [nb0, nb1): 4 at a time for one row (8 accumulator chains), 2 for two rows, then singles.
-template <template <int, int, int> class Tile, int S, int MR>
-void blocks(const IntxTask& t, int64_t m0, int64_t nb0, int64_t nb1) {
-  constexpr int NB = MR == 1 ? 4 : 2;
-  int64_t nb = nb0;
-  for (; nb + NB <= nb1; nb += NB) Tile<S, MR, NB>::run(t, m0, nb);
-  for (; nb < nb1; ++nb) Tile<S, MR, 1>::run(t, m0, nb);
-}
-
-template <template <int, int, int> class Tile, int S>
-void rows(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
-  if (mr == 1) blocks<Tile, S, 1>(t, m0, nb0, nb1);
-  else blocks<Tile, S, 2>(t, m0, nb0, nb1);
-}
-
-template <int S, int MR, int NB>
-struct WoTile {
-  static void run(const IntxTask& t, int64_t m0, int64_t nb0) { wo_tile<S, MR, NB>(t, m0, nb0); }
-};
-template <int S, int MR, int NB>
-struct DynTile {
-  static void run(const IntxTask& t, int64_t m0, int64_t nb0) { dyn_tile<S, MR, NB>(t, m0, nb0); }
+// Tiles: 4 blocks at a time for one row (8 accumulator chains), 2 for two rows.
+struct WeightOnly {
+  static constexpr int kMaxMR = kMR;
+  static constexpr bool kEight = true;
+  template <int MR>
+  static constexpr int wide_nb() { return MR == 1 ? 4 : 2; }
+  template <int S, int MR, int NB>
+  static void tile(const IntxTask& t, int64_t m0, int64_t nb0) { wo_tile<S, MR, NB>(t, m0, nb0); }
 };
 
-void wo_f32u4_2x64__avx2(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
-  switch (t.slot) {
-    case 2: rows<WoTile, 2>(t, m0, mr, nb0, nb1); break;
-    case 4: rows<WoTile, 4>(t, m0, mr, nb0, nb1); break;
-    default: rows<WoTile, 8>(t, m0, mr, nb0, nb1); break;
-  }
+struct Dynamic : WeightOnly {
+  static constexpr bool kEight = false;  // dynamic needs codes < 16
+  template <int S, int MR, int NB>
+  static void tile(const IntxTask& t, int64_t m0, int64_t nb0) { dyn_tile<S, MR, NB>(t, m0, nb0); }
+};
+
+void intx_wo_f32_2x64__avx2(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+  intx_slots<WeightOnly>(t, m0, mr, nb0, nb1);
 }
 
-void dyn_u4s8s32_2x64__avx2(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
-  if (t.slot == 2) rows<DynTile, 2>(t, m0, mr, nb0, nb1);
-  else rows<DynTile, 4>(t, m0, mr, nb0, nb1);
+void intx_dyn_s8_2x64__avx2(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+  intx_slots<Dynamic>(t, m0, mr, nb0, nb1);
 }
 
 }  // namespace
 
-const IntxKernels intx_kernels_avx2 = {kMR, kNB, wo_f32u4_2x64__avx2, dyn_u4s8s32_2x64__avx2};
+const IntxKernels intx_kernels_avx2 = {kMR, kNB, intx_wo_f32_2x64__avx2, intx_dyn_s8_2x64__avx2};
 
 }  // namespace fastq::cpu

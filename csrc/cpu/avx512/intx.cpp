@@ -13,6 +13,7 @@
 
 #include "cpu/avx512/vec.h"
 #include "cpu/gemm_math.h"
+#include "cpu/intx_dispatch.h"
 #include "cpu/kernels.h"
 
 namespace fastq::cpu {
@@ -139,48 +140,32 @@ void dyn_tile(const IntxTask& t, int64_t m0, int64_t nb0) {
   }
 }
 
-// Blocks [nb0, nb1) in tiles of kNB, the remainder one block at a time.
-template <template <int, int, int> class Tile, int S, int MR>
-void blocks(const IntxTask& t, int64_t m0, int64_t nb0, int64_t nb1) {
-  int64_t nb = nb0;
-  for (; nb + kNB <= nb1; nb += kNB) Tile<S, MR, kNB>::run(t, m0, nb);
-  for (; nb < nb1; ++nb) Tile<S, MR, 1>::run(t, m0, nb);
-}
-
-template <template <int, int, int> class Tile, int S>
-void rows(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
-  switch (mr) {
-    case 1: blocks<Tile, S, 1>(t, m0, nb0, nb1); break;
-    case 2: blocks<Tile, S, 2>(t, m0, nb0, nb1); break;
-    case 3: blocks<Tile, S, 3>(t, m0, nb0, nb1); break;
-    default: blocks<Tile, S, 4>(t, m0, nb0, nb1); break;
-  }
-}
-
-template <int S, int MR, int NB>
-struct WoTile {
-  static void run(const IntxTask& t, int64_t m0, int64_t nb0) { wo_tile<S, MR, NB>(t, m0, nb0); }
-};
-template <int S, int MR, int NB>
-struct DynTile {
-  static void run(const IntxTask& t, int64_t m0, int64_t nb0) { dyn_tile<S, MR, NB>(t, m0, nb0); }
+// Tiles: up to 4 rows x 4 blocks.
+struct WeightOnly {
+  static constexpr int kMaxMR = kMR;
+  static constexpr bool kEight = true;
+  template <int MR>
+  static constexpr int wide_nb() { return kNB; }
+  template <int S, int MR, int NB>
+  static void tile(const IntxTask& t, int64_t m0, int64_t nb0) { wo_tile<S, MR, NB>(t, m0, nb0); }
 };
 
-void wo_f32u4_4x64__avx512(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
-  switch (t.slot) {
-    case 2: rows<WoTile, 2>(t, m0, mr, nb0, nb1); break;
-    case 4: rows<WoTile, 4>(t, m0, mr, nb0, nb1); break;
-    default: rows<WoTile, 8>(t, m0, mr, nb0, nb1); break;
-  }
+struct Dynamic : WeightOnly {
+  static constexpr bool kEight = false;  // dynamic needs codes < 16
+  template <int S, int MR, int NB>
+  static void tile(const IntxTask& t, int64_t m0, int64_t nb0) { dyn_tile<S, MR, NB>(t, m0, nb0); }
+};
+
+void intx_wo_f32_4x64__avx512(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+  intx_slots<WeightOnly>(t, m0, mr, nb0, nb1);
 }
 
-void dyn_u4s8s32_4x64__avx512vnni(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
-  if (t.slot == 2) rows<DynTile, 2>(t, m0, mr, nb0, nb1);
-  else rows<DynTile, 4>(t, m0, mr, nb0, nb1);
+void intx_dyn_s8_4x64__avx512vnni(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
+  intx_slots<Dynamic>(t, m0, mr, nb0, nb1);
 }
 
 }  // namespace
 
-const IntxKernels intx_kernels_avx512 = {kMR, kNB, wo_f32u4_4x64__avx512, dyn_u4s8s32_4x64__avx512vnni};
+const IntxKernels intx_kernels_avx512 = {kMR, kNB, intx_wo_f32_4x64__avx512, intx_dyn_s8_4x64__avx512vnni};
 
 }  // namespace fastq::cpu
