@@ -31,20 +31,20 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def _shared_packed(weight: Tensor, bits: int, group_size: Optional[int], symmetric: bool, clip: Optional[str],
-                   stats: Optional[Tensor]) -> tuple[Tensor, bool, Optional[str]]:
-    """(packed weight, whether an earlier module of this quantize_ call already made it, the clip
-    mode used)."""
+                   stats: Optional[Tensor], hessian: Optional[Tensor] = None) -> tuple[Tensor, Optional[str], bool]:
+    """(packed weight, the clip mode used, whether an earlier module of this quantize_ call already
+    made it). With ``hessian`` the codes come from GPTQ."""
     from fastq.ops import _library
     from fastq.quantization.api import current_context
     from fastq.quantization.intx import intx_quantize
 
     ctx = current_context()
-    key = ("intx", id(weight), bits, group_size, symmetric, clip)
+    key = ("intx", id(weight), bits, group_size, symmetric, clip, hessian is not None)
     if ctx is not None and key in ctx.memo:
         return ctx.memo[key] + (True,)
     if clip == "output" and stats is None:
         clip = "weight"  # no observed inputs for this layer: the weight error alone
-    codes, scale, zero = intx_quantize(weight, bits, group_size, symmetric, clip, stats)
+    codes, scale, zero = intx_quantize(weight, bits, group_size, symmetric, clip, stats, hessian)
     packed = _library.intx_pack_weight(codes, scale, zero, bits)
     if ctx is not None:
         ctx.memo[key] = (packed, clip)
@@ -169,20 +169,22 @@ class IntxLinear(_IntxWeight):
             the integer dot-product units; bits <= 4).
         tied: the packed weight is shared with a module counted before this one (see module doc).
         clip: how the weight was clipped (recorded for ``summary``; None, "weight" or "output").
+        gptq: whether GPTQ chose the codes (recorded for ``summary``).
 
     Shapes: input [*, K] float32/float16/bfloat16 -> output [*, N] in the input's dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
                  group_size: Optional[int] = 128, symmetric: bool = True, mode: str = "weight_only",
-                 tied: bool = False, clip: Optional[str] = None, fitted_from: Optional[int] = None) -> None:
+                 tied: bool = False, clip: Optional[str] = None, fitted_from: Optional[int] = None,
+                 gptq: bool = False) -> None:
         super().__init__()
         if mode not in LINEAR_MODES:
             raise ValueError(f"mode must be one of {LINEAR_MODES}, got {mode!r}")
         if mode == "dynamic" and bits > 4:
             raise ValueError(f"mode='dynamic' needs bits <= 4 (int8 activations x up-to-4-bit codes), got {bits}")
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.mode, self.clip = mode, clip
+        self.mode, self.clip, self.gptq = mode, clip, gptq
         self._init_intx(self.out_features, self.in_features, bits, group_size, symmetric, tied, fitted_from)
         self.register_buffer("bias", torch.zeros(self.out_features) if bias else None)
 
@@ -195,15 +197,17 @@ class IntxLinear(_IntxWeight):
             UnsupportedLayerError: group size not dividing K, K not a multiple of the packed chunk,
                 a weight with NaN/Inf.
         """
-        from fastq.quantization.intx import input_stats
+        from fastq.quantization.intx import input_hessian, input_stats
 
         if not isinstance(module, nn.Linear):
             raise TypeError(f"IntxLinear.from_float expects an nn.Linear, got {type(module).__name__}")
         group, fitted_from = _group_for(module.in_features, config)
         q = cls(module.in_features, module.out_features, module.bias is not None, config.bits, group,
                 config.symmetric, config.mode, fitted_from=fitted_from)  # validates the layer first
+        hessian = input_hessian(module) if getattr(config, "gptq", False) else None
         q.weight_packed, q.clip, q.tied = _shared_packed(module.weight, config.bits, group, config.symmetric,
-                                                         config.clip, input_stats(module))
+                                                         config.clip, input_stats(module), hessian)
+        q.gptq = hessian is not None
         if module.bias is not None:
             q.bias = module.bias.detach().to(dtype=torch.float32).clone()
         return q
@@ -223,7 +227,7 @@ class IntxLinear(_IntxWeight):
         """JSON-serialisable constructor arguments: ``IntxLinear(**m.init_kwargs())`` is an empty twin."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "mode": self.mode,
-                "tied": self.tied, "clip": self.clip, "fitted_from": self.fitted_from}
+                "tied": self.tied, "clip": self.clip, "fitted_from": self.fitted_from, "gptq": self.gptq}
 
     def _describe(self) -> str:
         return f"IntxLinear({self.extra_repr()})"
@@ -231,7 +235,7 @@ class IntxLinear(_IntxWeight):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"mode={self.mode}, bits={self.bits}, weight={self.granularity()}"
-                + (f", clip={self.clip}" if self.clip else ""))
+                + (f", clip={self.clip}" if self.clip else "") + (", gptq" if self.gptq else ""))
 
 
 class IntxEmbedding(_IntxWeight):

@@ -77,7 +77,7 @@ CLIP_MODES = (None, "weight", "output")
 
 
 def _check_intx(cls: str, bits: int, group_size: Optional[int], symmetric: bool, clip: Optional[str],
-                fit_group_size: bool) -> None:
+                fit_group_size: bool, gptq: bool) -> None:
     from fastq.ops.reference import INTX_BITS, intx_chunk_k
 
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in INTX_BITS:
@@ -92,8 +92,9 @@ def _check_intx(cls: str, bits: int, group_size: Optional[int], symmetric: bool,
                              f"layout's chunk), got {group_size}; 32, 64, 128 or 256 always work")
     if not isinstance(symmetric, bool):
         raise TypeError(f"{cls}.symmetric must be True or False, got {symmetric!r}")
-    if not isinstance(fit_group_size, bool):
-        raise TypeError(f"{cls}.fit_group_size must be True or False, got {fit_group_size!r}")
+    for name, flag in (("fit_group_size", fit_group_size), ("gptq", gptq)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{cls}.{name} must be True or False, got {flag!r}")
     if clip not in CLIP_MODES:
         raise ValueError(f"{cls}.clip must be None, 'weight' (per-group clip ratio minimizing the weight error) or "
                          f"'output' (minimizing the error weighted by observed inputs), got {clip!r}")
@@ -117,6 +118,9 @@ class IntxWeightOnlyConfig:
         fit_group_size: for a layer whose K the group size does not divide (SmolLM2's K = 576 and
             groups of 128, say), use the largest smaller group size that divides K and suits the
             packed layout (96 there; ``summary`` shows it). False skips such layers with a note.
+        gptq: choose the codes with GPTQ (each rounding error compensated through the inputs'
+            Hessian, recorded beforehand with ``observe_inputs(model, hessian=True)``) instead of
+            rounding to nearest; layers without observations are rounded to nearest.
     """
 
     bits: int = 4
@@ -124,10 +128,12 @@ class IntxWeightOnlyConfig:
     symmetric: bool = True
     clip: Optional[str] = DEFAULT_INTX_CLIP
     fit_group_size: bool = True
+    gptq: bool = False
     mode = "weight_only"
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size,
+                    self.gptq)
 
 
 @dataclass(frozen=True)
@@ -138,11 +144,13 @@ class Int4WeightOnlyConfig:
     symmetric: bool = True
     clip: Optional[str] = DEFAULT_INTX_CLIP
     fit_group_size: bool = True
+    gptq: bool = False
     bits = 4
     mode = "weight_only"
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size,
+                    self.gptq)
 
 
 @dataclass(frozen=True)
@@ -155,11 +163,13 @@ class Int4DynamicConfig:
     symmetric: bool = True
     clip: Optional[str] = DEFAULT_INTX_CLIP
     fit_group_size: bool = True
+    gptq: bool = False
     bits = 4
     mode = "dynamic"
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, self.clip, self.fit_group_size,
+                    self.gptq)
 
 
 @dataclass(frozen=True)
@@ -176,4 +186,4 @@ class IntxEmbeddingConfig:
     fit_group_size: bool = True
 
     def __post_init__(self) -> None:
-        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, None, self.fit_group_size)
+        _check_intx(type(self).__name__, self.bits, self.group_size, self.symmetric, None, self.fit_group_size, False)

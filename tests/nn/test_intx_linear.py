@@ -115,6 +115,27 @@ def test_output_clipping_uses_observed_inputs():
     assert q.clip == "weight"  # no observations for this layer: falls back to the weight error
 
 
+def test_gptq_lowers_the_output_error_on_calibration_inputs():
+    torch.manual_seed(0)
+    lin = gaussian_linear(512, 128, seed=11)
+    mix = torch.randn(512, 512) / 20 + torch.eye(512)  # correlated, uneven input features
+    x = (torch.randn(768, 512) @ mix) * torch.linspace(0.2, 3.0, 512)
+    with fastq.quantization.observe_inputs(torch.nn.Sequential(lin), hessian=True):
+        lin(x)
+    h = fastq.quantization.intx.input_hessian(lin)
+    assert h.shape == (512, 512) and torch.allclose(h, x.T @ x / 768, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        ref = lin(x)
+        for cfg in (fastq.Int4WeightOnlyConfig(64), fastq.Int4DynamicConfig(None, False), fastq.IntxWeightOnlyConfig(2, 32, False)):
+            rtn = IntxLinear.from_float(lin, cfg)
+            gptq = IntxLinear.from_float(lin, type(cfg)(**{**cfg.__dict__, "gptq": True}))
+            assert gptq.gptq and not rtn.gptq and "gptq" in repr(gptq)
+            gain = sqnr(ref, gptq(x)) - sqnr(ref, rtn(x))
+            assert gain > 0.7, f"{cfg}: GPTQ gains only {gain:.2f} dB"
+    unobserved = IntxLinear.from_float(gaussian_linear(512, 8), fastq.Int4WeightOnlyConfig(64, gptq=True))
+    assert not unobserved.gptq  # no Hessian recorded: rounded to nearest
+
+
 def test_half_inputs_keep_dtype_and_dtype_casts_keep_float32_bias():
     q = IntxLinear.from_float(gaussian_linear(128, 40), fastq.Int4WeightOnlyConfig(32))
     x = torch.randn(2, 3, 128)

@@ -108,6 +108,8 @@ def test_group_size_not_dividing_k_is_skipped_without_fitting():
     assert type(model.wide) is nn.Linear
     with pytest.raises(TypeError, match="fit_group_size"):
         fastq.Int4WeightOnlyConfig(fit_group_size=None)
+    with pytest.raises(TypeError, match="gptq"):
+        fastq.Int4DynamicConfig(gptq="yes")
 
 
 def test_nan_weights_are_skipped_with_the_reason():
