@@ -169,8 +169,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4096x11008 only, fewer rounds")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--rotate", type=int, default=3, help="weight copies per candidate at M=1 (1: L3-resident)")
+    ap.add_argument("--threads", type=int, default=0, help="threads for every candidate (default: torch's)")
     ap.add_argument("--json", type=str, default="")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     shapes = [((4096, 11008), 1), ((4096, 11008), 32), ((4096, 11008), 128)]
     if not args.quick:
         shapes += [((4096, 4096), 1), ((4096, 4096), 32), ((4096, 4096), 128)]
@@ -182,7 +185,8 @@ def main() -> None:
     print()
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rotate": args.rotate, "rounds": rounds, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"rotate": args.rotate, "rounds": rounds, "threads": torch.get_num_threads(),
+                                               "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -140,7 +140,9 @@ void dyn_tile(const IntxTask& t, int64_t m0, int64_t nb0) {
       const __m256 s = _mm256_loadu_ps(reinterpret_cast<const float*>(rec[h / 2] + t.code_bytes) + 8 * (h % 2));
       const __m256i z = zero_points(t, rec[h / 2], h % 2);
       FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
-        const __m256i corr = _mm256_sub_epi32(acc[r][h], _mm256_mullo_epi32(z, _mm256_set1_epi32(t.qsum[(m0 + r) * G + g])));
+        const int32_t qs = t.qsum[(m0 + r) * G + g];
+        const __m256i zq = t.asym ? _mm256_mullo_epi32(z, _mm256_set1_epi32(qs)) : _mm256_set1_epi32(t.sym_zero * qs);
+        const __m256i corr = _mm256_sub_epi32(acc[r][h], zq);
         const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(corr), s);
         _mm256_store_ps(racc[r][h], _mm256_add_ps(_mm256_load_ps(racc[r][h]), term));
       }

@@ -122,7 +122,10 @@ void dyn_tile(const IntxTask& t, int64_t m0, int64_t nb0) {
       const __m512 s = _mm512_loadu_ps(reinterpret_cast<const float*>(rec[b] + t.code_bytes));
       const __m512i z = zero_points(t, rec[b]);
       FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
-        const __m512i corr = _mm512_sub_epi32(acc[r][b], _mm512_mullo_epi32(z, _mm512_set1_epi32(t.qsum[(m0 + r) * G + g])));
+        // z * sum qa: one scalar product for symmetric weights (z is the same for every row)
+        const int32_t qs = t.qsum[(m0 + r) * G + g];
+        const __m512i zq = t.asym ? _mm512_mullo_epi32(z, _mm512_set1_epi32(qs)) : _mm512_set1_epi32(t.sym_zero * qs);
+        const __m512i corr = _mm512_sub_epi32(acc[r][b], zq);
         const __m512 term = _mm512_mul_ps(_mm512_cvtepi32_ps(corr), s);
         _mm512_store_ps(racc[r][b], _mm512_add_ps(_mm512_load_ps(racc[r][b]), term));
       }
