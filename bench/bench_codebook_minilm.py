@@ -101,7 +101,7 @@ def run(quick: bool) -> list[dict]:
         secs = time.perf_counter() - t0
         s = fastq.summary(m)
         q = s.quantized
-        bits = 8 * sum(r.bytes for r in q) / sum(r.weights for r in q)
+        bits = 8 * sum(r.bytes for r in q) / sum(r.weight_elements for r in q)
         mean, worst = cosines(ref, embed(m, tok, sentences))
         rows.append({"variant": name, "weight bits": bits, "mean cos": f"{mean:.4f}", "worst cos": f"{worst:.4f}",
                      "time s": secs, "r (formula)": s.codebook_ratio or 0.0, "model ratio": s.compression_ratio,

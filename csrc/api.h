@@ -265,6 +265,45 @@ void int8_linear_static_cpu(const Int8StaticLinearArgs& args);
 #ifdef FASTQ_WITH_CUDA
 int64_t int8_linear_static_workspace_bytes_cuda(int64_t m, int64_t n, int64_t k);
 void int8_linear_static_cuda(const Int8StaticLinearArgs& args, void* stream);
+// ---- sub-8-bit integer weights (fastq/ops/reference.py: intx_pack_weight, intx_weight_only_linear,
+// intx_linear_dynamic) ---------------------------------------------------------------------------
+// Packed layout (ISA-independent, little endian; the reference's intx_pack_weight): codes of `bits`
+// bits (2..8) in slots of S = 2 / 4 / 8 bits (bits 2 / 3-4 / 5-8), P = 8 / S per byte. Output rows
+// in blocks of 16 (padding rows: code 0, scale 0), K in `groups` groups of gs = K / groups (a
+// multiple of 4P). One record per (block nb, group g), in (nb, g) order:
+//     [gs / 4P chunks of 64 bytes][16 float32 scales][16 uint8 zero points, asymmetric only]
+// In a chunk, byte 4r + j (r = row in the block, j = 0..3) holds for p = 0..P-1 the code of
+// W[16 nb + r, g gs + 4P ch + 4p + j] in bits [S p, S p + S). Masking (v >> S p) & (2^S - 1) per
+// byte gives a 16-row x 4-k int8 block, one row per 32-bit lane (a vpdpbusd operand).
+// W[n, k] = (c - z[n, g]) * s[n, g]; symmetric weights have z = 2^(bits - 1).
+//   weight-only: y = x @ W^T + bias in float32 (any summation order; codes expanded in registers);
+//   dynamic (bits <= 4): per-token int8 activations (quantize_int8's symmetric per-row sequence),
+//     acc = sum qa * c - z * sum qa per group (int32), r = 0; r = r + float(acc) * s[n, g] in g
+//     order; y = r * a_scale[m]; y = y + bias[n]: bit-exact with the reference (no FMA).
+struct IntxLinearArgs {
+  const void* x = nullptr;  // [m, k] of x_dtype
+  DType x_dtype = DType::f32;
+  const uint8_t* packed = nullptr;
+  int bits = 4;
+  bool asymmetric = false;
+  int64_t groups = 1;
+  const float* bias = nullptr;  // [n] or nullptr
+  void* y = nullptr;            // [m, n] of y_dtype
+  DType y_dtype = DType::f32;
+  int64_t m = 0, n = 0, k = 0;
+  void* workspace = nullptr;  // caller-allocated, intx_linear_workspace_bytes_*(m, k, groups) bytes
+  int64_t workspace_bytes = 0;
+  int num_threads = 1;
+};
+
+int64_t intx_linear_workspace_bytes_cpu(int64_t m, int64_t k, int64_t groups);
+void intx_weight_only_linear_cpu(const IntxLinearArgs& args);
+void intx_linear_dynamic_cpu(const IntxLinearArgs& args);
+
+#ifdef FASTQ_WITH_CUDA
+int64_t intx_linear_workspace_bytes_cuda(int64_t m, int64_t k, int64_t groups);
+void intx_weight_only_linear_cuda(const IntxLinearArgs& args, void* stream);
+void intx_linear_dynamic_cuda(const IntxLinearArgs& args, void* stream);
 #endif
 
 }  // namespace fastq

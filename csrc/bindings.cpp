@@ -129,6 +129,30 @@ fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_x
   return a;
 }
 
+// ---- sub-8-bit integer weights (intx family): (x, x_dtype, packed, bits, asymmetric, groups, bias,
+// y, y_dtype, m, n, k, workspace, workspace_bytes, num_threads | stream) ----
+fastq::IntxLinearArgs intx_args(uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric,
+                                int64_t groups, uintptr_t bias, uintptr_t y, int y_dtype, int64_t m, int64_t n,
+                                int64_t k, uintptr_t workspace, int64_t workspace_bytes, int num_threads) {
+  fastq::IntxLinearArgs a;
+  a.x = ptr<const void>(x);
+  a.x_dtype = static_cast<DType>(x_dtype);
+  a.packed = ptr<const uint8_t>(packed);
+  a.bits = bits;
+  a.asymmetric = asymmetric;
+  a.groups = groups;
+  a.bias = ptr<const float>(bias);
+  a.y = ptr<void>(y);
+  a.y_dtype = static_cast<DType>(y_dtype);
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.workspace = ptr<void>(workspace);
+  a.workspace_bytes = workspace_bytes;
+  a.num_threads = num_threads;
+  return a;
+}
+
 }  // namespace
 
 void fastq_bind_codebook(py::module_& m);  // codebook (weight sharing) section, at the end of this file
@@ -428,6 +452,46 @@ void fastq_bind_codebook(py::module_& m) {
          int64_t cb_rows, int64_t cb_groups, uintptr_t scale, uintptr_t bias, uintptr_t y, uintptr_t stream) {
         fastq::codebook_linear_cuda(
             codebook_args(x, mm, n, k, codes, bits, lut, codebook, cb_rows, cb_groups, scale, bias, y),
+
+  // ---- sub-8-bit integer weights (intx family; csrc/cpu/intx.cpp, csrc/cuda/intx.cu) ----
+  m.def("intx_linear_workspace_bytes_cpu", &fastq::intx_linear_workspace_bytes_cpu);
+  m.def(
+      "intx_weight_only_linear_cpu",
+      [](uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric, int64_t groups, uintptr_t bias,
+         uintptr_t y, int y_dtype, int64_t mm, int64_t n, int64_t k, uintptr_t workspace, int64_t ws_bytes,
+         int num_threads) {
+        fastq::intx_weight_only_linear_cpu(intx_args(x, x_dtype, packed, bits, asymmetric, groups, bias, y, y_dtype,
+                                                     mm, n, k, workspace, ws_bytes, num_threads));
+      },
+      nogil);
+  m.def(
+      "intx_linear_dynamic_cpu",
+      [](uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric, int64_t groups, uintptr_t bias,
+         uintptr_t y, int y_dtype, int64_t mm, int64_t n, int64_t k, uintptr_t workspace, int64_t ws_bytes,
+         int num_threads) {
+        fastq::intx_linear_dynamic_cpu(intx_args(x, x_dtype, packed, bits, asymmetric, groups, bias, y, y_dtype, mm,
+                                                 n, k, workspace, ws_bytes, num_threads));
+      },
+      nogil);
+#ifdef FASTQ_WITH_CUDA
+  m.def("intx_linear_workspace_bytes_cuda", &fastq::intx_linear_workspace_bytes_cuda);
+  m.def(
+      "intx_weight_only_linear_cuda",
+      [](uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric, int64_t groups, uintptr_t bias,
+         uintptr_t y, int y_dtype, int64_t mm, int64_t n, int64_t k, uintptr_t workspace, int64_t ws_bytes,
+         uintptr_t stream) {
+        fastq::intx_weight_only_linear_cuda(
+            intx_args(x, x_dtype, packed, bits, asymmetric, groups, bias, y, y_dtype, mm, n, k, workspace, ws_bytes, 1),
+            ptr<void>(stream));
+      },
+      nogil);
+  m.def(
+      "intx_linear_dynamic_cuda",
+      [](uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric, int64_t groups, uintptr_t bias,
+         uintptr_t y, int y_dtype, int64_t mm, int64_t n, int64_t k, uintptr_t workspace, int64_t ws_bytes,
+         uintptr_t stream) {
+        fastq::intx_linear_dynamic_cuda(
+            intx_args(x, x_dtype, packed, bits, asymmetric, groups, bias, y, y_dtype, mm, n, k, workspace, ws_bytes, 1),
             ptr<void>(stream));
       },
       nogil);

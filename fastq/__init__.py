@@ -19,8 +19,14 @@ from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
 from fastq.nn import SparseConv2d, SparseLinear  # noqa: E402
 from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
 from fastq.sparsify import sparsify_  # noqa: E402
+from fastq.quantization import (Int4DynamicConfig, Int4WeightOnlyConfig, IntxEmbeddingConfig,  # noqa: E402
+                                IntxWeightOnlyConfig)
 
 __all__ = [
+    "Int4DynamicConfig",
+    "Int4WeightOnlyConfig",
+    "IntxEmbeddingConfig",
+    "IntxWeightOnlyConfig",
     "Int8DynamicConfig",
     "Int8WeightOnlyConfig",
     "LoadError",

@@ -575,4 +575,22 @@ def load(directory: Union[str, os.PathLike],
     for name, target in recipe["aliases"].items():
         tensors[name] = tensors[target]
     _load_tensors(model, tensors, recipe, where / TENSORS_FILE)
+    _retie(model, recipe["aliases"])
     return model.eval()
+
+
+# ---- tied tensors stay tied ------------------------------------------------------------------------
+
+def _retie(model: nn.Module, aliases: dict) -> None:
+    """Tensors saved once under several names (``aliases``) become one tensor again: load_state_dict
+    copied the file's tensor into each name's own tensor, so each alias's module gets its target's
+    tensor object (a buffer, or a parameter when both are parameters). Already-shared ones, such as
+    the embedding and head a transformers skeleton ties itself, are left as they are."""
+    for name, target in aliases.items():
+        owner_name, _, attr = name.rpartition(".")
+        src_name, _, src_attr = target.rpartition(".")
+        owner, src = model.get_submodule(owner_name), model.get_submodule(src_name)
+        if attr in owner._buffers and src_attr in src._buffers:
+            owner._buffers[attr] = src._buffers[src_attr]
+        elif attr in owner._parameters and src_attr in src._parameters:
+            owner._parameters[attr] = src._parameters[src_attr]

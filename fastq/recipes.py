@@ -91,6 +91,14 @@ _RECIPES = [
            _prune_sparsify(int8=True, sparsity=0.5), _has("prune_", "sparsify_")),
 ]
 
+# ---- sub-8-bit integer weights ----
+_RECIPES += [
+    Recipe("int4-weight-only", "int4 weights in groups of 128 (symmetric), float activations (weight-only)",
+           _quantize("Int4WeightOnlyConfig"), _has("quantize_", "Int4WeightOnlyConfig")),
+    Recipe("w4a8", "int4 weights in groups of 128 x int8 activations per token, quantized at run time (W4A8)",
+           _quantize("Int4DynamicConfig"), _has("quantize_", "Int4DynamicConfig")),
+]
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
 
 

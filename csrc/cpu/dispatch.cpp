@@ -89,3 +89,17 @@ const StaticActKernels& static_act_kernels() {
 }
 
 }  // namespace fastq::cpu
+
+// ---- sub-8-bit integer weights ----
+namespace fastq::cpu {
+
+const IntxKernels& intx_kernels() {
+  switch (cpu_isa_active()) {
+    case kAmx:
+    case kAvx512: return intx_kernels_avx512;
+    case kAvx2: return intx_kernels_avx2;
+    default: return intx_kernels_scalar;
+  }
+}
+
+}  // namespace fastq::cpu

@@ -221,5 +221,43 @@ extern const StaticActKernels static_act_kernels_avx2;
 extern const StaticActKernels static_act_kernels_avx512;
 
 const StaticActKernels& static_act_kernels();
+// ---- sub-8-bit integer weights (csrc/cpu/intx.cpp drives these; layout: api.h) -----------------
+namespace fastq::cpu {
+
+// One intx linear call, prepared by the driver: activations already in the kernels' format.
+struct IntxTask {
+  const uint8_t* w = nullptr;  // packed weight: record (nb, g) at w + (nb * groups + g) * rec_bytes
+  int64_t rec_bytes = 0, code_bytes = 0;  // per record: all, and the codes' (chunks * 64)
+  int64_t groups = 1, chunks = 0;         // chunks per group
+  int slot = 4;                           // bits per code slot: 2, 4 or 8
+  bool asym = false;
+  int32_t sym_zero = 8;  // zero point of symmetric weights (2^(bits - 1))
+  int64_t n = 0, k = 0;
+  // weight-only: x as float32 rows (k apart) and their per-group sums [m, groups]
+  const float* xf = nullptr;
+  const float* xsum = nullptr;
+  // dynamic: int8 rows (k apart), their per-group sums [m, groups] and per-row scales
+  const int8_t* xq = nullptr;
+  const int32_t* qsum = nullptr;
+  const float* a_scale = nullptr;
+  const float* bias = nullptr;
+  void* y = nullptr;  // [m, n], rows n apart
+  DType y_dtype = DType::f32;
+};
+
+// Each computes rows [m0, m0 + mr) (mr <= max_mr) x 16-row weight blocks [nb0, nb1) (nb1 - nb0 <=
+// max_nb) of y; blocks past n are partial (stores are masked).
+using IntxTileFn = void (*)(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1);
+
+struct IntxKernels {
+  int max_mr, max_nb;
+  IntxTileFn weight_only, dynamic;
+};
+
+extern const IntxKernels intx_kernels_scalar;
+extern const IntxKernels intx_kernels_avx2;
+extern const IntxKernels intx_kernels_avx512;
+
+const IntxKernels& intx_kernels();
 
 }  // namespace fastq::cpu

@@ -31,3 +31,10 @@ from fastq.nn.static import StaticQuantConv2d, StaticQuantLinear  # noqa: E402
 MODULE_TYPES.update({"StaticQuantLinear": StaticQuantLinear, "StaticQuantConv2d": StaticQuantConv2d,
                      "SmoothedLinear": SmoothedLinear, "HalfLinear": HalfLinear, "HalfConv2d": HalfConv2d})
 __all__ += ["HalfConv2d", "HalfLinear", "SmoothedLinear", "StaticQuantConv2d", "StaticQuantLinear"]
+
+# ---- sub-8-bit integer weights ----
+from fastq.nn.intx import IntxEmbedding, IntxLinear  # noqa: E402
+
+MODULE_TYPES.update({"IntxLinear": IntxLinear, "IntxEmbedding": IntxEmbedding})
+
+__all__ += ["IntxEmbedding", "IntxLinear"]

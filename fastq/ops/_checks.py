@@ -734,3 +734,103 @@ def check_static_values(op: str, act_scale: Tensor, act_zero_point: Optional[Ten
             t._fastq_range_ok = t._version
         except (AttributeError, RuntimeError):
             pass
+
+
+
+# ---- sub-8-bit integer weights (intx family; layout: fastq/ops/reference.py) ---------------------
+# The packed bytes need no value checks before native code reads them: any byte is a valid code (the
+# kernels mask codes to their slot), scales are plain floats and zero points plain bytes. Packing
+# checks its inputs' values; embeddings bounds-check their indices on every call.
+
+INTX_DYNAMIC_BITS = (2, 3, 4)  # the W4A8 kernels' u8 x s8 products need codes < 16
+
+
+def check_intx_format(op: str, n: int, k: int, groups: int, bits: int) -> None:
+    """The (n, k, groups, bits) of an intx weight: bits in 2..8, groups dividing k into groups whose
+    size is a multiple of the layout's chunk (8 for int4, 16 for int2, 4 for 5..8 bits)."""
+    from fastq.ops.reference import INTX_BITS, intx_chunk_k
+
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in INTX_BITS:
+        raise ValueError(f"{op}: bits must be an int in 2..8, got {bits!r}")
+    if n <= 0 or k <= 0:
+        raise ValueError(f"{op}: the weight must be non-empty, got n={n}, k={k}")
+    if groups <= 0 or k % groups:
+        raise ValueError(f"{op}: groups={groups} must be a positive divisor of K={k}")
+    chunk = intx_chunk_k(bits)
+    if (k // groups) % chunk:
+        what = "K" if groups == 1 else f"the group size {k // groups}"
+        raise ValueError(f"{op}: {what} must be a multiple of {chunk} for {bits}-bit codes "
+                         f"({chunk // 4} per byte, {chunk} k per packed chunk)")
+
+
+def check_intx_packed(op: str, packed: Tensor, n: int, k: int, groups: int, bits: int, asymmetric: bool,
+                      ref: Tensor, ref_name: str) -> None:
+    from fastq.ops.reference import intx_packed_bytes
+
+    check_intx_format(op, n, k, groups, bits)
+    if not isinstance(packed, Tensor) or packed.dtype != torch.uint8 or packed.dim() != 1:
+        raise TypeError(f"{op}: packed must be the 1-D uint8 tensor intx_pack_weight returns")
+    expected = intx_packed_bytes(n, k, groups, bits, asymmetric)
+    if packed.numel() != expected:
+        raise ValueError(f"{op}: packed has {packed.numel()} bytes but an [{n}, {k}] {bits}-bit weight with "
+                         f"{groups} group(s){' and zero points' if asymmetric else ''} packs to {expected}: "
+                         f"K, groups, bits or asymmetric do not match the packed weight")
+    _check_same_device(f"{op}: packed", packed, ref, ref_name)
+
+
+def check_intx_pack(codes: Tensor, scale: Tensor, zero: Optional[Tensor], bits: int, check_values: bool = True) -> None:
+    op = "intx_pack_weight"
+    if not isinstance(codes, Tensor) or codes.dtype != torch.uint8 or codes.dim() != 2:
+        raise TypeError(f"{op}: codes must be a 2-D uint8 tensor [N, K]")
+    n, k = codes.shape
+    _check_t(op, "scale", scale, torch.float32, 2, codes, "codes")
+    if scale.shape[0] != n:
+        raise ValueError(f"{op}: scale must be [N={n}, G], got {tuple(scale.shape)}")
+    check_intx_format(op, n, k, scale.shape[1], bits)
+    if zero is not None:
+        _check_t(op, "zero", zero, torch.uint8, 2, codes, "codes")
+        if zero.shape != scale.shape:
+            raise ValueError(f"{op}: zero must have scale's shape {tuple(scale.shape)}, got {tuple(zero.shape)}")
+    if check_values:
+        top = (1 << bits) - 1
+        if bool((codes > top).any()):
+            raise ValueError(f"{op}: codes must lie in [0, {top}] for {bits}-bit weights")
+        if zero is not None and bool((zero > top).any()):
+            raise ValueError(f"{op}: zero points must lie in [0, {top}] for {bits}-bit weights")
+        if not bool(torch.isfinite(scale).all()):
+            raise ValueError(f"{op}: scales must be finite (a NaN/Inf weight has no intx form)")
+
+
+def check_intx_linear(op: str, x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                      asymmetric: bool, dynamic: bool) -> int:
+    """K after checking every argument of intx_weight_only_linear / intx_linear_dynamic."""
+    _check_float(f"{op}: x", x)
+    if x.dim() < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must have a non-empty last dimension (K), got shape {tuple(x.shape)}")
+    k = x.shape[-1]
+    check_intx_packed(op, packed, n, k, groups, bits, asymmetric, x, "x")
+    if dynamic and bits not in INTX_DYNAMIC_BITS:
+        raise ValueError(f"{op}: dynamic int8 activations need codes of at most 4 bits, got bits={bits}; "
+                         "use intx_weight_only_linear")
+    _check_bias(op, bias, n, x)
+    return k
+
+
+def check_intx_embedding(indices: Tensor, packed: Tensor, n: int, k: int, groups: int, bits: int, asymmetric: bool,
+                         out_dtype: torch.dtype) -> None:
+    op = "intx_embedding"
+    if not isinstance(indices, Tensor) or indices.dtype not in (torch.int64, torch.int32):
+        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+        raise TypeError(f"{op}: indices must be an int64 or int32 tensor, got {got}")
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    check_intx_packed(op, packed, n, k, groups, bits, asymmetric, indices, "indices")
+
+
+def check_intx_indices(indices: Tensor, n: int) -> None:
+    """Every index in [0, n) (reads the values: not for fakes)."""
+    if indices.numel():
+        lo, hi = torch.aminmax(indices)
+        if int(lo) < 0 or int(hi) >= n:
+            raise IndexError(f"intx_embedding: index out of range: indices span [{int(lo)}, {int(hi)}] "
+                             f"but the table has {n} rows")

@@ -431,3 +431,74 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
     _checks.check_static_values("int8_linear_static", act_scale, act_zero_point, act_smooth)
     return reference.int8_linear_static(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth,
                                         out_dtype)
+# ---- sub-8-bit integer weights (intx family) ------------------------------------------------------
+# Packing and unpacking are reference-only (once per layer). The linears have native CPU kernels
+# (scalar / AVX2 / AVX-512) and CUDA kernels; the embedding lookup is reference-only (it reads only
+# the selected rows). Layout and float-op sequences: fastq/ops/reference.py.
+
+def _intx_pack_weight_fake(codes, scale, zero, bits):
+    _checks.check_intx_pack(codes, scale, zero, bits, check_values=False)
+    n, k = codes.shape
+    size = reference.intx_packed_bytes(n, k, scale.shape[1], bits, zero is not None)
+    return codes.new_empty((size,), dtype=torch.uint8)
+
+
+@_define("intx_pack_weight", "intx_pack", (), _intx_pack_weight_fake)
+def intx_pack_weight(codes: Tensor, scale: Tensor, zero: Optional[Tensor], bits: int) -> Tensor:
+    _checks.check_intx_pack(codes, scale, zero, bits)
+    return reference.intx_pack_weight(codes, scale, zero, bits)
+
+
+def _intx_unpack_weight_fake(packed, n, k, groups, bits, asymmetric):
+    _checks.check_intx_packed("intx_unpack_weight", packed, n, k, groups, bits, asymmetric, packed, "packed")
+    return (packed.new_empty((n, k), dtype=torch.uint8), packed.new_empty((n, groups), dtype=torch.float32),
+            packed.new_empty((n, groups), dtype=torch.uint8))
+
+
+@_define("intx_unpack_weight", "intx_pack", (), _intx_unpack_weight_fake)
+def intx_unpack_weight(packed: Tensor, n: int, k: int, groups: int, bits: int,
+                       asymmetric: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    _checks.check_intx_packed("intx_unpack_weight", packed, n, k, groups, bits, asymmetric, packed, "packed")
+    return reference.intx_unpack_weight(packed, n, k, groups, bits, asymmetric)
+
+
+def _intx_weight_only_linear_fake(x, packed, bias, n, groups, bits, asymmetric):
+    _checks.check_intx_linear("intx_weight_only_linear", x, packed, bias, n, groups, bits, asymmetric, False)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,))
+
+
+@_define("intx_weight_only_linear", "intx_weight_only_linear", (), _intx_weight_only_linear_fake)
+def intx_weight_only_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                            asymmetric: bool) -> Tensor:
+    """``x @ ((c - z) * s).T + bias`` with float activations; output in x's dtype."""
+    _checks.check_intx_linear("intx_weight_only_linear", x, packed, bias, n, groups, bits, asymmetric, False)
+    return reference.intx_weight_only_linear(x, packed, bias, n, groups, bits, asymmetric)
+
+
+def _intx_linear_dynamic_fake(x, packed, bias, n, groups, bits, asymmetric, out_dtype):
+    _checks.check_intx_linear("intx_linear_dynamic", x, packed, bias, n, groups, bits, asymmetric, True)
+    return x.new_empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype)
+
+
+@_define("intx_linear_dynamic", "intx_linear_dynamic", (), _intx_linear_dynamic_fake)
+def intx_linear_dynamic(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                        asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    """Per-token int8 activations x intx weights (bits <= 4), group-wise float epilogue."""
+    _checks.check_intx_linear("intx_linear_dynamic", x, packed, bias, n, groups, bits, asymmetric, True)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"intx_linear_dynamic: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    return reference.intx_linear_dynamic(x, packed, bias, n, groups, bits, asymmetric, out_dtype)
+
+
+def _intx_embedding_fake(indices, packed, n, k, groups, bits, asymmetric, out_dtype):
+    _checks.check_intx_embedding(indices, packed, n, k, groups, bits, asymmetric, out_dtype)
+    return packed.new_empty(tuple(indices.shape) + (k,), dtype=out_dtype)
+
+
+@_define("intx_embedding", "intx_embedding", (), _intx_embedding_fake)
+def intx_embedding(indices: Tensor, packed: Tensor, n: int, k: int, groups: int, bits: int, asymmetric: bool,
+                   out_dtype: torch.dtype) -> Tensor:
+    """Rows ``indices`` of an intx-packed [n, k] table, dequantized to ``out_dtype``."""
+    _checks.check_intx_embedding(indices, packed, n, k, groups, bits, asymmetric, out_dtype)
+    _checks.check_intx_indices(indices, n)
+    return reference.intx_embedding(indices, packed, n, k, groups, bits, asymmetric, out_dtype)

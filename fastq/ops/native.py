@@ -434,3 +434,38 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
                  k, zp is None, act_scale.contiguous().data_ptr(), _ptr(zp), _ptr(_contig(act_smooth)),
                  workspace.data_ptr(), ws_bytes)
     return y
+# ---- sub-8-bit integer weights (intx family) ------------------------------------------------------
+# The linears run natively on CPU and CUDA for every bits (2..8 weight-only, 2..4 dynamic): x of
+# shape [*, K] runs as [M, K]; the prepared activations live in the reused workspace (_workspace).
+
+def _intx_run(name: str, x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+              asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    k = x.shape[-1]
+    y = torch.empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    _native.record(name, x.device.type)
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    ws_bytes = getattr(_native._C, f"intx_linear_workspace_bytes_{x.device.type}")(m, k, groups)
+    workspace = _workspace(x.device, ws_bytes)
+    _device_call(name, x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype], packed.contiguous().data_ptr(), bits,
+                 asymmetric, groups, _ptr(_contig(bias)), y.data_ptr(), _native.DTYPE_CODES[out_dtype], m, n, k,
+                 workspace.data_ptr(), ws_bytes)
+    return y
+
+
+def intx_weight_only_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                            asymmetric: bool) -> Tensor:
+    _checks.check_intx_linear("intx_weight_only_linear", x, packed, bias, n, groups, bits, asymmetric, False)
+    return _intx_run("intx_weight_only_linear", x, packed, bias, n, groups, bits, asymmetric, x.dtype)
+
+
+def intx_linear_dynamic(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                        asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    _checks.check_intx_linear("intx_linear_dynamic", x, packed, bias, n, groups, bits, asymmetric, True)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"intx_linear_dynamic: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    return _intx_run("intx_linear_dynamic", x, packed, bias, n, groups, bits, asymmetric, out_dtype)

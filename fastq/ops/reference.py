@@ -713,3 +713,175 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
     if bias is not None:
         y = y + bias
     return y.to(out_dtype).reshape(*x.shape[:-1], n)
+# ---- sub-8-bit integer weights (intx family: intx_pack_weight, intx_unpack_weight,
+# intx_weight_only_linear, intx_linear_dynamic, intx_embedding) -----------------------------------
+# A weight W [N, K] is stored as unsigned codes c in [0, 2^bits) (bits 2..8) with, per output row n
+# and group g of K / G consecutive inputs, a float32 scale s[n, g] and an integer zero point z[n, g]:
+#     W[n, k] ~= (c[n, k] - z[n, g]) * s[n, g]            (G = 1: per channel)
+# Symmetric weights store no zero point: z = 2^(bits-1) implicitly.
+#
+# Packed layout (ISA-independent, little endian; every kernel reads it, the reference unpacks it).
+# Codes sit in "slots" of S = 2 (bits 2), 4 (bits 3-4) or 8 (bits 5-8) bits, P = 8 / S per byte.
+# Output rows are cut into blocks of 16 (N_pad = ceil(N / 16) * 16, padding rows: code 0, scale 0,
+# zero 0), each group of a block into "chunks" of 4P consecutive k (the group size must be a
+# multiple of 4P: 8 for int4, 16 for int2, 4 for 8-bit slots). The buffer is a sequence of records,
+# one per (block nb, group g) in (nb, g) order, each
+#     [CH chunks of 64 bytes][16 float32 scales][16 uint8 zero points, asymmetric only]
+# with CH = (K / G) / 4P. In chunk ch, byte 4r + j (r = row within the block, j = 0..3) holds, for
+# p = 0..P-1, the code of W[16 nb + r, g K/G + ch 4P + 4p + j] in bits [S p, S p + S).
+# Why: masking a chunk with (v >> S p) & (2^S - 1) per byte gives the int8 GEMM block layout (16 rows
+# x 4 consecutive k, one row per 32-bit lane) of k-quad p, which is exactly a VNNI vpdpbusd operand
+# (u8 codes x broadcast s8 activations), and one 64-byte load holds all P quads. Scales and zero
+# points follow their codes, so a kernel streams one buffer front to back with no gathers.
+INTX_BITS = (2, 3, 4, 5, 6, 7, 8)
+INTX_ROWS = 16
+
+
+def intx_slot_bits(bits: int) -> int:
+    """Bits of the slot a ``bits``-bit code is stored in: 2, 4 or 8."""
+    return 2 if bits <= 2 else 4 if bits <= 4 else 8
+
+
+def intx_chunk_k(bits: int) -> int:
+    """Consecutive k per 64-byte chunk (4 codes per row per quad, 8 / slot quads): 16, 8 or 4."""
+    return 4 * (8 // intx_slot_bits(bits))
+
+
+def intx_record_bytes(group_size: int, bits: int, asymmetric: bool) -> int:
+    return group_size // intx_chunk_k(bits) * 64 + 64 + (16 if asymmetric else 0)
+
+
+def intx_packed_bytes(n: int, k: int, groups: int, bits: int, asymmetric: bool) -> int:
+    """Size of the packed buffer of an [n, k] weight with ``groups`` groups along k."""
+    return -(-n // INTX_ROWS) * groups * intx_record_bytes(k // groups, bits, asymmetric)
+
+
+def intx_pack_weight(codes: Tensor, scale: Tensor, zero: Optional[Tensor], bits: int) -> Tensor:
+    """Pack codes (uint8 [N, K], < 2^bits), scales (float32 [N, G]) and zero points (uint8 [N, G],
+    or None for symmetric) into the layout above (1-D uint8)."""
+    n, k = codes.shape
+    groups = scale.shape[1]
+    slot = intx_slot_bits(bits)
+    per_byte = 8 // slot
+    nb = -(-n // INTX_ROWS)
+    n_pad = nb * INTX_ROWS
+    c = torch.zeros(n_pad, k, dtype=torch.int32, device=codes.device)
+    c[:n] = codes.to(torch.int32)
+    # [nb, 16 rows, G, CH, P quads, 4 k] -> [nb, G, CH, 16, 4, P]: the P codes of byte (r, j) last
+    c = c.reshape(nb, INTX_ROWS, groups, -1, per_byte, 4).permute(0, 2, 3, 1, 5, 4)
+    shifts = torch.arange(per_byte, dtype=torch.int32, device=codes.device) * slot
+    code_bytes = (c << shifts).sum(-1).to(torch.uint8).reshape(nb, groups, -1)
+    s = torch.zeros(n_pad, groups, dtype=torch.float32, device=codes.device)
+    s[:n] = scale
+    parts = [code_bytes, s.reshape(nb, INTX_ROWS, groups).permute(0, 2, 1).contiguous().view(torch.uint8)]
+    if zero is not None:
+        z = torch.zeros(n_pad, groups, dtype=torch.uint8, device=codes.device)
+        z[:n] = zero
+        parts.append(z.reshape(nb, INTX_ROWS, groups).permute(0, 2, 1))
+    return torch.cat(parts, dim=2).reshape(-1)
+
+
+def _intx_records(packed: Tensor, n: int, k: int, groups: int, bits: int, asymmetric: bool) -> Tensor:
+    return packed.reshape(-(-n // INTX_ROWS), groups, intx_record_bytes(k // groups, bits, asymmetric))
+
+
+def _intx_codes(code_bytes: Tensor, bits: int) -> Tensor:
+    """[..., 4] bytes of one row of a chunk -> [..., P, 4] int32 codes (quad p, k j)."""
+    slot = intx_slot_bits(bits)
+    shifts = torch.arange(8 // slot, dtype=torch.int32, device=code_bytes.device) * slot
+    return (code_bytes.to(torch.int32).unsqueeze(-2) >> shifts.reshape(-1, 1)) & ((1 << slot) - 1)
+
+
+def intx_unpack_weight(packed: Tensor, n: int, k: int, groups: int, bits: int,
+                       asymmetric: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Inverse of ``intx_pack_weight``: codes uint8 [n, k], scale float32 [n, G] and zero points
+    uint8 [n, G] (filled with 2^(bits-1) when symmetric)."""
+    rec = _intx_records(packed, n, k, groups, bits, asymmetric)
+    nb = rec.shape[0]
+    cb = (k // groups) // intx_chunk_k(bits) * 64
+    codes = _intx_codes(rec[:, :, :cb].reshape(nb, groups, -1, INTX_ROWS, 4), bits)  # [nb, G, CH, 16, P, 4]
+    codes = codes.permute(0, 3, 1, 2, 4, 5).reshape(nb * INTX_ROWS, k)[:n].to(torch.uint8)
+    scale = rec[:, :, cb:cb + 64].contiguous().view(torch.float32).permute(0, 2, 1).reshape(-1, groups)[:n]
+    if asymmetric:
+        zero = rec[:, :, cb + 64:].permute(0, 2, 1).reshape(-1, groups)[:n]
+    else:
+        zero = torch.full((n, groups), 1 << (bits - 1), dtype=torch.uint8, device=packed.device)
+    return codes, scale.clone(), zero.clone()  # copies: outputs never alias the packed input
+
+
+def intx_dequantize(codes: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """float32 ``(c - z) * s`` for codes [n, k] and per-group scale / zero [n, G] (one rounding)."""
+    n, k = codes.shape
+    groups = scale.shape[1]
+    q = codes.to(torch.int32).reshape(n, groups, -1) - zero.to(torch.int32).unsqueeze(-1)
+    return (q.to(torch.float32) * scale.unsqueeze(-1)).reshape(n, k)
+
+
+def intx_weight_only_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                            asymmetric: bool) -> Tensor:
+    """Weight-only linear with intx weights: ``x @ ((c - z) * s).T + bias`` in float32, returned in
+    x's dtype.
+
+    The order of the float32 accumulation is not specified: kernels expand codes in registers and
+    may form ``s * (sum_k x c - z sum_k x)`` per group in their own summation order. Native results
+    therefore match this within the float32 error bound of that computation,
+    ``2 (K + 2) eps32 sum_k |x_k| (c_k + z) s`` (plus the output dtype's rounding), not bit for bit.
+    """
+    k = x.shape[-1]
+    w = intx_dequantize(*intx_unpack_weight(packed, n, k, groups, bits, asymmetric))
+    y = x.reshape(-1, k).float() @ w.T
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def intx_linear_dynamic(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                        asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    """W4A8 (and W2A8/W3A8): per-token dynamic int8 activations x intx weights, group-wise epilogue.
+
+    Sequence (bits <= 4; G groups of K / G along k):
+      qa, a_scale, _ = quantize_int8(x, PER_ROW, symmetric=True)                (exactly that op)
+      acc[m, n, g] = sum_{k in g} qa[m, k] * c[n, k] - z[n, g] * sum_{k in g} qa[m, k]   (int32, exact)
+      t = float32(acc) * s[n, g]                                              (one rounding)
+      r = 0.0; r = r + t   for g = 0, 1, ..., G - 1 in this order             (float32)
+      y = r * a_scale[m]; y = y + bias[n] (when given)                          (float32)
+    then rounded to ``out_dtype``. Native kernels follow it exactly (no FMA): bit-exact results.
+    A token holding NaN/Inf gets a NaN scale (quantize_int8's poisoning), so its outputs are NaN.
+    """
+    k = x.shape[-1]
+    codes, scale, zero = intx_unpack_weight(packed, n, k, groups, bits, asymmetric)
+    qa, a_scale, _ = quantize_int8(x.reshape(-1, k), -1, True)
+    m, gs = qa.shape[0], k // groups
+    qa = qa.reshape(m, groups, gs).double()
+    c = codes.reshape(n, groups, gs).double()
+    qsum = qa.sum(dim=2)  # [m, G], exact in float64
+    r = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+    for g in range(groups):
+        acc = qa[:, g] @ c[:, g].T - qsum[:, g:g + 1] * zero[:, g].double()  # exact: |acc| < 2^53
+        r = r + acc.to(torch.int32).to(torch.float32) * scale[:, g]
+    y = r * a_scale.reshape(-1, 1)
+    if bias is not None:
+        y = y + bias
+    return y.to(out_dtype).reshape(*x.shape[:-1], n)
+
+
+def intx_embedding(indices: Tensor, packed: Tensor, n: int, k: int, groups: int, bits: int, asymmetric: bool,
+                   out_dtype: torch.dtype) -> Tensor:
+    """Rows ``indices`` of the [n, k] intx weight, dequantized: ``((c - z) * s)`` in float32 (one
+    rounding), then rounded to ``out_dtype``; shape ``indices.shape + (k,)``. Only the selected
+    rows are read, so a large vocabulary costs nothing per lookup."""
+    flat = indices.reshape(-1)
+    t = flat.numel()
+    rec = _intx_records(packed, n, k, groups, bits, asymmetric)[torch.div(flat, INTX_ROWS, rounding_mode="floor")]
+    lane = (flat % INTX_ROWS).reshape(t, 1, 1, 1, 1)
+    cb = (k // groups) // intx_chunk_k(bits) * 64
+    row_bytes = rec[:, :, :cb].reshape(t, groups, -1, INTX_ROWS, 4)
+    row_bytes = row_bytes.gather(3, lane.expand(t, groups, row_bytes.shape[2], 1, 4)).squeeze(3)  # [t, G, CH, 4]
+    codes = _intx_codes(row_bytes, bits).reshape(t, groups, -1)  # (CH, P, 4): k order within the group
+    scale = rec[:, :, cb:cb + 64].contiguous().view(torch.float32).gather(2, lane.reshape(t, 1, 1).expand(t, groups, 1))
+    if asymmetric:
+        zero = rec[:, :, cb + 64:].gather(2, lane.reshape(t, 1, 1).expand(t, groups, 1)).to(torch.int32)
+    else:
+        zero = torch.full((t, groups, 1), 1 << (bits - 1), dtype=torch.int32, device=packed.device)
+    w = (codes - zero).to(torch.float32) * scale
+    return w.reshape(*indices.shape, k).to(out_dtype)

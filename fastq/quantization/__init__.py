@@ -23,3 +23,12 @@ from fastq.quantization.static import Int8StaticConfig  # noqa: E402
 __all__ += ["BFloat16Config", "CalibrationError", "Float16Config", "Int8StaticConfig", "LayerCalibration", "OBSERVERS",
             "SmoothQuantError", "SmoothQuantReport", "calibrate", "convert_", "get_calibration", "make_observer",
             "prepare_qat_", "register_qat", "smooth_quant_"]
+
+# ---- sub-8-bit integer weights ----
+from fastq.quantization.api import QuantizeContext, current_context  # noqa: E402
+from fastq.quantization.configs import (Int4DynamicConfig, Int4WeightOnlyConfig, IntxEmbeddingConfig,  # noqa: E402
+                                        IntxWeightOnlyConfig)
+from fastq.quantization.intx import intx_quantize, observe_inputs  # noqa: E402
+
+__all__ += ["Int4DynamicConfig", "Int4WeightOnlyConfig", "IntxEmbeddingConfig", "IntxWeightOnlyConfig",
+            "QuantizeContext", "current_context", "intx_quantize", "observe_inputs"]

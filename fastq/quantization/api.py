@@ -11,6 +11,8 @@ Invariants:
     gets the reason in ``SKIP_ATTR``, which ``summary`` prints. quantize_ never leaves a layer
     half-converted: the replacement is built completely before it is swapped in.
   * Layers excluded by ``skip`` or ``filter_fn`` (of a type that has a handler) are noted too.
+  * A handler may return the module itself: the layer stays as it is, without a note. Handlers that
+    coordinate layers (a weight tied between an embedding and a linear) use ``current_context()``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import torch
 from torch import nn
 
 from fastq.nn import QuantConv2d, QuantLinear, UnsupportedLayerError
+from fastq.nn.intx import IntxEmbedding, IntxLinear, tied_linear_handler
 from fastq.ops._checks import FLOAT_DTYPES, W8A8_MAX_K
-from fastq.quantization.configs import Int8DynamicConfig, Int8WeightOnlyConfig
+from fastq.quantization.configs import (Int4DynamicConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
+                                        Int8WeightOnlyConfig, IntxEmbeddingConfig, IntxWeightOnlyConfig)
 
 # Attribute set on a float layer that quantize_ left as it was: the reason, shown by summary().
 SKIP_ATTR = "_fastq_skip_reason"
@@ -58,6 +62,45 @@ def handler_for(module: nn.Module, config) -> Optional[Handler]:
     return _HANDLERS.get(type(config), {}).get(type(module))
 
 
+# ---- the context of one quantize_ call, for handlers that coordinate layers (shared weights) ------
+
+class QuantizeContext:
+    """What a handler may ask about the ``quantize_`` call it runs in (``current_context()``).
+
+    ``memo`` is a dict for work shared between layers of this call (a weight tied between an
+    embedding and an LM head is quantized once); ``owners(t)`` lists the modules that hold tensor
+    ``t`` as their own parameter or buffer; ``will_convert(m)`` says whether this call gives ``m``
+    to a handler (it has one and neither ``skip`` nor ``filter_fn`` excludes it).
+    """
+
+    def __init__(self, model: nn.Module, config, excluded: Callable[[str, nn.Module], Optional[str]]) -> None:
+        self.model, self.config, self._excluded = model, config, excluded
+        self.memo: dict = {}
+        self._owners: Optional[dict] = None
+
+    def owners(self, t: torch.Tensor) -> list:
+        if self._owners is None:
+            self._owners = {}
+            for m in self.model.modules():
+                for own in list(m._parameters.values()) + list(m._buffers.values()):
+                    if own is not None:
+                        self._owners.setdefault(id(own), []).append(m)
+        return list(self._owners.get(id(t), []))
+
+    def will_convert(self, module: nn.Module) -> bool:
+        if handler_for(module, self.config) is None:
+            return False
+        return any(m is module and self._excluded(name, m) is None for name, m in self.model.named_modules())
+
+
+_CONTEXTS: list = []
+
+
+def current_context() -> Optional[QuantizeContext]:
+    """The context of the innermost running ``quantize_`` call (None outside one)."""
+    return _CONTEXTS[-1] if _CONTEXTS else None
+
+
 def _int8_gemm_layer(from_float: Handler) -> Handler:
     """Wrap ``from_float`` with the checks every int8 GEMM layer needs, each a skip with a note:
     a weight of a dtype the kernels do not take (float64, ...), a K beyond the exact int32 range of
@@ -86,6 +129,22 @@ def _int8_gemm_layer(from_float: Handler) -> Handler:
 for _config in (Int8DynamicConfig, Int8WeightOnlyConfig):
     register_handler(_config, nn.Linear, _int8_gemm_layer(QuantLinear.from_float))
     register_handler(_config, nn.Conv2d, _int8_gemm_layer(QuantConv2d.from_float))
+
+# ---- sub-8-bit integer weights (fastq.nn.intx) ----
+def _intx_smaller_only(module: nn.Module, config) -> nn.Module:
+    q = IntxLinear.from_float(module, config)
+    if q.weight_bytes() >= q.float_weight_bytes() and not q.tied:
+        shape = "x".join(map(str, q.weight_shape()))
+        raise UnsupportedLayerError(f"too small to gain from {q.bits}-bit: weight {shape} takes {q.weight_bytes()} B "
+                                    f"packed (rows padded to 16, 64 B of scales per group) vs "
+                                    f"{q.float_weight_bytes()} B in fp32")
+    return q
+
+
+for _config in (IntxWeightOnlyConfig, Int4WeightOnlyConfig, Int4DynamicConfig):
+    register_handler(_config, nn.Linear, _intx_smaller_only)
+register_handler(IntxEmbeddingConfig, nn.Embedding, IntxEmbedding.from_float)
+register_handler(IntxEmbeddingConfig, nn.Linear, tied_linear_handler)
 
 
 def _check_skip(skip: Iterable[Union[str, type]], names: set) -> tuple[tuple, tuple]:
@@ -152,28 +211,39 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
     skip_names, skip_types = _check_skip(skip, names)
     _check_not_meta(model, config)
 
+    def excluded(name: str, module: nn.Module) -> Optional[str]:
+        if _skipped_by_name(name, skip_names) or isinstance(module, skip_types):
+            return "excluded by skip="
+        if filter_fn is not None and not filter_fn(module, name):
+            return "excluded by filter_fn"
+        return None
+
     # Decide every swap first, then apply them, so the walk never sees half-replaced trees. A module
     # registered under several names (shared) is decided once and replaced everywhere.
     replacements: dict = {}
-    for name, module in model.named_modules():
-        handler = handler_for(module, config)
-        if handler is None:
-            continue
-        if hasattr(module, SKIP_ATTR):
-            delattr(module, SKIP_ATTR)
-        if _skipped_by_name(name, skip_names) or isinstance(module, skip_types):
-            setattr(module, SKIP_ATTR, "excluded by skip=")
-            continue
-        if filter_fn is not None and not filter_fn(module, name):
-            setattr(module, SKIP_ATTR, "excluded by filter_fn")
-            continue
-        try:
-            new = handler(module, config)
-        except UnsupportedLayerError as exc:
-            setattr(module, SKIP_ATTR, str(exc))
-            continue
-        new.train(module.training)
-        replacements[id(module)] = new
+    _CONTEXTS.append(QuantizeContext(model, config, excluded))
+    try:
+        for name, module in model.named_modules():
+            handler = handler_for(module, config)
+            if handler is None:
+                continue
+            if hasattr(module, SKIP_ATTR):
+                delattr(module, SKIP_ATTR)
+            reason = excluded(name, module)
+            if reason is not None:
+                setattr(module, SKIP_ATTR, reason)
+                continue
+            try:
+                new = handler(module, config)
+            except UnsupportedLayerError as exc:
+                setattr(module, SKIP_ATTR, str(exc))
+                continue
+            if new is module:  # the handler leaves this layer alone (no note)
+                continue
+            new.train(module.training)
+            replacements[id(module)] = new
+    finally:
+        _CONTEXTS.pop()
 
     if id(model) in replacements:
         return replacements[id(model)]

@@ -9,6 +9,7 @@ other modules count as unchanged. compression ratio = original bytes / stored by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -30,13 +31,24 @@ class LayerInfo:
     detail: str = ""  # mode / granularity of fastq modules
     note: Optional[str] = None  # why quantize_ left the layer as it was
     quantized: bool = False  # a fastq module (it reports weight_bytes / float_weight_bytes)
-    # codebook (weight sharing) section: stored bits per weight element, and the layer's ratio:
-    # the weight-sharing formula r = n b / (n log2 k + k b) for codebook layers (``codebook_ratio``),
-    # original / stored bytes otherwise
-    bits_per_weight: Optional[float] = None
-    ratio: Optional[float] = None
-    weights: int = 0  # weight elements (n of the formula)
-    codebook_bits: float = 0.0  # codebook layers: n log2 k + k b, the formula's stored bits
+    weight_elements: int = 0  # weight elements stored here (0 for a weight counted at another layer)
+    # codebook (weight sharing) layers: n log2 k + k b, the stored bits of the weight-sharing formula
+    codebook_bits: float = 0.0
+
+    @property
+    def bits_per_weight(self) -> Optional[float]:
+        """Stored bits per weight element, scales, zero points and bias included (None: no weight
+        of its own, e.g. a head tied to an embedding)."""
+        return 8 * self.bytes / self.weight_elements if self.weight_elements else None
+
+    @property
+    def compression_ratio(self) -> Optional[float]:
+        """The layer's ratio: the weight-sharing formula r = n b / (n log2 k + k b) for codebook
+        layers (``Summary.codebook_ratio``), original bytes / stored bytes otherwise (None for a layer
+        storing nothing itself, e.g. a tied head)."""
+        if self.codebook_bits:
+            return 32 * self.weight_elements / self.codebook_bits
+        return self.original_bytes / self.bytes if self.bytes else None
 
 
 def _own_tensors(m: nn.Module) -> list:
@@ -76,6 +88,12 @@ class Summary:
         return [r for r in self.layers if r.quantized]
 
     @property
+    def quantized_bits_per_weight(self) -> Optional[float]:
+        """Stored bits per weight element over the quantized layers (a tied weight counted once)."""
+        numel = sum(r.weight_elements for r in self.quantized)
+        return 8 * sum(r.bytes for r in self.quantized) / numel if numel else None
+
+    @property
     def notes(self) -> list:
         """(layer name, reason) for every layer quantize_ skipped."""
         return [(r.name, r.note) for r in self.layers if r.note]
@@ -87,13 +105,13 @@ class Summary:
         layers = [r for r in self.layers if r.codebook_bits]
         if not layers:
             return None
-        return sum(32 * r.weights for r in layers) / sum(r.codebook_bits for r in layers)
+        return sum(32 * r.weight_elements for r in layers) / sum(r.codebook_bits for r in layers)
 
     def __str__(self) -> str:
         head = ("name", "type", "shape", "bits", "bits/w", "bytes", "ratio", "sparsity", "detail")
         rows = [(r.name or "(root)", r.type, "x".join(map(str, r.shape)) if r.shape else "-", str(r.bits),
                  "-" if r.bits_per_weight is None else f"{r.bits_per_weight:.2f}", _fmt_bytes(r.bytes),
-                 "-" if r.ratio is None else f"{r.ratio:.2f}x",
+                 "-" if r.compression_ratio is None else f"{r.compression_ratio:.2f}x",
                  "-" if r.sparsity is None else f"{100 * r.sparsity:.1f}%",
                  r.detail or ("left as is (see notes)" if r.note else ""))
                 for r in self.layers]
@@ -111,7 +129,7 @@ class Summary:
                    f"compression ratio {self.compression_ratio:.2f}x")
         if q:
             out.append(f"quantized layers: {len(q)}, {_fmt_bytes(q_now)} (original {_fmt_bytes(q_orig)}), "
-                       f"{q_orig / q_now:.2f}x")
+                       f"{q_orig / q_now:.2f}x, {self.quantized_bits_per_weight:.2f} bits per weight")
         if self.codebook_ratio is not None:
             out.append(f"weight sharing: r = {self.codebook_ratio:.2f}x over the codebook layers "
                        "(n b / (n log2 k + k b); sparse storage: fp32 bytes / stored bytes)")
@@ -126,31 +144,29 @@ def _bits(t: torch.Tensor) -> int:
 
 
 @torch.no_grad()
-def _layer_info(name: str, m: nn.Module) -> Optional[LayerInfo]:
+def _layer_info(name: str, m: nn.Module, seen: set) -> Optional[LayerInfo]:
     if hasattr(m, "weight_bytes") and hasattr(m, "float_weight_bytes"):
         shape = tuple(getattr(m, "weight_shape", lambda: ())())
         sparsity = m.weight_sparsity() if hasattr(m, "weight_sparsity") else None
         detail = getattr(m, "mode", "")
         if hasattr(m, "granularity"):
             detail += f" {m.granularity()}"
-        numel = 1
-        for d in shape:
-            numel *= d
-        nbytes, orig = int(m.weight_bytes()), int(m.float_weight_bytes())
-        ratio = m.codebook_ratio() if hasattr(m, "codebook_ratio") else orig / nbytes
-        cb_bits = 32 * numel / ratio if hasattr(m, "codebook_ratio") else 0.0
-        return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), nbytes, orig, sparsity,
-                         detail.strip(), None, True, 8 * nbytes / max(numel, 1), ratio, numel, cb_bits)
+        elements = 0 if getattr(m, "tied", False) else math.prod(shape)
+        cb_bits = 32 * elements / m.codebook_ratio() if hasattr(m, "codebook_ratio") and elements else 0.0
+        return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), int(m.weight_bytes()),
+                         int(m.float_weight_bytes()), sparsity, detail.strip(), None, True, elements, cb_bits)
     tensors = _own_tensors(m)
     if not tensors:
         return None
-    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if id(t) not in seen)
     w = getattr(m, "weight", None)
     if not isinstance(w, torch.Tensor):
         w = tensors[0]
+    elements = 0 if id(w) in seen else w.numel()
+    seen.update(id(t) for t in tensors)
     sparsity = float((w == 0).float().mean()) if w.numel() else None
     return LayerInfo(name, type(m).__name__, tuple(w.shape), _bits(w), nbytes, nbytes, sparsity, "",
-                     getattr(m, SKIP_ATTR, None), False, 8 * nbytes / max(w.numel(), 1), 1.0, w.numel())
+                     getattr(m, SKIP_ATTR, None), False, elements)
 
 
 def summary(model: nn.Module) -> Summary:
@@ -162,5 +178,6 @@ def summary(model: nn.Module) -> Summary:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary expects an nn.Module, got {type(model).__name__}")
-    rows = [_layer_info(name, m) for name, m in model.named_modules()]
+    seen: set = set()  # tensors already counted (a weight tied between two plain modules counts once)
+    rows = [_layer_info(name, m, seen) for name, m in model.named_modules()]
     return Summary([r for r in rows if r is not None])

@@ -241,8 +241,8 @@ def test_summary_reports_bits_and_ratio():
     s = fastq.summary(model)
     row = s.layers[0]
     n = 512 * 256
-    assert row.ratio == pytest.approx(n * 32 / (n * 4 + 16 * 32))  # the mission's r = nb / (n log2 k + k b)
+    assert row.compression_ratio == pytest.approx(n * 32 / (n * 4 + 16 * 32))  # the mission's r = nb / (n log2 k + k b)
     assert row.bits_per_weight == pytest.approx(8 * model[0].weight_bytes() / n)
-    assert s.codebook_ratio == pytest.approx(row.ratio)
+    assert s.codebook_ratio == pytest.approx(row.compression_ratio)
     text = str(s)
     assert "bits/w" in text.splitlines()[0] and "weight sharing: r =" in text
