@@ -245,6 +245,8 @@ void codebook_linear_cpu(const CodebookLinearArgs& args);
 #ifdef FASTQ_WITH_CUDA
 // Same arguments (workspace and num_threads unused); x, codes, codebook, scale, bias, y on the device.
 void codebook_linear_cuda(const CodebookLinearArgs& args, void* stream);
+#endif
+
 // ---- static W8A8 linear (accuracy toolkit; fastq/ops/reference.py: int8_linear_static) --------
 // int8_linear_dynamic with calibrated activation quantization: no run-time max pass. Per element
 //   mul[k] = 1 / act_scale, or (1 / act_smooth[k]) * (1 / act_scale)      (float32 roundings)
@@ -265,6 +267,8 @@ void int8_linear_static_cpu(const Int8StaticLinearArgs& args);
 #ifdef FASTQ_WITH_CUDA
 int64_t int8_linear_static_workspace_bytes_cuda(int64_t m, int64_t n, int64_t k);
 void int8_linear_static_cuda(const Int8StaticLinearArgs& args, void* stream);
+#endif
+
 // ---- sub-8-bit integer weights (fastq/ops/reference.py: intx_pack_weight, intx_weight_only_linear,
 // intx_linear_dynamic) ---------------------------------------------------------------------------
 // Packed layout (ISA-independent, little endian; the reference's intx_pack_weight): codes of `bits`

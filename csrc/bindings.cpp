@@ -156,6 +156,7 @@ fastq::IntxLinearArgs intx_args(uintptr_t x, int x_dtype, uintptr_t packed, int 
 }  // namespace
 
 void fastq_bind_codebook(py::module_& m);  // codebook (weight sharing) section, at the end of this file
+void fastq_bind_intx(py::module_& m);  // sub-8-bit integer weights, at the end of this file
 // ---- static W8A8 linear (accuracy toolkit): linear_args(...) plus act_scale, act_zero_point,
 // act_smooth pointers; CUDA passes a stream instead of num_threads ----
 namespace {
@@ -400,6 +401,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
   fastq_bind_codebook(m);
   fastq_bind_static_linear(m);
+  fastq_bind_intx(m);
 }
 
 // ---- codebook (weight sharing) linear: (x, m, n, k, codes, bits, lut, codebook, cb_rows, cb_groups,
@@ -452,8 +454,15 @@ void fastq_bind_codebook(py::module_& m) {
          int64_t cb_rows, int64_t cb_groups, uintptr_t scale, uintptr_t bias, uintptr_t y, uintptr_t stream) {
         fastq::codebook_linear_cuda(
             codebook_args(x, mm, n, k, codes, bits, lut, codebook, cb_rows, cb_groups, scale, bias, y),
+            ptr<void>(stream));
+      },
+      nogil);
+#endif
+}
 
-  // ---- sub-8-bit integer weights (intx family; csrc/cpu/intx.cpp, csrc/cuda/intx.cu) ----
+// ---- sub-8-bit integer weights (intx family; csrc/cpu/intx.cpp, csrc/cuda/intx.cu) ----
+void fastq_bind_intx(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("intx_linear_workspace_bytes_cpu", &fastq::intx_linear_workspace_bytes_cpu);
   m.def(
       "intx_weight_only_linear_cpu",

@@ -203,6 +203,9 @@ extern const LutKernels lut_kernels_avx2;
 extern const LutKernels lut_kernels_avx512;
 
 const LutKernels& lut_kernels();
+
+}  // namespace fastq::cpu
+
 // ---- static W8A8 activation quantization (accuracy toolkit; csrc/cpu/gemm_static.cpp drives it) --
 namespace fastq::cpu {
 
@@ -221,6 +224,9 @@ extern const StaticActKernels static_act_kernels_avx2;
 extern const StaticActKernels static_act_kernels_avx512;
 
 const StaticActKernels& static_act_kernels();
+
+}  // namespace fastq::cpu
+
 // ---- sub-8-bit integer weights (csrc/cpu/intx.cpp drives these; layout: api.h) -----------------
 namespace fastq::cpu {
 
