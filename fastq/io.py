@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import stat
@@ -287,11 +288,13 @@ class _Expected:
             self.entries[name] = header[target]
         self.data_bytes = sum(_nbytes(d, s) for d, s in header.values())
 
-    def compare(self, state: dict, prefix: str = "", what: str = "the rebuilt model") -> None:
+    def compare(self, state: dict, prefix: str = "", what: str = "the rebuilt model", exclude: tuple = ()) -> None:
         """Raise LoadError unless ``state`` (a state_dict, possibly on meta, of the module at ``prefix``)
-        names exactly the file's tensors under ``prefix`` with the same dtypes and shapes."""
+        names exactly the file's tensors under ``prefix`` with the same dtypes and shapes; names
+        under the prefixes in ``exclude`` (submodules the recipe replaces on their own) are left out."""
         path = self.where / TENSORS_FILE
-        names = {k for k in self.entries if k.startswith(prefix)}
+        names = {k for k in self.entries if k.startswith(prefix) and not k.startswith(exclude)}
+        state = {k: t for k, t in state.items() if not (prefix + k).startswith(exclude)}
         want = {prefix + k for k in state}
         missing, unexpected = sorted(want - names), sorted(names - want)
         if missing or unexpected:
@@ -373,14 +376,24 @@ def _check_kwargs(cls: type, kwargs: dict, name: str, where: Path) -> None:
         if key not in params:
             raise LoadError(f"{where}: module {name!r}: {cls.__name__} takes no argument {key!r}")
         want = params[key].annotation
-        ok = {"int": _is_int(value), "bool": isinstance(value, bool), "str": isinstance(value, str),
-              "Optional[int]": value is None or _is_int(value)}.get(want)
+        ok = _matches(want, value) if isinstance(want, str) else None
         if ok is None:  # unannotated geometry (ints, pairs of ints, padding strings)
             ok = _is_int(value) or isinstance(value, str) or (
                 isinstance(value, list) and len(value) <= 4 and all(_is_int(v) for v in value))
         if not ok:
             raise LoadError(f"{where}: module {name!r}: {key}={value!r} is not a valid {want if isinstance(want, str) else 'value'} "
                             f"for {cls.__name__} (recipe values are not converted)")
+
+
+def _matches(want: str, value) -> Optional[bool]:
+    """Whether a JSON value is of the (string) annotation ``want``: int, bool, str, float or
+    Optional[...] of one; None for any other annotation."""
+    if want.startswith("Optional[") and want.endswith("]"):
+        inner = _matches(want[len("Optional["):-1], value)
+        return None if inner is None else value is None or inner
+    check = {"int": _is_int, "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
+             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}.get(want)
+    return None if check is None else check(value)
 
 
 def _init_params(cls: type) -> dict:
@@ -418,9 +431,11 @@ def _build_module(entry: dict, types: dict, where: Path) -> nn.Module:
                         f"({type(exc).__name__}: {str(exc)[:300]})") from None
 
 
-def _swap(model: nn.Module, entry: dict, types: dict, where: Path, expected: _Expected, meta: bool) -> None:
+def _swap(model: nn.Module, entry: dict, types: dict, where: Path, expected: _Expected, meta: bool,
+          nested: tuple = ()) -> None:
     """Replace layer ``entry["name"]`` by its fastq module, after checking (on the meta device: no
-    allocation yet) that the module's buffers are exactly the file's tensors under that name."""
+    allocation yet) that the module's buffers are exactly the file's tensors under that name, but
+    for those under ``nested`` (prefixes of recipe entries inside this one, swapped after it)."""
     name = entry["name"]
     parent_name, _, child = name.rpartition(".")
     try:
@@ -430,7 +445,7 @@ def _swap(model: nn.Module, entry: dict, types: dict, where: Path, expected: _Ex
         raise LoadError(f"{where}: module {name!r} does not exist in the rebuilt {type(model).__name__}") from None
     with torch.device("meta"):
         probe = _build_module(entry, types, where)
-    expected.compare(probe.state_dict(), name + ".", f"{entry['class']} {name!r} built from the recipe")
+    expected.compare(probe.state_dict(), name + ".", f"{entry['class']} {name!r} built from the recipe", nested)
     weight = getattr(old, "weight", None)
     if isinstance(weight, torch.Tensor) and tuple(weight.shape) != tuple(probe.weight_shape()):
         raise LoadError(f"{where}: module {name!r}: the recipe's {entry['class']} replaces a weight of shape "
@@ -458,8 +473,10 @@ def _assemble(skeleton: nn.Module, recipe: dict, where: Path, expected: _Expecte
     attach masks, compare with the file."""
     types = _module_types()
     recipe_path = where / RECIPE_FILE
+    names = [entry["name"] for entry in recipe["modules"]]
     for entry in recipe["modules"]:
-        _swap(skeleton, entry, types, recipe_path, expected, meta)
+        nested = tuple(other + "." for other in names if other.startswith(entry["name"] + "."))
+        _swap(skeleton, entry, types, recipe_path, expected, meta, nested)
     for entry in recipe.get("pruned", []):
         _attach_mask(skeleton, entry, recipe_path)
     expected.compare(skeleton.state_dict())

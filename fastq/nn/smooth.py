@@ -46,6 +46,10 @@ class SmoothedLinear(nn.Module):
         self.smooth = smooth.to(self.smooth.device)
         return self
 
+    def weight_shape(self) -> tuple:
+        """[out, in]: the shape of the float weight this layer replaced (fastq.load checks it)."""
+        return (self.out_features, self.in_features)
+
     def init_kwargs(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": getattr(self.linear, "bias", None) is not None}

@@ -108,12 +108,13 @@ def _int8_gemm_layer(from_float: Handler) -> Handler:
     (the packed layout pads N to 16 and K to 4, and adds per-channel sums and scales)."""
 
     def handler(module: nn.Module, config) -> nn.Module:
-        weight = module.weight
+        inner = getattr(module, "linear", module)  # SmoothedLinear wraps the layer it quantizes
+        weight = inner.weight
         if weight.dtype not in FLOAT_DTYPES:
             raise UnsupportedLayerError(f"weight dtype {weight.dtype} is not supported (float32, float16 or "
                                         "bfloat16); cast the model, e.g. model.float(), to quantize this layer")
         k = math.prod(weight.shape[1:])
-        if isinstance(config, Int8DynamicConfig) and k > W8A8_MAX_K:
+        if not isinstance(config, Int8WeightOnlyConfig) and k > W8A8_MAX_K:  # W8A8, dynamic or static
             raise UnsupportedLayerError(f"K={k} exceeds {W8A8_MAX_K}, beyond which W8A8's int32 accumulator "
                                         "could overflow; Int8WeightOnlyConfig has no such limit")
         q = from_float(module, config)

@@ -231,13 +231,13 @@ class Int8StaticScheme(Int8WeightScheme):
 
     def build(self, module: nn.Module, twin: nn.Module) -> nn.Module:
         from fastq.nn.static import StaticQuantConv2d, StaticQuantLinear
-        from fastq.quantization.api import _smaller_only
+        from fastq.quantization.api import _int8_gemm_layer
 
         scale = module.act_scale.detach().clamp_min(FLT_MIN) if not bool(torch.isnan(module.act_scale).any()) \
             else torch.ones(1, device=module.weight.device)  # placeholder until the range is known
         zp = None if module.act_symmetric in (None, True) else module.act_zero_point
         cls = StaticQuantLinear if isinstance(twin, nn.Linear) else StaticQuantConv2d
-        q = _smaller_only(lambda m, _: cls.from_float(m, scale, zp))(twin, self.config)
+        q = _int8_gemm_layer(lambda m, _: cls.from_float(m, scale, zp))(twin, self.config)
         return self._learned_weights(module, q)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from fastq.nn.smooth import SmoothedLinear
 from fastq.nn.static import StaticQuantConv2d, StaticQuantLinear
 from fastq.nn._base import UnsupportedLayerError
-from fastq.quantization.api import _smaller_only, register_handler
+from fastq.quantization.api import _int8_gemm_layer, register_handler
 from fastq.quantization.calibrate import CalibrationError, LayerCalibration, get_calibration
 from fastq.quantization.observers import OBSERVERS, make_observer, qparams_from_range
 from fastq.quantization.smoothquant import check_alpha
@@ -141,6 +141,6 @@ def _conv(module: nn.Conv2d, config: Int8StaticConfig) -> StaticQuantConv2d:
     return StaticQuantConv2d.from_float(module, *activation_qparams(_stats(module, config), config))
 
 
-register_handler(Int8StaticConfig, nn.Linear, _smaller_only(_linear))
-register_handler(Int8StaticConfig, SmoothedLinear, _smaller_only(_smoothed))
-register_handler(Int8StaticConfig, nn.Conv2d, _smaller_only(_conv))
+register_handler(Int8StaticConfig, nn.Linear, _int8_gemm_layer(_linear))
+register_handler(Int8StaticConfig, SmoothedLinear, _int8_gemm_layer(_smoothed))
+register_handler(Int8StaticConfig, nn.Conv2d, _int8_gemm_layer(_conv))

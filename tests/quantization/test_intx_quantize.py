@@ -98,7 +98,7 @@ def test_quantize_skips_with_reasons_and_stays_accurate(name):
     db = 20 * math.log10(ref.norm() / (ref - y).norm())
     assert db > (5 if cfg.bits == 2 else 14), f"{name}: {db:.1f} dB"
     s = str(fastq.summary(model))
-    assert "bits per weight" in s and "bpw" in s.splitlines()[0]
+    assert "bits per weight" in s and "bits/w" in s.splitlines()[0]
 
 
 def test_group_size_not_dividing_k_is_skipped_without_fitting():
