@@ -3,7 +3,8 @@
 The public surface: ops (``fastq.ops``: quantize_int8, dequantize_int8, the int8 GEMM family),
 native status (``kernel_for``, ``cpu_isa``, ``set_cpu_isa``, ``native_calls``), quantization
 (``quantize_`` with ``Int8DynamicConfig`` / ``Int8WeightOnlyConfig``, ``summary``), pruning
-(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), distillation (``distill_``), and deployment (``save`` / ``load``).
+(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), distillation (``distill_``), deployment (``save`` / ``load``), compression
+search (``search``, ``LayerRecipe``, ``fastq.recipe_search``) and training (``train_``, ``TrainConfig``).
 """
 
 from fastq import _native
@@ -19,6 +20,12 @@ from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
 from fastq.nn import SparseConv2d, SparseLinear  # noqa: E402
 from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
 from fastq.sparsify import sparsify_  # noqa: E402
+
+# ---- compression search and training (issue 14) ----
+from fastq import recipe_search, train  # noqa: E402
+from fastq.recipe_search import LayerRecipe, search  # noqa: E402
+from fastq.train import TrainConfig, train_  # noqa: E402
+# ---- end compression search and training ----
 
 __all__ = [
     "Int8DynamicConfig",
@@ -50,6 +57,13 @@ __all__ = [
     "sparsify_",
     "set_cpu_isa",
     "summary",
+    # compression search and training (issue 14)
+    "LayerRecipe",
+    "TrainConfig",
+    "recipe_search",
+    "search",
+    "train",
+    "train_",
 ]
 
 
