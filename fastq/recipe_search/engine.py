@@ -600,14 +600,15 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     directions = ["minimize", "minimize"] if strategy == "nsga2" else ["minimize"]
 
-    def constraints(ft):
-        return [ft.user_attrs.get("loss", math.inf) - budget.value]
-
+    # The quality budget is a constraint the samplers see: Trial.set_constraint (Optuna >= 5), or
+    # constraints_func on older Optuna.
+    new_api = hasattr(optuna.trial.Trial, "set_constraint")
+    constraints = {} if new_api else {"constraints_func": lambda ft: [ft.user_attrs.get("loss", math.inf) - budget.value]}
     sampler = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, multivariate=True,
-                                                  n_startup_trials=min(10, max(2, trials // 4))),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
-                                                       population_size=min(50, max(4, trials // 4))),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                                  n_startup_trials=min(10, max(2, trials // 4)), **constraints),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=seed, population_size=min(50, max(4, trials // 4)),
+                                                       **constraints),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
         "grid": lambda: optuna.samplers.GridSampler(space, seed=seed),
     }[strategy]()
@@ -657,6 +658,8 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         loss = budget.loss(base_quality, score, higher_is_better)
         trial.set_user_attr("quality", score)
         trial.set_user_attr("loss", loss)
+        if new_api:
+            trial.set_constraint("quality", loss - budget.value)
         cost = latency if objective == "speed" else float(size)
         return (cost, loss) if strategy == "nsga2" else cost
 

@@ -117,7 +117,9 @@ class Quantize(Transformation):
         handler = handler_for(module, self.config)
         if handler is None:
             raise UnsupportedLayerError(self.check(module))
-        return handler(module, self.config)
+        # A private copy: a handler may reuse or change the module it is given (module.half()),
+        # and the search keeps the float layer to build the other choices from.
+        return handler(copy.deepcopy(module), self.config)
 
     @staticmethod
     def from_spec(spec: dict, name: str) -> "Quantize":

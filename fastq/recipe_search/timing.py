@@ -103,12 +103,14 @@ def _inner(fn: Callable, target_s: float = 1e-3) -> int:
 
 def time_candidates(modules: dict, x: torch.Tensor, *, rounds: int = 15, warmup: int = 2) -> dict:
     """Seconds per call of each module of ``modules`` (name -> module) on input ``x``, measured
-    round-robin in one run (median of ``rounds`` samples)."""
+    round-robin in one run (median of ``rounds`` samples). Each candidate repeats its call enough
+    times per sample (about 1 ms) that one preemption on a loaded machine cannot dominate it."""
     with torch.inference_mode():
-        fns = {name: (lambda m=m: m(x)) for name, m in modules.items()}
-        inner = min(_inner(f) for f in fns.values())
-        samples = time_round_robin(fns, rounds=rounds, warmup=warmup, inner=inner)
-    return {name: median(s) for name, s in samples.items()}
+        calls = {name: (lambda m=m: m(x)) for name, m in modules.items()}
+        reps = {name: _inner(f) for name, f in calls.items()}
+        fns = {name: (lambda f=f, k=reps[name]: [f() for _ in range(k)]) for name, f in calls.items()}
+        samples = time_round_robin(fns, rounds=rounds, warmup=warmup)
+    return {name: median(s) / reps[name] for name, s in samples.items()}
 
 
 def time_models(models: dict, example_inputs: Any, *, forward: Callable = default_forward, rounds: int = 10,
