@@ -277,7 +277,8 @@ def test_trials_that_fail_are_recorded_and_kept_in_storage(task, tmp_path):
         return 1.0
 
     with pytest.raises(SearchError, match="every trial failed; the first error: evaluate raised RuntimeError: no"):
-        fastq.search(model, only_float, x, 0.01, trials=3, transformations_=QUICK, pairs=None, **FAST)
+        fastq.search(model, only_float, x, 0.01, objective="size", trials=3, transformations_=QUICK, pairs=None,
+                     **FAST)
     assert_untouched(model, snap)
 
 
