@@ -209,10 +209,10 @@ def test_storage_resumes_and_keeps_every_trial(task, tmp_path):
 def test_timing_cache_is_reused(task, tmp_path):
     model, x, evaluate = task
     cache = tmp_path / "t.json"
-    fastq.search(model, evaluate, x, 1.0, trials=2, transformations_=QUICK, timing_cache=cache, **FAST)
+    fastq.search(model, evaluate, x, 1.0, objective="size", trials=2, transformations_=QUICK, timing_cache=cache, **FAST)
     first = json.loads(cache.read_text())
     assert first and all(k.endswith(("float", "w8a8", "int8-wo", "sparse-50")) for k in first)
-    fastq.search(model, evaluate, x, 1.0, trials=2, transformations_=QUICK, timing_cache=cache, **FAST)
+    fastq.search(model, evaluate, x, 1.0, objective="size", trials=2, transformations_=QUICK, timing_cache=cache, **FAST)
     assert json.loads(cache.read_text()) == first
 
 
