@@ -131,6 +131,7 @@ class SearchResult:
     study: Any = None
     failures: list = field(default_factory=list)  # (trial number, error message)
     higher_is_better: bool = True
+    seconds: dict = field(default_factory=dict)  # wall time per phase of this call
 
     def table(self, which: str = "pareto") -> str:
         """Markdown table of the Pareto front (or ``"all"`` trials), fp32 first."""
@@ -209,7 +210,8 @@ def _input_for(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
 
 class _Workspace:
     def __init__(self, model, names, pairs, transforms, objective, min_gain, rounds, cache, inputs):
-        self.model = copy.deepcopy(model)
+        self.model = model  # the search's own deep copy of the caller's model
+        self.deadline: Optional[float] = None  # perf_counter time after which layers get the short timing only
         self.names, self.pairs, self.transforms = names, pairs, {t.name: t for t in transforms}
         self.objective, self.min_gain, self.rounds, self.cache = objective, min_gain, rounds, cache
         self.original = {n: self.model.get_submodule(n) for n in names}
@@ -260,8 +262,13 @@ class _Workspace:
         missing = {n: m for n, m in modules.items() if self.cache.get(key + n) is None}
         if missing:
             # Time the float layer with the missing candidates (round-robin), even if cached, so the
-            # ratio is from one run.
-            times = time_candidates({FLOAT: base, **missing}, x, rounds=self.rounds)
+            # ratio is from one run: a short pass over all, then the full rounds for the candidates
+            # within 25% of float (one clearly slower after 3 rounds cannot end up faster).
+            times = time_candidates({FLOAT: base, **missing}, x, rounds=min(3, self.rounds))
+            close = {n: m for n, m in missing.items() if n != FLOAT and times[n] <= 1.25 * times[FLOAT]}
+            late = self.deadline is not None and time.perf_counter() > self.deadline
+            if self.rounds > 3 and close and not late:
+                times.update(time_candidates({FLOAT: base, **close}, x, rounds=self.rounds))
             for n, s in times.items():
                 if n != FLOAT or self.cache.get(key + FLOAT) is None:
                     self.cache.put(key + n, s)
@@ -537,15 +544,14 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
 
     # The float model: quality and end-to-end time (the workspace is a private deep copy).
     cache = TimingCache(timing_cache)
-    inputs_model = copy.deepcopy(model)  # hooks go on a copy, never on the caller's model
-    captured = capture_inputs(inputs_model, {n: inputs_model.get_submodule(n) for n in layers}, example_inputs, forward)
-    del inputs_model
+    work = copy.deepcopy(model)  # the workspace: hooks and swaps happen here, never on the caller's model
+    captured = capture_inputs(work, {n: work.get_submodule(n) for n in layers}, example_inputs, forward)
     not_run = [n for n in layers if n not in captured]
     for n in not_run:
         left_out[n] = "not called by forward(model, example_inputs), so it cannot be timed"
         layers.pop(n)
     pair_list = [p for p in pair_list if p[0] in layers and p[1] in layers]
-    ws = _Workspace(model, list(layers), pair_list, transforms, objective, min_gain, rounds, cache, captured)
+    ws = _Workspace(work, list(layers), pair_list, transforms, objective, min_gain, rounds, cache, captured)
     ws.channel_transforms = {t.name: t for t in chan}
     try:
         with torch.no_grad():
@@ -554,12 +560,21 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         raise
     except Exception as exc:
         raise SearchError(f"evaluate(model) raised on the float model: {type(exc).__name__}: {exc}") from exc
-    fp32_samples = time_models({"fp32": ws.model}, example_inputs, forward=forward, rounds=verify_rounds)["fp32"]
+    # fp32's time here only scales the per-layer estimates; the end-to-end check times it again.
+    fp32_samples = time_models({"fp32": ws.model}, example_inputs, forward=forward, rounds=3)["fp32"]
     from fastq.benchmarking import median
     from fastq.quantization import summary
 
     t_fp32 = median(fp32_samples)
     size_fp32 = summary(model).total_bytes
+    phases = {"float model": time.perf_counter() - t_start}
+    # Under a time limit: layer timing gets the full rounds until 35% of the limit has passed, and
+    # the end-to-end check keeps the time its rounds need (fewer rounds when the limit is short).
+    if time_limit is not None:
+        ws.deadline = t_start + 0.35 * time_limit
+        per_round = (1 + verify) * t_fp32
+        verify_rounds = max(3, min(verify_rounds, int(0.2 * time_limit / max(per_round, 1e-9)) - 1))
+    reserve = (1 + verify) * (verify_rounds + 1) * t_fp32 * 1.2
 
     # Per-layer measurements (once per distinct layer shape) and the faster-or-skip choices.
     keys = {}
@@ -568,6 +583,7 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
     for n in tqdm(list(keys.values()), desc="timing layers", unit="shape", disable=_disable(show)):
         ws.measure(n, ws.original[n])
     cache.save()
+    phases["layer timing"] = time.perf_counter() - t_start - sum(phases.values())
     groups: dict = {}
     for n in ws.names:
         groups.setdefault(_group_key(group_by, n), []).append(n)
@@ -667,7 +683,7 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         for params in _seeds(space, ws, groups)[:max(1, trials // 2)]:
             study.enqueue_trial(params, skip_if_exists=True)
 
-    remaining = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t_start))
+    remaining = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t_start) - reserve)
     bar = tqdm(total=trials, desc="search trials", unit="trial", disable=_disable(show))
 
     def on_trial(st, ft):
@@ -685,9 +701,10 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
     finally:
         bar.close()
         cache.save()
-
-    return _finish(study, ws, model, example_inputs, forward, budget, objective, higher_is_better, t_fp32, size_fp32,
-                   base_quality, {**skip_notes, **left_out}, verify, verify_rounds, show, choice_of)
+    phases["trials"] = time.perf_counter() - t_start - sum(phases.values())
+    result = _finish(study, ws, model, example_inputs, forward, budget, objective, higher_is_better, t_fp32, size_fp32,
+                     base_quality, {**skip_notes, **left_out}, verify, verify_rounds, phases)
+    return result
 
 
 def _disable(progress: Optional[bool]) -> Optional[bool]:
@@ -737,14 +754,16 @@ def _records(study, budget: Budget, t_fp32: float) -> tuple[list, list]:
 
 
 def _finish(study, ws, model, example_inputs, forward, budget, objective, higher_is_better, t_fp32, size_fp32,
-            base_quality, notes, verify, verify_rounds, show, choice_of) -> SearchResult:
+            base_quality, notes, verify, verify_rounds, phases) -> SearchResult:
     from fastq.benchmarking import median
+
+    t0 = time.perf_counter()
 
     records, failures = _records(study, budget, t_fp32)
     baseline = {"quality": base_quality, "latency_s": t_fp32, "size_bytes": size_fp32}
     cost = (lambda r: r.latency_s) if objective == "speed" else (lambda r: r.size_bytes)
     result = SearchResult(baseline, records, _pareto(records, cost), None, None, None, objective, budget, notes, study,
-                          failures, higher_is_better)
+                          failures, higher_is_better, phases)
     if not records:
         first = failures[0][1] if failures else "no trial finished (time limit too short?)"
         raise SearchError(f"every trial failed; the first error: {first}")
@@ -766,6 +785,7 @@ def _finish(study, ws, model, example_inputs, forward, budget, objective, higher
     samples = time_models({"fp32": model, **candidates}, example_inputs, forward=forward, rounds=verify_rounds)
     t_ref = median(samples["fp32"])
     measured = {r.number: t_ref / median(samples[f"trial {r.number}"]) for r in front}
+    phases["end-to-end check"] = time.perf_counter() - t0
     records = [_with_measured(r, measured) for r in records]
     result.trials = records
     result.pareto = [_with_measured(r, measured) for r in result.pareto]
