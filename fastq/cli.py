@@ -253,6 +253,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model) if args.model else _demo_model_dir()
     _check_counts(args)
+    _check_auto(args)
     fp32, tok = _load_transformers(model_dir, args.verbose)
     sentences = _sentences(args.sentences)
     _print_header(model_dir, fp32, _token_info(tok, sentences), sentences)
@@ -306,6 +307,15 @@ def _apply_recipe_file(model: torch.nn.Module, path: str) -> int:
     if recipe.count() == 0:
         raise CLIError(f"recipe {path} changes no layer")
     return recipe.count()
+
+
+def _check_auto(args) -> None:
+    from fastq.recipe_search import Budget, SearchError
+
+    try:
+        Budget.parse(args.auto_budget)
+    except SearchError as exc:
+        raise CLIError(f"--auto-budget: {exc}") from None
 
 
 def _demo_auto(args, fp32, tok, sentences, models: dict, layers: dict) -> str:

@@ -178,6 +178,8 @@ def auto_model(fp32, tok, sentences: list, seconds: float, budget: str, batch: d
 
     from fastq.models import SENTENCES
 
+    if importlib.util.find_spec("optuna") is None:  # the demo goes on without its search
+        return copy.deepcopy(fp32), "no search: Optuna is not installed (pip install \"fastq-compress[search]\"): fp32"
     evaluate = cosine_metric(fp32, tok, list(SENTENCES))
     result, failure = run_search(fp32, evaluate, batch, budget, True, trials=10_000, time_limit=seconds)
     if failure is not None or result.model is None:

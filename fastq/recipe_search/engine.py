@@ -500,7 +500,10 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         NoRecipeError: no compressed recipe within the budget (or none faster / smaller than
             fp32); ``exc.result`` holds the trials.
     """
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise SearchError("fastq.search needs Optuna: pip install optuna (or \"fastq-compress[search]\")") from None
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
