@@ -58,7 +58,13 @@ LEE = "gensim/test/test_data/lee_background.cor"
 
 # ---- data ---------------------------------------------------------------------------------------
 def lee_documents(wheel_glob: str) -> list:
-    """The 300 news stories of gensim's Lee background corpus, read straight out of the wheel."""
+    """The 300 news stories of gensim's Lee background corpus: from the installed gensim package, or
+    read straight out of a downloaded wheel."""
+    from fastq.cli_search import default_text
+
+    installed = default_text()
+    if installed is not None:
+        return [d.strip() for d in installed.read_text(encoding="latin-1").splitlines() if d.strip()]
     wheels = sorted(glob.glob(wheel_glob))
     if not wheels:
         raise SystemExit(f"no gensim wheel matches {wheel_glob!r}: pip download --no-deps -d /tmp/gs gensim")
@@ -183,6 +189,13 @@ def main(argv=None) -> dict:
                          "where pruning changed weights; AdamW over the 11.7M-entry word table costs time)")
     ap.add_argument("--rounds", type=int, help="timing rounds (default 9, quick 5)")
     ap.add_argument("--gensim-wheel", default="/tmp/gs/gensim-*.whl")
+    # the trainer's knobs (fastq.train): schedule, warm-up, clipping; and which variants to run
+    ap.add_argument("--schedule", default="constant", help="learning-rate schedule: constant, cosine, linear, step")
+    ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    ap.add_argument("--clip", type=float, help="clip the gradient norm to this")
+    ap.add_argument("--variants", default="unstructured 50%,2:4,FFN channels 50%",
+                    help="comma-separated: 'unstructured 50%%', '2:4', 'FFN channels 50%%'")
+
     args = ap.parse_args(argv)
     steps = args.steps if args.steps is not None else (30 if args.quick else 60)
     rounds = args.rounds or (5 if args.quick else 9)
@@ -208,7 +221,8 @@ def main(argv=None) -> dict:
     ref = embed(teacher, tok, held)
     print(f"# {len(train)} training sentences from {len(docs) - 40} documents, {len(held)} held-out sentences "
           f"from 40 other documents; {steps} steps x {args.batch} sentences (<= {args.max_length} tokens), "
-          f"lr {args.lr}; {args.train_threads} thread(s) for training, {args.threads} for timing; "
+          f"lr {args.lr}, schedule {args.schedule}, warm-up {args.warmup}, clip {args.clip}; "
+          f"{args.train_threads} thread(s) for training, {args.threads} for timing; "
           f"sparse kernels: {'yes' if sparsify_ else 'NO (masked dense timed)'}; "
           f"native: {fastq.native_available()}, ISA {fastq.cpu_isa()}", flush=True)
 
@@ -223,14 +237,19 @@ def main(argv=None) -> dict:
         return m
 
     rows = {"fp32": {"before": (1.0, 1.0), "after": None, "model": teacher, "train_s": None, "losses": None}}
-    for kind in ("unstructured 50%", "2:4", "FFN channels 50%"):
+    kinds = [v.strip() for v in args.variants.split(",")]
+    unknown = set(kinds) - {"unstructured 50%", "2:4", "FFN channels 50%"}
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}")
+    for kind in kinds:
         student = pruned(kind)
         if not args.train_embeddings:
             student.embeddings.requires_grad_(False)
         before = cosine_stats(embed(student, tok, held), ref)
         t0 = time.perf_counter()
         hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
-                              embed_fn=embed_fn, train_mode=False) if steps else None
+                              embed_fn=embed_fn, train_mode=False, schedule=args.schedule,
+                              warmup_steps=args.warmup, max_grad_norm=args.clip, progress=None) if steps else None
         train_s = time.perf_counter() - t0 if steps else None
         for m in student.modules():  # the mask contract held through training
             if is_pruned(m):
@@ -268,6 +287,7 @@ def main(argv=None) -> dict:
     base = statistics.median(times["fp32"])
     tokens = int(timing_batch["attention_mask"].sum())
     result = {"config": {"steps": steps, "batch": args.batch, "max_length": args.max_length, "lr": args.lr,
+                         "schedule": args.schedule, "warmup": args.warmup, "clip": args.clip,
                          "threads": args.threads, "train_threads": args.train_threads,
                          "train_embeddings": args.train_embeddings,
                          "rounds": rounds, "eval_sentences": len(held), "train_sentences": len(train),

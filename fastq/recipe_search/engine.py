@@ -32,8 +32,9 @@ from torch import nn
 
 from fastq.nn import UnsupportedLayerError
 from fastq.recipe_search.recipe import LayerRecipe, set_module
-from fastq.recipe_search.space import ChannelPrune, KeepFloat, LayerContext, Transformation, channel_transforms, transformations
-from fastq.recipe_search.timing import TimingCache, capture_inputs, default_forward, layer_key, time_candidates, time_models
+from fastq.recipe_search.space import KeepFloat, LayerContext, channel_transforms, transformations
+from fastq.recipe_search.timing import (TimingCache, capture_inputs, default_forward, layer_key, time_candidates,
+                                        time_models)
 
 __all__ = ["Budget", "NoRecipeError", "SearchError", "SearchResult", "TrialRecord", "search"]
 
@@ -139,7 +140,8 @@ class SearchResult:
 
         records = self.pareto if which == "pareto" else sorted(self.trials, key=lambda r: r.number)
         rows = [{"trial": "fp32", "layers": 0, "est. speedup": 1.0, "measured speedup": 1.0,
-                 "quality": f"{self.baseline['quality']:.5g}", "loss": "0", "size MB": self.baseline["size_bytes"] / 1e6,
+                 "quality": f"{self.baseline['quality']:.5g}", "loss": "0",
+                 "size MB": self.baseline["size_bytes"] / 1e6,
                  "within budget": "yes", "chosen": ""}]
         for r in records:
             rows.append({"trial": str(r.number), "layers": r.changed, "est. speedup": r.speedup,
@@ -209,8 +211,9 @@ def _input_for(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
 
 
 class _Workspace:
-    def __init__(self, model, names, pairs, transforms, objective, min_gain, rounds, cache, inputs):
+    def __init__(self, model, names, pairs, transforms, channels, objective, min_gain, rounds, cache, inputs):
         self.model = model  # the search's own deep copy of the caller's model
+        self.channel_transforms = {t.name: t for t in channels}
         self.deadline: Optional[float] = None  # perf_counter time after which layers get the short timing only
         self.names, self.pairs, self.transforms = names, pairs, {t.name: t for t in transforms}
         self.objective, self.min_gain, self.rounds, self.cache = objective, min_gain, rounds, cache
@@ -323,7 +326,8 @@ class _Workspace:
         key = (name, channel, tname)
         if key not in self.built:
             try:
-                self.built[key] = self.transforms[tname].apply(base, LayerContext(name, (_input_for(self.inputs[name], base),)))
+                x = _input_for(self.inputs[name], base)
+                self.built[key] = self.transforms[tname].apply(base, LayerContext(name, (x,)))
             except UnsupportedLayerError as exc:
                 self.built[key] = str(exc)
             except Exception as exc:
@@ -438,7 +442,8 @@ def _pareto(records: list, cost: Callable) -> list:
     """Records not dominated in (cost, loss), by cost."""
     front = []
     for r in records:
-        if not any((cost(o) <= cost(r) and o.loss <= r.loss) and (cost(o) < cost(r) or o.loss < r.loss) for o in records):
+        if not any(cost(o) <= cost(r) and o.loss <= r.loss and (cost(o) < cost(r) or o.loss < r.loss)
+                   for o in records):
             front.append(r)
     return sorted(front, key=cost)
 
@@ -554,8 +559,7 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         left_out[n] = "not called by forward(model, example_inputs), so it cannot be timed"
         layers.pop(n)
     pair_list = [p for p in pair_list if p[0] in layers and p[1] in layers]
-    ws = _Workspace(work, list(layers), pair_list, transforms, objective, min_gain, rounds, cache, captured)
-    ws.channel_transforms = {t.name: t for t in chan}
+    ws = _Workspace(work, list(layers), pair_list, transforms, chan, objective, min_gain, rounds, cache, captured)
     try:
         with torch.no_grad():
             base_quality = _check_score(evaluate(ws.model), "for the float model")
@@ -603,8 +607,9 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
             for n in names:
                 opts = ws.measure(n, ws.original[n])
                 why = "; ".join(ws.allowed(opts, t) for t in ws.transforms if t != FLOAT)
-                skip_notes[n] = f"search: kept float: no transformation measured {'smaller' if objective == 'size' else 'faster'} here ({why})" \
-                    if why else "search: kept float: no transformation to try"
+                better = "smaller" if objective == "size" else "faster"
+                skip_notes[n] = (f"search: kept float: no transformation measured {better} here ({why})" if why
+                                 else "search: kept float: no transformation to try")
     pair_groups: dict = {}
     for p, c in pair_list:
         pair_groups.setdefault("channels:" + _group_key(group_by, p), []).append(p)
@@ -622,7 +627,8 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
     # The quality budget is a constraint the samplers see: Trial.set_constraint (Optuna >= 5), or
     # constraints_func on older Optuna.
     new_api = hasattr(optuna.trial.Trial, "set_constraint")
-    constraints = {} if new_api else {"constraints_func": lambda ft: [ft.user_attrs.get("loss", math.inf) - budget.value]}
+    constraints = {} if new_api else {
+        "constraints_func": lambda ft: [ft.user_attrs.get("loss", math.inf) - budget.value]}
     sampler = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                                   n_startup_trials=min(10, max(2, trials // 4)), **constraints),

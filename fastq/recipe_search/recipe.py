@@ -68,7 +68,8 @@ class LayerRecipe:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{where}: not a fastq layer recipe (no \"format\": \"{FORMAT}\")")
         if data.get("version") != VERSION:
-            raise ValueError(f"{where}: recipe version {data.get('version')!r} is not supported (this fastq reads {VERSION})")
+            raise ValueError(f"{where}: recipe version {data.get('version')!r} is not supported "
+                             f"(this fastq reads {VERSION})")
         layers, pairs, notes = data.get("layers", {}), data.get("pairs", []), data.get("notes", {})
         ok = (isinstance(layers, dict) and all(isinstance(v, dict) and isinstance(v.get("transform"), str)
                                                and isinstance(v.get("spec"), dict) for v in layers.values())

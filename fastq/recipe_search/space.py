@@ -26,8 +26,8 @@ from torch import nn
 
 from fastq.nn import UnsupportedLayerError
 
-__all__ = ["ChannelPrune", "KeepFloat", "LayerContext", "Quantize", "SparsePrune", "Transformation", "channel_transforms",
-           "from_spec", "register", "register_config", "register_kind", "transformations"]
+__all__ = ["ChannelPrune", "KeepFloat", "LayerContext", "Quantize", "SparsePrune", "Transformation",
+           "channel_transforms", "from_spec", "register", "register_config", "register_kind", "transformations"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,8 @@ class Quantize(Transformation):
         self.name, self.config = name, config
 
     def spec(self) -> dict:
-        return {"kind": self.kind, "config": type(self.config).__name__, "args": _jsonable(dataclasses.asdict(self.config))}
+        return {"kind": self.kind, "config": type(self.config).__name__,
+                "args": _jsonable(dataclasses.asdict(self.config))}
 
     def check(self, module):
         from fastq.quantization import handler_for
@@ -147,7 +148,8 @@ class SparsePrune(Transformation):
 
     def spec(self) -> dict:
         c = self.prune_config
-        return {"kind": self.kind, "pattern": c.pattern, "sparsity": c.sparsity, "int8": self.int8, "format": self.format}
+        return {"kind": self.kind, "pattern": c.pattern, "sparsity": c.sparsity, "int8": self.int8,
+                "format": self.format}
 
     def check(self, module):
         reason = _plain_layer(module)

@@ -11,5 +11,5 @@ from fastq.train.distributed import init_distributed, is_main, shard_batch, worl
 from fastq.train.schedules import SCHEDULES, lr_factor
 from fastq.train.trainer import CHECKPOINT_FILE, Cycle, TrainConfig, TrainHistory, default_forward, train_
 
-__all__ = ["CHECKPOINT_FILE", "Cycle", "SCHEDULES", "TrainConfig", "TrainHistory", "default_forward", "init_distributed", "is_main",
-           "lr_factor", "shard_batch", "train_", "world"]
+__all__ = ["CHECKPOINT_FILE", "Cycle", "SCHEDULES", "TrainConfig", "TrainHistory", "default_forward",
+           "init_distributed", "is_main", "lr_factor", "shard_batch", "train_", "world"]

@@ -276,8 +276,9 @@ def train_(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, An
     if ckpt_dir is not None and (ckpt_dir / CHECKPOINT_FILE).is_file():
         state = _load(ckpt_dir / CHECKPOINT_FILE)
         if state.get("config", {}).get("steps") != config.steps:
-            raise ValueError(f"checkpoint {ckpt_dir / CHECKPOINT_FILE} was written for {state.get('config', {}).get('steps')} "
-                             f"steps, this run has {config.steps}; use another checkpoint_dir to start over")
+            raise ValueError(f"checkpoint {ckpt_dir / CHECKPOINT_FILE} was written for "
+                             f"{state.get('config', {}).get('steps')} steps, this run has {config.steps}; use another "
+                             "checkpoint_dir to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
@@ -342,7 +343,8 @@ def train_(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, An
             step += 1
             bar.update(1)
             postfix = {"loss": f"{float(total):.4g}", "lr": f"{history.lrs[-1]:.3g}"}
-            due = evaluate is not None and (step == config.steps or (config.eval_every and step % config.eval_every == 0))
+            every = config.eval_every
+            due = evaluate is not None and (step == config.steps or bool(every and step % every == 0))
             if due:
                 was = model.training
                 model.eval()
@@ -366,7 +368,8 @@ def train_(model: nn.Module, batches: Iterable, loss_fn: Callable[[nn.Module, An
                         history.stopped_early = True
             bar.set_postfix(postfix)
             every = config.checkpoint_every or config.eval_every
-            if ckpt_dir is not None and (step == config.steps or history.stopped_early or (every and step % every == 0)):
+            end = step == config.steps or history.stopped_early
+            if ckpt_dir is not None and (end or bool(every and step % every == 0)):
                 checkpoint(step)
         if config.restore_best and best_state is not None and history.best_step != len(history.losses):
             model.load_state_dict(best_state)
