@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
     wall = time.perf_counter() - t0
     print(result.table())
     print(f"# search wall time {wall:.0f} s; phases " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-          + f"; {len(result.trials)} trials, {len(result.failures)} failed")
+          + f"; {len(result.trials)} trials evaluated, {result.skipped} skipped (could not beat the best), "
+          f"{len(result.failures)} failed")
     if args.plot:
         result.plot(args.plot, "fastq search: SmolLM2-135M")
     out = {"machine": {"processor": platform.processor(), "threads": torch.get_num_threads(), "isa": fastq.cpu_isa()},

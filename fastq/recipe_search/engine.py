@@ -133,6 +133,7 @@ class SearchResult:
     failures: list = field(default_factory=list)  # (trial number, error message)
     higher_is_better: bool = True
     seconds: dict = field(default_factory=dict)  # wall time per phase of this call
+    skipped: int = 0  # trials not evaluated: they could not beat the best recipe within the budget
 
     def table(self, which: str = "pareto") -> str:
         """Markdown table of the Pareto front (or ``"all"`` trials), fp32 first."""
@@ -662,30 +663,45 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         channel_choice = {p: params[g] for g, ps in pair_groups.items() if g in params for p in ps}
         return layer_choice, channel_choice
 
+    # Evaluations are the expensive part of a trial: a model built before (other choices can fall
+    # back to the same layers) reuses its score, and with one objective a trial that cannot beat
+    # the cheapest recipe within the budget so far is not evaluated at all (it ends "pruned").
+    scores: dict = {}
+    cost_attr = "latency_s" if objective == "speed" else "size_bytes"
+    incumbent = [min((t.user_attrs[cost_attr] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                      and t.user_attrs.get("loss", math.inf) <= budget.value and t.user_attrs.get("layers")),
+                     default=math.inf)]
+
     def objective_fn(trial):
         params = {g: trial.suggest_categorical(g, choices) for g, choices in space.items()}
         layer_choice, channel_choice = choice_of(params)
         built = ws.assemble(layer_choice, channel_choice)
         latency = t_fp32 * (rest_s + sum_float_s - built["saved_s"]) / (rest_s + sum_float_s)
         size = size_fp32 - built["saved_bytes"]
+        cost = latency if objective == "speed" else float(size)
         trial.set_user_attr("layers", built["layers"])
         trial.set_user_attr("pairs", built["pairs"])
         trial.set_user_attr("latency_s", latency)
         trial.set_user_attr("size_bytes", size)
+        if strategy != "nsga2" and cost >= incumbent[0]:
+            raise optuna.TrialPruned("cannot beat the best recipe within the budget so far")
+        signature = (tuple(sorted(built["layers"].items())), tuple(sorted(built["pairs"].items())))
         try:
-            with torch.no_grad():
-                score = evaluate(ws.model)
-            score = _check_score(score, f"in trial {trial.number}")
+            if signature not in scores:
+                with torch.no_grad():
+                    scores[signature] = _check_score(evaluate(ws.model), f"in trial {trial.number}")
+            score = scores[signature]
         except Exception as exc:  # recorded on the trial (FAIL) and in the result; the search goes on
             msg = str(exc) if isinstance(exc, SearchError) else f"evaluate raised {type(exc).__name__}: {exc}"
             trial.set_user_attr("error", msg)
             raise _TrialFailed(msg) from exc
         loss = budget.loss(base_quality, score, higher_is_better)
+        if loss <= budget.value and (built["layers"] or built["pairs"]):
+            incumbent[0] = min(incumbent[0], cost)
         trial.set_user_attr("quality", score)
         trial.set_user_attr("loss", loss)
         if new_api:
             trial.set_constraint("quality", loss - budget.value)
-        cost = latency if objective == "speed" else float(size)
         return (cost, loss) if strategy == "nsga2" else cost
 
     if strategy != "grid" and not study.trials:
@@ -751,6 +767,8 @@ def _records(study, budget: Budget, t_fp32: float) -> tuple[list, list]:
 
     records, failures = [], []
     for t in study.trials:
+        if t.state == optuna.trial.TrialState.PRUNED:
+            continue
         if t.state == optuna.trial.TrialState.FAIL:
             failures.append((t.number, t.user_attrs.get("error", "failed")))
         if t.state != optuna.trial.TrialState.COMPLETE or "loss" not in t.user_attrs:
@@ -771,8 +789,11 @@ def _finish(study, ws, model, example_inputs, forward, budget, objective, higher
     records, failures = _records(study, budget, t_fp32)
     baseline = {"quality": base_quality, "latency_s": t_fp32, "size_bytes": size_fp32}
     cost = (lambda r: r.latency_s) if objective == "speed" else (lambda r: r.size_bytes)
+    import optuna
+
     result = SearchResult(baseline, records, _pareto(records, cost), None, None, None, objective, budget, notes, study,
-                          failures, higher_is_better, phases)
+                          failures, higher_is_better, phases,
+                          sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials))
     if not records:
         first = failures[0][1] if failures else "no trial finished (time limit too short?)"
         raise SearchError(f"every trial failed; the first error: {first}")

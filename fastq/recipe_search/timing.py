@@ -1,9 +1,9 @@
 """Per-layer latency measured on this machine, cached by what determines it.
 
 Invariants:
-  * Every number is a measurement (``time_round_robin`` medians: the float layer and its
-    candidates interleaved round by round, so a loaded machine slows them alike); nothing is
-    predicted from FLOPs or bytes.
+  * Every number is a measurement (``time_round_robin``: the float layer and its candidates
+    interleaved round by round, so a loaded machine slows them alike; per layer the fastest sample,
+    end to end the median); nothing is predicted from FLOPs or bytes.
   * A timing is keyed by (module type, weight shape, input shape and dtype, transformation, threads,
     CPU ISA): layers that share a key share the measurement, which is what keeps a search over a
     36-layer model to a handful of measurements. The cache can be saved as JSON and reloaded, so
@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from fastq.benchmarking import median, time_round_robin
+from fastq.benchmarking import time_round_robin
 from fastq.train.trainer import default_forward
 
 __all__ = ["TimingCache", "capture_inputs", "default_forward", "layer_key", "time_candidates", "time_models"]
@@ -66,7 +66,7 @@ def layer_key(module: nn.Module, x: torch.Tensor, transform: str) -> str:
 
 
 class TimingCache:
-    """key -> seconds per call (median), optionally backed by a JSON file."""
+    """key -> seconds per call, optionally backed by a JSON file."""
 
     def __init__(self, path: Optional[os.PathLike] = None) -> None:
         self.path = Path(path) if path is not None else None
@@ -103,14 +103,16 @@ def _inner(fn: Callable, target_s: float = 1e-3) -> int:
 
 def time_candidates(modules: dict, x: torch.Tensor, *, rounds: int = 15, warmup: int = 2) -> dict:
     """Seconds per call of each module of ``modules`` (name -> module) on input ``x``, measured
-    round-robin in one run (median of ``rounds`` samples). Each candidate repeats its call enough
-    times per sample (about 1 ms) that one preemption on a loaded machine cannot dominate it."""
+    round-robin in one run: the fastest of ``rounds`` samples, each repeating the call for about
+    1 ms. The minimum, not the median: other processes on a shared machine only ever add time, so
+    the fastest sample is the one closest to the layer's own cost, and it ranks candidates the same
+    way on a loaded machine as on a quiet one."""
     with torch.inference_mode():
         calls = {name: (lambda m=m: m(x)) for name, m in modules.items()}
         reps = {name: _inner(f) for name, f in calls.items()}
         fns = {name: (lambda f=f, k=reps[name]: [f() for _ in range(k)]) for name, f in calls.items()}
         samples = time_round_robin(fns, rounds=rounds, warmup=warmup)
-    return {name: median(s) / reps[name] for name, s in samples.items()}
+    return {name: min(s) / reps[name] for name, s in samples.items()}
 
 
 def time_models(models: dict, example_inputs: Any, *, forward: Callable = default_forward, rounds: int = 10,

@@ -142,6 +142,8 @@ def test_faster_or_skip_keeps_only_measured_gains(task):
     # test-slow is never offered (measured slower everywhere); test-zero is measured faster on every layer
     assert {v["transform"] for v in r.recipe.layers.values()} == {"test-zero"}
     assert {v for tr in r.trials for v in tr.layers.values()} == {"test-zero"}, [tr.layers for tr in r.trials]
+    # the first trial (every layer zeroed, quality free) is the fastest possible: the others are not evaluated
+    assert r.skipped == 3 and len(r.trials) == 1
     with pytest.raises(SearchError, match=r"no transformation is measured faster.*test-slow measured"):
         fastq.search(model, lambda m: 1.0, x, 0.0, trials=2, transformations_=["float", SlowT()], pairs=None, **FAST)
 
@@ -201,7 +203,8 @@ def test_storage_resumes_and_keeps_every_trial(task, tmp_path):
     kw = dict(objective="size", trials=3, transformations_=QUICK, storage=url, study_name="s", **FAST)
     first = fastq.search(model, evaluate, x, 0.01, **kw)
     second = fastq.search(model, evaluate, x, 0.01, **kw)
-    assert len(first.trials) == 3 and len(second.trials) == 6
+    assert len(first.trials) + first.skipped == 3
+    assert len(second.trials) + second.skipped == 6 and len(second.trials) >= len(first.trials)
     study = optuna.load_study(study_name="s", storage=url)
     assert len(study.trials) == 6 and "fastq_space" in study.user_attrs
 
