@@ -238,6 +238,7 @@ def _plot_quality(rows: list[dict], path: str, title: str) -> None:
     ax.set_ylabel("mean cosine to fp32 embeddings")
     ax.set_title(title + "\n(x: slower and less accurate than fp32)", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.08, y=0.12)  # room for labels near the edges
     fig.tight_layout()
     place_labels(ax, [r["latency ms"] for r in rows], [float(r["mean cos"]) for r in rows],
                  [f"{r['recipe']} ({r['size MB']:.0f} MB)" for r in rows])

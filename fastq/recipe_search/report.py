@@ -38,6 +38,7 @@ def plot_search(result, path, title: str = "fastq search") -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    ax.margins(x=0.08, y=0.12)  # room for labels near the edges
     fig.tight_layout()
     labelled = [(1.0, base_q, f"fp32 {result.baseline['size_bytes'] / 1e6:.0f} MB")]
     labelled += [(r.measured_speedup, r.quality, f"#{r.number} {r.size_bytes / 1e6:.0f} MB, {r.measured_speedup:.2f}x")
