@@ -18,12 +18,9 @@ Invariant: every number printed is measured in this run.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,9 +28,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fastq  # noqa: E402
-from fastq.benchmarking import format_table, median, time_round_robin  # noqa: E402
+from _search_common import arguments, finish, search  # noqa: E402
+from fastq.benchmarking import median, time_round_robin  # noqa: E402
 from fastq.cli_search import default_text, read_text  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -73,22 +72,13 @@ def decode_fn(model, prompt: torch.Tensor, steps: int):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--budget", default="3%", help="allowed perplexity rise (default 3%%)")
-    ap.add_argument("--time-limit", type=float, default=600.0)
-    ap.add_argument("--trials", type=int, default=400)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = arguments(__doc__.split("\n")[0], "3%", "smollm2_search_recipe.json")
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--windows", type=int, default=4, help="perplexity windows seen by the search")
     ap.add_argument("--held-out", type=int, default=8, help="perplexity windows for the independent check")
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--decode", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--group-by", default="type")
-    ap.add_argument("--storage")
-    ap.add_argument("--json")
-    ap.add_argument("--recipe", default="smollm2_search_recipe.json")
-    ap.add_argument("--plot")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -98,57 +88,29 @@ def main(argv=None) -> dict:
     w, n = args.window, args.windows
     search_windows = ids[:n * w].reshape(n, w)
     held = ids[n * w:(n + args.held_out) * w].reshape(-1, w)
-    print(f"# SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), loaded in {time.perf_counter() - t:.0f} s; threads "
-          f"{torch.get_num_threads()}; ISA {fastq.cpu_isa()}; perplexity on {n} x {w} tokens of the Lee news corpus "
-          f"(held out: {held.shape[0]} more windows); budget {args.budget}; timed: one token, no cache", flush=True)
+    print(f"# SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32), loaded in {time.perf_counter() - t:.0f} s; "
+          f"threads {torch.get_num_threads()}; ISA {fastq.cpu_isa()}; perplexity on {n} x {w} tokens of the Lee news "
+          f"corpus (held out: {held.shape[0]} more windows); budget {args.budget}; timed: one token, no cache",
+          flush=True)
     example = {"input_ids": ids[:1].reshape(1, 1), "use_cache": False}
-    t0 = time.perf_counter()
-    try:
-        result = fastq.search(fp32, lambda m: perplexity(m, search_windows), example, args.budget,
-                              higher_is_better=False, trials=args.trials, time_limit=args.time_limit,
-                              group_by=args.group_by, storage=args.storage)
-        failure = None
-    except fastq.recipe_search.NoRecipeError as exc:
-        result, failure = exc.result, str(exc)
-    wall = time.perf_counter() - t0
-    print(result.table())
-    print(f"# search wall time {wall:.0f} s; phases " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
-          + f"; {len(result.trials)} trials evaluated, {result.skipped} skipped (could not beat the best), "
-          f"{len(result.failures)} failed")
-    if args.plot:
-        result.plot(args.plot, "fastq search: SmolLM2-135M")
-    out = {"machine": {"processor": platform.processor(), "threads": torch.get_num_threads(), "isa": fastq.cpu_isa()},
-           "config": vars(args), "search_seconds": wall, "phases": result.seconds, "trials": len(result.trials),
-           "failure": failure}
-    if failure is not None:
-        print(f"# no recipe: {failure}")
-    else:
-        result.save_recipe(args.recipe)
+    result, failure, out = search(args, fp32, lambda m: perplexity(m, search_windows), example,
+                                  "fastq search: SmolLM2-135M", higher_is_better=False)
+    rows = []
+    if failure is None:
         wo = load_smollm2()[0]
         fastq.quantize_(wo, fastq.Int8WeightOnlyConfig())
         models = {"fp32": fp32, "search": result.model, "int8 weight-only everywhere": wo}
         prompt = ids[:args.prompt].reshape(1, -1)
         samples = time_round_robin({k: decode_fn(m, prompt, args.decode) for k, m in models.items()},
                                    rounds=args.rounds, warmup=1)
-        rows = []
         for k, m in models.items():
-            ms = 1e3 * median(samples[k]) / args.decode
-            rows.append({"model": k, "ms per token (prefill + decode)": ms,
+            rows.append({"model": k, "ms per token (prefill + decode)": 1e3 * median(samples[k]) / args.decode,
                          "speedup": median(samples["fp32"]) / median(samples[k]),
                          "ppl (search windows)": perplexity(m, search_windows), "ppl (held out)": perplexity(m, held),
                          "size MB": fastq.summary(m).total_bytes / 1e6})
-        print(f"# independent check: {args.prompt}-token prefill + {args.decode} decoded tokens with the KV cache, "
-              f"{args.rounds} rounds round-robin (ms per decoded token, prefill included)")
-        print(format_table(rows))
-        choices = {}
-        for entry in result.recipe.layers.values():
-            choices[entry["transform"]] = choices.get(entry["transform"], 0) + 1
-        print(f"# chosen: trial {result.best.number}, layers per transformation {choices}, "
-              f"{len(result.recipe.notes)} layers float; recipe written to {args.recipe}")
-        out.update(check=rows, chosen=result.best.__dict__, choices=choices)
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
-    return out
+    return finish(args, result, rows, f"# independent check: {args.prompt}-token prefill + {args.decode} decoded "
+                  f"tokens with the KV cache, {args.rounds} rounds round-robin (ms per decoded token, prefill "
+                  "included)", out)
 
 
 if __name__ == "__main__":

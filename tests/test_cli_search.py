@@ -39,13 +39,9 @@ def llama_dir(tmp_path_factory, bert_dir):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a loaded 2-core machine two threads spin against each other (and the
-    searches below run in-process, so --threads would leak into other tests without this)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """The searches below run in-process: one thread, restored after each test."""
     yield
-    torch.set_num_threads(n)
 
 
 def main(capsys, *args):

@@ -81,6 +81,15 @@ class LayerRecipe:
                              "lists {producer, consumer, transform, spec}")
         return cls(dict(layers), list(pairs), dict(notes), dict(data.get("meta", {})))
 
+    def transforms(self) -> dict:
+        """transformation name -> how many layers use it."""
+        counts: dict = {}
+        for entry in self.layers.values():
+            counts[entry["transform"]] = counts.get(entry["transform"], 0) + 1
+        for p in self.pairs:
+            counts[p["transform"]] = counts.get(p["transform"], 0) + 1
+        return counts
+
     def count(self) -> int:
         """Layers this recipe changes (transformed or shrunk)."""
         names = set(self.layers)

@@ -1,12 +1,8 @@
-"""Search tests time and evaluate tiny models: one torch thread avoids contention on shared 2-core machines."""
+"""Search tests time and evaluate tiny models: one torch thread (the ``one_thread`` fixture of tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
