@@ -527,6 +527,9 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
         raise SearchError(f"time_limit must be a number of seconds > 0 (or None), got {time_limit!r}")
     if not (0.0 <= min_gain < 1.0):
         raise SearchError(f"min_gain must be in [0, 1), got {min_gain!r}")
+    for name, v in (("rounds", rounds), ("verify", verify), ("verify_rounds", verify_rounds)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise SearchError(f"{name} must be an int >= 1, got {v!r}")
     _group_key(group_by, "probe.0.x")  # validates group_by
     budget = Budget.parse(budget)
     try:
@@ -554,7 +557,12 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
     # The float model: quality and end-to-end time (the workspace is a private deep copy).
     cache = TimingCache(timing_cache)
     work = copy.deepcopy(model)  # the workspace: hooks and swaps happen here, never on the caller's model
-    captured = capture_inputs(work, {n: work.get_submodule(n) for n in layers}, example_inputs, forward)
+    try:
+        captured = capture_inputs(work, {n: work.get_submodule(n) for n in layers}, example_inputs, forward)
+    except Exception as exc:
+        raise SearchError(f"forward(model, example_inputs) raised {type(exc).__name__}: {exc}; example_inputs is "
+                          "what the model is timed on: a tensor, a tuple of positional inputs or a dict of keyword "
+                          "inputs (or pass forward=)") from exc
     not_run = [n for n in layers if n not in captured]
     for n in not_run:
         left_out[n] = "not called by forward(model, example_inputs), so it cannot be timed"

@@ -317,10 +317,13 @@ def test_nothing_to_compress_and_bad_arguments(task):
         (dict(group_by="row"), "group_by"),
         (dict(transformations_=["w4"]), "unknown transformation 'w4'"),
         (dict(pairs=[("0", "nope")]), "pair"),
+        (dict(rounds=0), "rounds must be"),
     ]
     for kwargs, match in cases:
         with pytest.raises(SearchError, match=match):
             fastq.search(model, evaluate, x, 0.01, **{**FAST, **kwargs})
+    with pytest.raises(SearchError, match=r"forward\(model, example_inputs\) raised RuntimeError"):
+        fastq.search(model, evaluate, torch.randn(3, 5), 0.01, **FAST)
     for bad in (-1, "x%", float("nan")):
         with pytest.raises(SearchError, match="budget"):
             fastq.search(model, evaluate, x, bad, **FAST)
