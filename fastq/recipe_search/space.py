@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 from typing import Callable, ClassVar, Optional
 
@@ -251,12 +252,21 @@ def register(t: Transformation, default: bool = True) -> Transformation:
         raise TypeError(f"register expects a fastq.recipe_search.Transformation, got {type(t).__name__}")
     if not isinstance(t.name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._:+-]*", t.name):
         raise ValueError(f"transformation names are lower case without spaces (a-z 0-9 . _ : + -), got {t.name!r}")
-    back = from_spec(t.spec(), t.name)
-    if back.spec() != t.spec():
-        raise ValueError(f"{t!r}: spec {t.spec()} does not round-trip through from_spec (got {back.spec()})")
+    _check_round_trip(t)
     _REGISTRY[t.name] = t
     (_DEFAULT.add if default else _DEFAULT.discard)(t.name)
     return t
+
+
+def _check_round_trip(t: Transformation) -> None:
+    """The spec must survive JSON (a recipe file) and rebuild an equal transformation."""
+    try:
+        text = json.dumps(t.spec())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{t!r}: spec {t.spec()!r} is not JSON ({exc})") from None
+    back = from_spec(json.loads(text), t.name)
+    if back.spec() != t.spec():
+        raise ValueError(f"{t!r}: spec {t.spec()} does not round-trip through from_spec (got {back.spec()})")
 
 
 def register_config(name: str, config, default: bool = True) -> Quantize:
@@ -296,8 +306,11 @@ def _discovered() -> list[Transformation]:
             continue
         try:
             configs = cls.search_candidates() if hasattr(cls, "search_candidates") else {_auto_name(cls): cls()}
-            found.extend(Quantize(name, cfg) for name, cfg in configs.items())
-        except (TypeError, ValueError):  # a config that needs arguments and offers no candidates
+            for name, cfg in configs.items():
+                t = Quantize(name, cfg)
+                _check_round_trip(t)
+                found.append(t)
+        except (TypeError, ValueError):  # needs arguments and offers no candidates, or is not JSON
             continue
     return found
 
