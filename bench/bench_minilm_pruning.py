@@ -78,6 +78,69 @@ def split_sentences(doc: str) -> list:
     return [p.strip() for p in parts if len(p.split()) >= 3]
 
 
+WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def wiki_sentences() -> list:
+    """Sentences of the ~100 Wikipedia articles in gensim's test data (markup stripped): more, and more
+    varied, unlabelled text for distillation (the teacher labels it)."""
+    import bz2
+    import html
+    import importlib.util
+
+    spec = importlib.util.find_spec("gensim")
+    if spec is None:
+        raise SystemExit("--extra-text wiki needs gensim installed (pip install --no-deps gensim)")
+    path = Path(list(spec.submodule_search_locations)[0]) / WIKI
+    text = bz2.open(path, "rt", encoding="utf-8").read()
+    out = []
+    for page in re.findall(r"<text[^>]*>(.*?)</text>", text, flags=re.S):
+        page = html.unescape(page)
+        if page.startswith("#REDIRECT"):
+            continue
+        for pat, rep in ((r"\{\{[^{}]*\}\}", ""), (r"\{\{[^{}]*\}\}", ""), (r"<ref[^>]*/>", ""), (r"<ref.*?</ref>", ""),
+                         (r"<[^>]+>", ""), (r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1"), (r"'{2,}", ""),
+                         (r"\[https?://\S+ ?([^\]]*)\]", r"\1")):
+            page = re.sub(pat, rep, page, flags=re.S)
+        body = " ".join(ln for ln in page.split("\n") if len(ln) > 80 and not ln.startswith(("=", "*", "|", "{", "!",
+                                                                                           ":", ";", "#", "[[")))
+        out += [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", body)
+                if 6 <= len(s.split()) <= 60 and not set(s) & set("{}|")]
+    return out
+
+
+def hidden_state_recovery(student, teacher, batches, steps: int, args):
+    """Recovery with fastq.train_ directly: the pooled-embedding cosine loss plus ``--hidden-weight`` x the
+    mean squared error of every layer's token hidden states (TinyBERT style; padding masked out), each
+    layer's error divided by the teacher's mean square so all layers weigh alike."""
+    from fastq.distill import cosine_embedding_loss
+    from fastq.pruning.masks import apply_masks_
+
+    def loss_fn(model, batch):
+        with torch.no_grad():
+            t = teacher(**batch, output_hidden_states=True)
+        s = model(**batch, output_hidden_states=True)
+        m = batch["attention_mask"].unsqueeze(-1).to(s.last_hidden_state.dtype)
+        loss = cosine_embedding_loss(masked_mean(s.last_hidden_state, m), masked_mean(t.last_hidden_state, m))
+        per_layer = [((hs - ht).square() * m).sum() / ((ht.square() * m).sum() + 1e-12)
+                     for hs, ht in zip(s.hidden_states[1:], t.hidden_states[1:])]
+        return loss + args.hidden_weight * torch.stack(per_layer).mean()
+
+    teacher.eval()
+    apply_masks_(student)
+    return fastq.train_(student, batches, loss_fn, steps=steps, lr=args.lr, schedule=args.schedule,
+                        warmup_steps=args.warmup, max_grad_norm=args.clip, train_mode=False, after_step=apply_masks_,
+                        desc="recovery", progress=None)
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def masked_mean(h, m):
+    return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
 def train_eval_sentences(docs: list, n_eval_docs: int, n_eval: int, seed: int = 0):
     """Sentences of the first documents for training, of the last ``n_eval_docs`` for evaluation."""
     train = list(dict.fromkeys(s for d in docs[:-n_eval_docs] for s in split_sentences(d)))
@@ -193,6 +256,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--schedule", default="constant", help="learning-rate schedule: constant, cosine, linear, step")
     ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     ap.add_argument("--clip", type=float, help="clip the gradient norm to this")
+    ap.add_argument("--extra-text", choices=("wiki",), help="add gensim's Wikipedia sample to the training sentences")
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="> 0: also distill every layer's token hidden states with this weight (fastq.train_)")
     ap.add_argument("--variants", default="unstructured 50%,2:4,FFN channels 50%",
                     help="comma-separated: 'unstructured 50%%', '2:4', 'FFN channels 50%%'")
 
@@ -205,6 +271,9 @@ def main(argv=None) -> dict:
 
     docs = lee_documents(args.gensim_wheel)
     train, held = train_eval_sentences(docs, n_eval_docs=40, n_eval=n_eval)
+    n_lee = len(train)
+    if args.extra_text == "wiki":
+        train = train + wiki_sentences()
     rng = random.Random(1)
     teacher, tok, embed = load_model()
     batches = []
@@ -212,16 +281,19 @@ def main(argv=None) -> dict:
         for _ in range(steps):
             b = tok(rng.sample(train, args.batch), padding=True, truncation=True, max_length=args.max_length,
                     return_tensors="pt")
-            batches.append((b, pooled(teacher, b)))
+            # with --hidden-weight the loss runs the teacher itself (it needs every layer's states)
+            batches.append((b, None if args.hidden_weight else pooled(teacher, b)))
 
     def embed_fn(model, batch):
         return batch[1] if model is teacher else pooled(model, batch[0])
 
     timing_batch = tok(held[:32], padding=True, truncation=True, max_length=256, return_tensors="pt")
     ref = embed(teacher, tok, held)
-    print(f"# {len(train)} training sentences from {len(docs) - 40} documents, {len(held)} held-out sentences "
+    print(f"# {n_lee} training sentences from {len(docs) - 40} documents"
+          f"{f' + {len(train) - n_lee} Wikipedia sentences' if args.extra_text else ''}, {len(held)} held-out sentences "
           f"from 40 other documents; {steps} steps x {args.batch} sentences (<= {args.max_length} tokens), "
-          f"lr {args.lr}, schedule {args.schedule}, warm-up {args.warmup}, clip {args.clip}; "
+          f"lr {args.lr}, schedule {args.schedule}, warm-up {args.warmup}, clip {args.clip}, hidden-state weight "
+          f"{args.hidden_weight}; "
           f"{args.train_threads} thread(s) for training, {args.threads} for timing; "
           f"sparse kernels: {'yes' if sparsify_ else 'NO (masked dense timed)'}; "
           f"native: {fastq.native_available()}, ISA {fastq.cpu_isa()}", flush=True)
@@ -247,9 +319,14 @@ def main(argv=None) -> dict:
             student.embeddings.requires_grad_(False)
         before = cosine_stats(embed(student, tok, held), ref)
         t0 = time.perf_counter()
-        hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
-                              embed_fn=embed_fn, train_mode=False, schedule=args.schedule,
-                              warmup_steps=args.warmup, max_grad_norm=args.clip, progress=None) if steps else None
+        if not steps:
+            hist = None
+        elif args.hidden_weight:
+            hist = hidden_state_recovery(student, teacher, [b for b, _ in batches], steps, args)
+        else:
+            hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
+                                  embed_fn=embed_fn, train_mode=False, schedule=args.schedule,
+                                  warmup_steps=args.warmup, max_grad_norm=args.clip, progress=None).train
         train_s = time.perf_counter() - t0 if steps else None
         for m in student.modules():  # the mask contract held through training
             if is_pruned(m):
@@ -257,7 +334,7 @@ def main(argv=None) -> dict:
         final = shipped(student)
         after = cosine_stats(embed(final, tok, held), ref) if steps else None
         rows[kind] = {"before": before, "after": after, "model": final, "train_s": train_s,
-                      "losses": [hist.mean(0, 5), hist.mean(-5)] if steps else None}
+                      "losses": [mean(hist.losses[:5]), mean(hist.losses[-5:])] if steps else None}
         if kind == "unstructured 50%" and sparsify_ is not None:
             # Deep-Compression style: the same fine-tuned weights stored as int8 (no extra training);
             # "before" is the un-tuned pruned model stored the same way.
@@ -270,7 +347,8 @@ def main(argv=None) -> dict:
             rows[kind + " (ell)"] = dict(rows[kind], model=shipped(student, format="ell"), train_s=None, losses=None)
         if steps:
             print(f"# {kind}: cosine mean {before[0]:.4f} -> {after[0]:.4f}, worst {before[1]:.4f} -> {after[1]:.4f}; "
-                  f"distillation loss {hist.mean(0, 5):.4f} -> {hist.mean(-5):.4f} in {train_s:.0f} s", flush=True)
+                  f"training loss {mean(hist.losses[:5]):.4f} -> {mean(hist.losses[-5:]):.4f} in {train_s:.0f} s",
+                  flush=True)
     rows = {k: rows[k] for k in ("fp32", "unstructured 50%", "unstructured 50% (ell)", "unstructured 50% + int8",
                                  "2:4", "FFN channels 50%") if k in rows}
 
@@ -288,6 +366,7 @@ def main(argv=None) -> dict:
     tokens = int(timing_batch["attention_mask"].sum())
     result = {"config": {"steps": steps, "batch": args.batch, "max_length": args.max_length, "lr": args.lr,
                          "schedule": args.schedule, "warmup": args.warmup, "clip": args.clip,
+                         "extra_text": args.extra_text, "hidden_weight": args.hidden_weight,
                          "threads": args.threads, "train_threads": args.train_threads,
                          "train_embeddings": args.train_embeddings,
                          "rounds": rounds, "eval_sentences": len(held), "train_sentences": len(train),
