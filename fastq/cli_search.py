@@ -91,12 +91,19 @@ def run_search(model, evaluate, example_inputs, budget, higher_is_better: bool, 
     """fastq.search with CLIError for user errors; returns the SearchResult (None when nothing beats
     fp32 within the budget, with the reason)."""
     from fastq.cli import CLIError
-    from fastq.recipe_search import NoRecipeError, SearchError, search
+    from fastq.recipe_search import NoRecipeError, SearchError, channel_transforms, search
 
+    pairs, channels = "auto", None
+    if transformations is not None:  # named channel prunings act on pairs, the rest on layers
+        names = {t.name for t in channel_transforms()}
+        channels = [n for n in transformations if n in names]
+        transformations = [n for n in transformations if n not in names]
+        pairs = "auto" if channels else None
     try:
         result = search(model, evaluate, example_inputs, budget, objective=objective, strategy=strategy, trials=trials,
                         time_limit=time_limit, storage=storage, study_name=study, group_by=group_by,
-                        transformations_=transformations, higher_is_better=higher_is_better, seed=seed)
+                        transformations_=transformations, pairs=pairs, channels=channels,
+                        higher_is_better=higher_is_better, seed=seed)
     except NoRecipeError as exc:
         return exc.result, str(exc)
     except SearchError as exc:

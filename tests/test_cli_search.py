@@ -116,6 +116,10 @@ def test_search_bad_input(bert_dir, tmp_path, capsys):
     import optuna
 
     assert len(optuna.load_study(study_name="fastq-search", storage=url).trials) == 3
+    micro = save_bert(tmp_path / "micro-bert", hidden=4, heads=1, intermediate=4)  # every Linear too small for int8
+    code, _, err = main(capsys, "search", micro, "--budget", "0.01", "--transformations", "float,w8a8,int8-wo")
+    assert code == 2 and "has no layer any transformation can take (nothing to compress)" in err
+    assert "too small to gain from int8" in err
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     code, _, err = main(capsys, "compress", bert_dir, "--recipe", bad, "--out", tmp_path / "o")

@@ -625,9 +625,12 @@ def search(model: nn.Module, evaluate: Callable[[nn.Module], float], example_inp
     for g, producers in pair_groups.items():
         space[g] = [FLOAT] + [t.name for t in chan]
     if not space:
-        raise SearchError(f"no transformation is measured {'smaller' if objective == 'size' else 'faster'} than float "
-                          f"on any layer of {type(model).__name__} here; reasons: "
-                          + "; ".join(f"{n}: {r}" for n, r in list(skip_notes.items())[:4]))
+        taken = any(isinstance(o, _Option) for opts in ws.options.values() for t, o in opts.items() if t != FLOAT)
+        what = (f"no transformation is measured {'smaller' if objective == 'size' else 'faster'} than float on any "
+                f"layer of {type(model).__name__} here" if taken else
+                f"{type(model).__name__} has no layer any transformation can take (nothing to compress)")
+        raise SearchError(what + "; reasons: " + "; ".join(f"{n}: {r.removeprefix('search: kept float: ')}"
+                                                           for n, r in list(skip_notes.items())[:3]))
 
     # The study: resumed when it exists (its stored space wins, so every worker samples alike).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
