@@ -109,12 +109,23 @@ def wiki_sentences() -> list:
     return out
 
 
-def hidden_state_recovery(student, teacher, batches, steps: int, args):
+def trainer_recovery(student, teacher, batches, steps: int, args):
     """Recovery with fastq.train_ directly: the pooled-embedding cosine loss plus ``--hidden-weight`` x the
     mean squared error of every layer's token hidden states (TinyBERT style; padding masked out), each
-    layer's error divided by the teacher's mean square so all layers weigh alike."""
+    layer's error divided by the teacher's mean square so all layers weigh alike. With ``--gradual F`` the
+    student starts dense and fastq.pruning.PruningScheduler grows its sparsity cubically to 50% over the
+    first F of the steps (Zhu & Gupta), the rest fine-tunes at 50%."""
     from fastq.distill import cosine_embedding_loss
+    from fastq.pruning import CubicSchedule, PruningScheduler
     from fastq.pruning.masks import apply_masks_
+
+    after_step = apply_masks_
+    if args.gradual:
+        end = max(2, int(args.gradual * steps))
+        sched = PruningScheduler(PruneConfig(sparsity=0.5, schedule=CubicSchedule(end_step=end,
+                                                                                  frequency=max(1, end // 20))),
+                                 filter_fn=encoder_linear)
+        after_step = sched.step
 
     def loss_fn(model, batch):
         with torch.no_grad():
@@ -129,7 +140,7 @@ def hidden_state_recovery(student, teacher, batches, steps: int, args):
     teacher.eval()
     apply_masks_(student)
     return fastq.train_(student, batches, loss_fn, steps=steps, lr=args.lr, schedule=args.schedule,
-                        warmup_steps=args.warmup, max_grad_norm=args.clip, train_mode=False, after_step=apply_masks_,
+                        warmup_steps=args.warmup, max_grad_norm=args.clip, train_mode=False, after_step=after_step,
                         desc="recovery", progress=None)
 
 
@@ -259,6 +270,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--extra-text", choices=("wiki",), help="add gensim's Wikipedia sample to the training sentences")
     ap.add_argument("--hidden-weight", type=float, default=0.0,
                     help="> 0: also distill every layer's token hidden states with this weight (fastq.train_)")
+    ap.add_argument("--gradual", type=float, default=0.0, metavar="F",
+                    help="unstructured 50%% only: prune gradually (cubic) over the first F of the steps instead of "
+                         "one-shot before training")
     ap.add_argument("--variants", default="unstructured 50%,2:4,FFN channels 50%",
                     help="comma-separated: 'unstructured 50%%', '2:4', 'FFN channels 50%%'")
 
@@ -281,8 +295,8 @@ def main(argv=None) -> dict:
         for _ in range(steps):
             b = tok(rng.sample(train, args.batch), padding=True, truncation=True, max_length=args.max_length,
                     return_tensors="pt")
-            # with --hidden-weight the loss runs the teacher itself (it needs every layer's states)
-            batches.append((b, None if args.hidden_weight else pooled(teacher, b)))
+            # with fastq.train_ (--hidden-weight, --gradual) the loss runs the teacher itself
+            batches.append((b, None if args.hidden_weight or args.gradual else pooled(teacher, b)))
 
     def embed_fn(model, batch):
         return batch[1] if model is teacher else pooled(model, batch[0])
@@ -293,7 +307,7 @@ def main(argv=None) -> dict:
           f"{f' + {len(train) - n_lee} Wikipedia sentences' if args.extra_text else ''}, {len(held)} held-out sentences "
           f"from 40 other documents; {steps} steps x {args.batch} sentences (<= {args.max_length} tokens), "
           f"lr {args.lr}, schedule {args.schedule}, warm-up {args.warmup}, clip {args.clip}, hidden-state weight "
-          f"{args.hidden_weight}; "
+          f"{args.hidden_weight}, gradual pruning over {args.gradual:.0%} of the steps; "
           f"{args.train_threads} thread(s) for training, {args.threads} for timing; "
           f"sparse kernels: {'yes' if sparsify_ else 'NO (masked dense timed)'}; "
           f"native: {fastq.native_available()}, ISA {fastq.cpu_isa()}", flush=True)
@@ -313,6 +327,8 @@ def main(argv=None) -> dict:
     unknown = set(kinds) - {"unstructured 50%", "2:4", "FFN channels 50%"}
     if unknown:
         raise SystemExit(f"unknown --variants {sorted(unknown)}")
+    if args.gradual and kinds != ["unstructured 50%"]:
+        raise SystemExit("--gradual prunes to 50% unstructured: use it with --variants 'unstructured 50%'")
     for kind in kinds:
         student = pruned(kind)
         if not args.train_embeddings:
@@ -321,8 +337,12 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         if not steps:
             hist = None
-        elif args.hidden_weight:
-            hist = hidden_state_recovery(student, teacher, [b for b, _ in batches], steps, args)
+        elif args.hidden_weight or args.gradual:
+            if args.gradual:  # start dense: the scheduler prunes while training
+                student = copy.deepcopy(teacher)
+                if not args.train_embeddings:
+                    student.embeddings.requires_grad_(False)
+            hist = trainer_recovery(student, teacher, [b for b, _ in batches], steps, args)
         else:
             hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
                                   embed_fn=embed_fn, train_mode=False, schedule=args.schedule,
@@ -366,7 +386,7 @@ def main(argv=None) -> dict:
     tokens = int(timing_batch["attention_mask"].sum())
     result = {"config": {"steps": steps, "batch": args.batch, "max_length": args.max_length, "lr": args.lr,
                          "schedule": args.schedule, "warmup": args.warmup, "clip": args.clip,
-                         "extra_text": args.extra_text, "hidden_weight": args.hidden_weight,
+                         "extra_text": args.extra_text, "hidden_weight": args.hidden_weight, "gradual": args.gradual,
                          "threads": args.threads, "train_threads": args.train_threads,
                          "train_embeddings": args.train_embeddings,
                          "rounds": rounds, "eval_sentences": len(held), "train_sentences": len(train),
