@@ -102,7 +102,7 @@ def test_search_bad_input(bert_dir, tmp_path, capsys):
         (("--budget", "0.01", "--transformations", "w4-magic"), "unknown transformation 'w4-magic'"),
     ]
     for args, text in cases:
-        code, _, err = main(capsys, "search", bert_dir, *args)
+        code, _, err = main(capsys, "search", bert_dir, *args, "--out", tmp_path / "never.json")
         assert code == 2, (args, err)
         assert len(err.strip().splitlines()) == 1 and text in err, (args, err)
     code, _, err = main(capsys, "search", tmp_path / "missing", "--budget", "0.01")
@@ -110,14 +110,15 @@ def test_search_bad_input(bert_dir, tmp_path, capsys):
     # A budget no recipe meets: the trials are printed, then one line says so; the storage keeps them.
     url = f"sqlite:///{tmp_path / 'b.db'}"
     code, out, err = main(capsys, "search", bert_dir, "--budget", "0", "--trials", "3", "--objective", "size",
-                          "--transformations", "float,w8a8", "--storage", url)
+                          "--transformations", "float,w8a8", "--storage", url, "--out", tmp_path / "never.json")
     assert code == 2 and "no compressed recipe keeps the quality within the budget 0" in err
     assert len(err.strip().splitlines()) == 1 and "| fp32" in out
     import optuna
 
     assert len(optuna.load_study(study_name="fastq-search", storage=url).trials) == 3
     micro = save_bert(tmp_path / "micro-bert", hidden=4, heads=1, intermediate=4)  # every Linear too small for int8
-    code, _, err = main(capsys, "search", micro, "--budget", "0.01", "--transformations", "float,w8a8,int8-wo")
+    code, _, err = main(capsys, "search", micro, "--budget", "0.01", "--transformations", "float,w8a8,int8-wo",
+                        "--out", tmp_path / "never.json")
     assert code == 2 and "has no layer any transformation can take (nothing to compress)" in err
     assert "too small to gain from int8" in err
     bad = tmp_path / "bad.json"
