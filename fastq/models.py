@@ -131,7 +131,9 @@ def embed(model, tok, sentences: Sequence[str], batch_size: int = 32, max_length
     for i in range(0, len(order), batch_size):
         b = tok([sentences[j] for j in order[i:i + batch_size]], padding=True, truncation=True,
                 max_length=max_length, return_tensors="pt")
-        h = model(**b).last_hidden_state
+        out = model(**b, output_hidden_states=True)
+        # Encoders return last_hidden_state; causal LMs (searched with their LM head) the hidden states.
+        h = out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out.hidden_states[-1]
         m = b["attention_mask"].unsqueeze(-1).to(h.dtype)
         chunks.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1).float())
     if not chunks:

