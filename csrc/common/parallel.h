@@ -1,12 +1,13 @@
 // parallel_for(begin, end, grain, threads, f): calls f(lo, hi) on disjoint contiguous ranges that
-// cover [begin, end), using at most `threads` OpenMP threads and never splitting below `grain`
-// items per range. Runs inline (no OpenMP region) when one range suffices, so small calls pay
-// nothing. f must not throw.
+// cover [begin, end), on at most `threads` threads of fastq's pool (common/thread_pool.h) and
+// never splitting below `grain` items per range. Runs inline (no pool) when one range suffices,
+// so small calls pay nothing. The split depends only on (begin, end, grain, threads), never on
+// which thread runs a range, so results cannot depend on scheduling. f must not throw.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 
-#include <omp.h>
+#include "common/thread_pool.h"
 
 namespace fastq {
 
@@ -16,18 +17,20 @@ void parallel_for(int64_t begin, int64_t end, int64_t grain, int threads, const 
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
   const int64_t max_chunks = (n + grain - 1) / grain;
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, max_chunks)));
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, max_chunks));
   if (nt == 1) {
     f(begin, end);
     return;
   }
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num();
-    const int64_t lo = begin + n * t / nt;
-    const int64_t hi = begin + n * (t + 1) / nt;
-    if (lo < hi) f(lo, hi);
-  }
+  struct Ctx {
+    const F* f;
+    int64_t begin, n, nt;
+  } ctx{&f, begin, n, nt};
+  run_tasks(nt, static_cast<int>(nt), [](void* c, int64_t t) {
+    const Ctx& x = *static_cast<const Ctx*>(c);
+    const int64_t lo = x.begin + x.n * t / x.nt, hi = x.begin + x.n * (t + 1) / x.nt;
+    if (lo < hi) (*x.f)(lo, hi);
+  }, &ctx);
 }
 
 }  // namespace fastq

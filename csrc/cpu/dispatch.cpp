@@ -2,10 +2,26 @@
 // instruction the machine lacks.
 #include "cpu/kernels.h"
 
+// ---- prepared layers: a per-call cap on the tier (plan routes; see ScopedIsaCap) ----
+namespace fastq::cpu {
+namespace {
+thread_local int t_isa_cap = -1;
+}  // namespace
+
+ScopedIsaCap::ScopedIsaCap(int cap) : saved_(t_isa_cap) { t_isa_cap = cap; }
+ScopedIsaCap::~ScopedIsaCap() { t_isa_cap = saved_; }
+
+int effective_isa() {
+  const int active = cpu_isa_active();
+  return t_isa_cap >= 0 && t_isa_cap < active ? t_isa_cap : active;
+}
+
+}  // namespace fastq::cpu
+
 namespace fastq::cpu {
 
 const QuantKernels& quant_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAvx512: return quant_kernels_avx512;
     case kAvx2: return quant_kernels_avx2;
     default: return quant_kernels_scalar;
@@ -13,7 +29,7 @@ const QuantKernels& quant_kernels() {
 }
 
 const GemmKernels& gemm_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAvx512: return gemm_kernels_avx512;
     case kAvx2: return gemm_kernels_avx2;
     default: return gemm_kernels_scalar;
@@ -26,7 +42,7 @@ const GemmKernels& gemm_kernels() {
 namespace fastq::cpu {
 
 const SparseKernels& sparse_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAvx512: return sparse_kernels_avx512;
     case kAvx2: return sparse_kernels_avx2;
     default: return sparse_kernels_scalar;
@@ -34,7 +50,7 @@ const SparseKernels& sparse_kernels() {
 }
 
 const SparseEllKernels& sparse_ell_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAvx512: return sparse_ell_kernels_avx512;
     case kAvx2: return sparse_ell_kernels_avx2;
     default: return sparse_ell_kernels_scalar;

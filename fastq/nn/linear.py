@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from fastq.nn._base import W8A8, Int8GemmModule, mode_args
@@ -52,6 +53,11 @@ class QuantLinear(Int8GemmModule):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():  # first: the plan's fast path must never be traced
+            return self._op_forward(x)
+        return self._run(x)
+
+    def _op_forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._describe()}: input of shape {tuple(x.shape)} does not end in "

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastq.ops._checks import ELL_ROWS, ELL_TILE, FLT_MIN, layout
+from fastq.ops.layouts import (ELL_ROWS, ELL_TILE, FLT_MIN, PACK_KR, PACK_NR, SPARSE_MAX_COLS,  # noqa: F401
+                               SPARSE_ROW_PAD, layout, packed_sizes)
 
 
 def _poison(scale: Tensor, finite: Tensor) -> Tensor:
@@ -108,20 +109,8 @@ def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tenso
 
 
 # ---- int8 GEMM family ---------------------------------------------------------------------------
-# Packed weight layout (ISA-independent; every kernel reads it, the reference unpacks it):
-#   N_pad = ceil(N / 16) * 16, K_pad = ceil(K / 4) * 4, padding filled with 0.
-#   bytes [0, N_pad * K_pad): int8 blocks [N_pad/16][K_pad/4][16][4]: block (nb, kg) holds
-#       w[nb*16 + n, kg*4 + k] at n*4 + k (16 output channels x 4 consecutive k = 64 bytes);
-#   then N_pad int32 (little endian) column sums sum_k w[n, k] (for zero-point corrections).
-PACK_NR = 16
-PACK_KR = 4
-
-
-def packed_sizes(n: int, k: int) -> tuple[int, int, int]:
-    """(N_pad, K_pad, total bytes) of the packed layout for an [n, k] weight."""
-    n_pad = -(-n // PACK_NR) * PACK_NR
-    k_pad = -(-k // PACK_KR) * PACK_KR
-    return n_pad, k_pad, n_pad * k_pad + 4 * n_pad
+# Packed weight layout (ISA-independent; every kernel reads it, the reference unpacks it): see
+# fastq/ops/layouts.py (PACK_NR x PACK_KR blocks, zero padding, then the int32 column sums).
 
 
 def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
@@ -204,9 +193,6 @@ def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: 
 # One documented exception: sparse_24_linear with bfloat16 x on a CUDA GPU of compute capability
 # >= 8.0 runs on the sparse tensor cores, whose operands are bfloat16, so each kept weight is
 # rounded once to bfloat16 (relative error <= 2^-8) before its exact product is summed in float32.
-
-SPARSE_ROW_PAD = 16  # CSR rows are padded with zero entries to a multiple of this many entries
-SPARSE_MAX_COLS = 65536
 
 
 def _u16(idx: Tensor) -> Tensor:

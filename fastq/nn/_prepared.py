@@ -1,0 +1,106 @@
+"""PreparedLayer: the mixin that gives a fastq module its native plan (``fastq.ops.plans``).
+
+Invariants:
+  * a module's plan is built from its validated buffers when it is created (``from_float``),
+    loaded (``_load_from_state_dict``: a bad buffer raises ValueError naming the layer and the
+    buffer, before any forward), moved or cast (``_apply``) and after a buffer is replaced
+    (``module.buf = t``: the plan is dropped and rebuilt, validated, at the next forward);
+  * ``forward`` in plain eager mode is ``plan.forward(x)``: x checks, y allocation and one native
+    call. Anything else (torch.compile, export, tracing, autograd, modes, other dtypes/devices, bad
+    x) goes through the module's op path, which validates and raises the clear errors;
+  * ``_fastq_plan`` is a plan, ``NO_PLAN`` (buffers valid, no native kernel for this device or
+    build: the op path serves it) or None (not built yet, or stale);
+  * buffers listed in ``_KEEP_FLOAT32`` keep their dtype under ``model.half()`` / ``.to(dtype)``
+    (the kernels read float32 scales and values); only their device follows;
+  * a deep copy or pickle carries no plan (the copy builds its own from its own tensors).
+Subclasses implement ``_make_plan() -> plan | NO_PLAN`` (validating: raise ValueError) and
+``_op_forward(x)``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+NO_PLAN = False  # validated, but served by the op path
+
+
+class PreparedLayer(nn.Module):
+    _KEEP_FLOAT32: tuple = ()
+
+    def _init_plan(self) -> None:
+        self.__dict__["_fastq_plan"] = None
+        self.__dict__["_fastq_name"] = None
+
+    def _make_plan(self):
+        raise NotImplementedError
+
+    def _op_forward(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _layer_name(self) -> str:
+        return self.__dict__.get("_fastq_name") or f"{type(self).__name__}({self.extra_repr()})"
+
+    def prepare(self) -> None:
+        """(Re)build the native plan from the current buffers; ValueError names a bad buffer."""
+        self.__dict__["_fastq_plan"] = None
+        try:
+            plan = self._make_plan()
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            name = self._layer_name()
+            raise ValueError(msg if msg.startswith(name) else f"{name}: {msg}") from None
+        self.__dict__["_fastq_plan"] = plan
+
+    def _plan(self):
+        plan = self.__dict__.get("_fastq_plan")
+        if plan is None:
+            self.prepare()
+            plan = self.__dict__["_fastq_plan"]
+        return plan
+
+    def _run(self, x: Tensor) -> Tensor:
+        """The module's [*, K] -> [*, N] product: the plan's fast path, else the op path."""
+        plan = self._plan()
+        if plan is not NO_PLAN:
+            try:
+                y = plan.forward(x)
+            except ValueError as exc:  # a kernel found a buffer rewritten in place since validation
+                self.__dict__["_fastq_plan"] = None
+                raise ValueError(f"{self._layer_name()}: {exc}") from None
+            if y is not None:
+                return y
+        return self._op_forward(x)
+
+    # ---- when buffers change ---------------------------------------------------------------------
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        buffers = self.__dict__.get("_buffers")
+        if buffers is not None and name in buffers:
+            self.__dict__["_fastq_plan"] = None
+
+    def _apply(self, fn, recurse=True):
+        keep = {name: t for name, t in self._buffers.items() if name in self._KEEP_FLOAT32 and t is not None}
+        super()._apply(fn, recurse)
+        for name, t in keep.items():
+            self._buffers[name] = t.to(self._buffers[name].device)
+        try:
+            self.prepare()
+        except ValueError:
+            self.__dict__["_fastq_plan"] = None  # the next forward rebuilds and raises
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix:
+            self.__dict__["_fastq_name"] = prefix[:-1]
+        self.__dict__["_fastq_plan"] = None
+        if all(prefix + name in state_dict for name, t in self._buffers.items() if t is not None):
+            self.prepare()  # a complete state: validate now, so a bad file fails at load
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fastq_plan"] = None
+        return state

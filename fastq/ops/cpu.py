@@ -1,0 +1,235 @@
+"""Native CPU implementations of the ops (fastq._C), registered as the ops' "cpu" kernels.
+
+Invariants: each implementation validates with ``_checks`` first (shapes on every call, packed
+values once per tensor version), allocates outputs with torch and passes raw pointers to ``_C``.
+The linear ops run through a plan built for the call (``fastq.ops.plans``): the same native
+launcher a module's prepared plan uses, so a direct op call and a module give bit-identical
+results. Empty inputs are answered by the reference (nothing for a kernel to do). Native runs are
+counted (``fastq.native_calls``): by ``_native.record`` here, by C++ for plan runs. Every call gets
+``torch.get_num_threads()`` threads.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fastq import _native
+from fastq.ops import _checks, plans, reference
+
+# ops served by a LinearPlan (they need the plan binding); the others by their own _C function
+_PLAN_OPS = ("int8_linear_dynamic", "int8_linear_dynamic_out", "int8_weight_only_linear",
+             "int8_weight_only_linear_out", "sparse_csr_linear", "sparse_int8_linear", "sparse_24_linear",
+             "sparse_bsr_linear", "sparse_ell_linear")
+_FUNCTIONS = {"quantize_int8": "quantize_int8_cpu", "quantize_int8_out": "quantize_int8_cpu",
+              "dequantize_int8": "dequantize_int8_cpu", "dequantize_int8_out": "dequantize_int8_cpu",
+              "int8_gemm": "int8_gemm_cpu"}
+
+
+def available(op: str) -> bool:
+    """Whether this build has a native CPU kernel for ``op``."""
+    if op in _PLAN_OPS:
+        return _native.has("LinearPlan")
+    return op in _FUNCTIONS and _native.has(_FUNCTIONS[op])
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
+# ---- quantize / dequantize ----------------------------------------------------------------------
+
+def _launch_quantize(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor],
+                     lay: _checks.QuantLayout, symmetric: bool, dynamic: bool) -> None:
+    _native._C.quantize_int8_cpu(x.data_ptr(), _native.DTYPE_CODES[x.dtype], codes.data_ptr(), scale.data_ptr(),
+                                 _ptr(zero_point), lay.rows, lay.cols, 1, symmetric, dynamic, _native.num_threads())
+
+
+def _launch_dequantize(codes: Tensor, symmetric: bool, scale: Tensor, zero_point: Optional[Tensor], y: Tensor,
+                       lay: _checks.QuantLayout) -> None:
+    _native._C.dequantize_int8_cpu(codes.data_ptr(), symmetric, scale.data_ptr(), _ptr(zero_point), y.data_ptr(),
+                                   _native.DTYPE_CODES[y.dtype], lay.rows, lay.cols, 1, _native.num_threads())
+
+
+def quantize_int8(x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor] = None,
+                  zero_point: Optional[Tensor] = None) -> tuple:
+    lay = _checks.check_quantize(x, group_size, symmetric, scale, zero_point)
+    dynamic = scale is None
+    if not dynamic:
+        _checks.check_scale_values(scale, zero_point)
+    if x.numel() == 0:
+        return reference.quantize_int8(x, group_size, symmetric, scale, zero_point)
+    _native.record("quantize_int8", "cpu")
+    codes = torch.empty(x.shape, dtype=_checks.code_dtype(symmetric))
+    if dynamic:
+        scale_out = torch.empty(lay.scale_shape, dtype=torch.float32)
+        zp_out = torch.zeros(lay.scale_shape, dtype=torch.int32)
+    else:
+        scale_out = scale.contiguous().clone()
+        zp_out = torch.zeros_like(scale_out, dtype=torch.int32) if symmetric else zero_point.contiguous().clone()
+    _launch_quantize(x.contiguous(), codes, scale_out, zp_out, lay, symmetric, dynamic)
+    return codes, scale_out, zp_out
+
+
+def quantize_int8_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], group_size: int,
+                      symmetric: bool, dynamic: bool) -> None:
+    lay = _checks.check_quantize_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+    if not dynamic:
+        _checks.check_scale_values(scale, zero_point)
+    if x.numel() == 0:
+        return reference.quantize_int8_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
+    _native.record("quantize_int8_out", "cpu")
+    if dynamic:
+        _launch_quantize(x.contiguous(), codes, scale, zero_point if not symmetric else None, lay, symmetric, True)
+        if symmetric and zero_point is not None:
+            zero_point.zero_()
+    else:
+        _launch_quantize(x.contiguous(), codes, scale.contiguous(), _contig(zero_point), lay, symmetric, False)
+
+
+def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    lay, symmetric = _checks.check_dequantize(codes, scale, zero_point, dtype)
+    if codes.numel() == 0:
+        return reference.dequantize_int8(codes, scale, zero_point, dtype)
+    _native.record("dequantize_int8", "cpu")
+    y = torch.empty(codes.shape, dtype=dtype)
+    _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), y, lay)
+    return y
+
+
+def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> None:
+    lay, symmetric = _checks.check_dequantize_out(codes, scale, zero_point, out)
+    if codes.numel() == 0:
+        return
+    _native.record("dequantize_int8_out", "cpu")
+    _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), out, lay)
+
+
+# ---- int8 GEMM family ---------------------------------------------------------------------------
+
+def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
+    _checks.check_int8_gemm(a, b)
+    m, k = a.shape
+    n = b.shape[0]
+    c = torch.empty((m, n), dtype=torch.int32)
+    if m == 0 or n == 0:
+        return c
+    if k == 0:
+        return c.zero_()
+    _native.record("int8_gemm", "cpu")
+    a, b = a.contiguous(), b.contiguous()
+    _native._C.int8_gemm_cpu(a.data_ptr(), b.data_ptr(), c.data_ptr(), m, n, k, _native.num_threads())
+    return c
+
+
+def _dynamic_plan(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                  act_symmetric: bool) -> plans.Plan:
+    _checks.check_packed_linear(op, x, w_packed, w_scale, bias, n, False)
+    k = x.shape[-1]
+    _checks.check_packed_weight_values(op, w_packed, w_scale, n, k)
+    return plans.int8_linear_dynamic(w_packed.contiguous(), w_scale.contiguous(), _contig(bias), n, k, act_symmetric,
+                                     validate=False)
+
+
+def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                        act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    plan = _dynamic_plan("int8_linear_dynamic", x, w_packed, w_scale, bias, n, act_symmetric)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"int8_linear_dynamic: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    return plan.run(x, out_dtype)
+
+
+def int8_linear_dynamic_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                            act_symmetric: bool, out: Tensor) -> None:
+    plan = _dynamic_plan("int8_linear_dynamic_out", x, w_packed, w_scale, bias, n, act_symmetric)
+    _checks.check_linear_out("int8_linear_dynamic_out", x, n, out, out.dtype)
+    if out.dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"int8_linear_dynamic_out: out must be float32, float16 or bfloat16, got {out.dtype}")
+    if out.numel():
+        _native.record("int8_linear_dynamic_out", "cpu")
+        plan.run(x, out=out)
+
+
+def _weight_only_plan(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor],
+                      n: int) -> plans.Plan:
+    _checks.check_packed_linear(op, x, w_packed, w_scale, bias, n, True)
+    k = x.shape[-1]
+    _checks.check_packed_weight_values(op, w_packed, w_scale, n, k)
+    return plans.int8_weight_only_linear(w_packed.contiguous(), w_scale.contiguous(), _contig(bias), n, k,
+                                         validate=False)
+
+
+def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
+    return _weight_only_plan("int8_weight_only_linear", x, w_packed, w_scale, bias, n).run(x)
+
+
+def int8_weight_only_linear_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                                out: Tensor) -> None:
+    plan = _weight_only_plan("int8_weight_only_linear_out", x, w_packed, w_scale, bias, n)
+    _checks.check_linear_out("int8_weight_only_linear_out", x, n, out, x.dtype)
+    if out.numel():
+        _native.record("int8_weight_only_linear_out", "cpu")
+        plan.run(x, out=out)
+
+
+# ---- sparse masked matmul family ----------------------------------------------------------------
+# bfloat16 x is widened to float32 (exact) inside the plan run and y rounded once to x's dtype,
+# the reference's sequence (csrc/cpu/plan.cpp).
+
+def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    op = "sparse_csr_linear"
+    k = _checks.check_sparse_csr_linear(op, x, values, cols, row_ptr, bias, n)
+    _checks.check_sparse_csr_values(op, values, cols, row_ptr, k)
+    if x.numel() == 0:
+        return reference.sparse_csr_linear(x, values, cols, row_ptr, bias, n)
+    return plans.sparse_csr_linear(values.contiguous(), cols.contiguous(), row_ptr.contiguous(), _contig(bias), n, k,
+                                   validate=False).run(x)
+
+
+def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
+                       bias: Optional[Tensor]) -> Tensor:
+    op = "sparse_int8_linear"
+    k = _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    _checks.check_sparse_csr_values(op, q, cols, row_ptr, k, scale, "q")
+    if x.numel() == 0:
+        return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
+    return plans.sparse_int8_linear(q.contiguous(), scale.contiguous(), cols.contiguous(), row_ptr.contiguous(),
+                                    _contig(bias), k, validate=False).run(x)
+
+
+def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
+    op = "sparse_24_linear"
+    k = _checks.check_sparse_24_linear(x, values, meta, bias)
+    _checks.check_sparse_24_values(op, values)
+    if x.numel() == 0:
+        return reference.sparse_24_linear(x, values, meta, bias)
+    return plans.sparse_24_linear(values.contiguous(), meta.contiguous(), _contig(bias), k, validate=False).run(x)
+
+
+def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
+                      n: int) -> Tensor:
+    op = "sparse_bsr_linear"
+    k = _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    _checks.check_sparse_bsr_values(op, values, block_col, row_ptr, k)
+    if x.numel() == 0:
+        return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
+    return plans.sparse_bsr_linear(values.contiguous(), block_col.contiguous(), row_ptr.contiguous(), _contig(bias),
+                                   n, k, validate=False).run(x)
+
+
+def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                      scale: Optional[Tensor], bias: Optional[Tensor], n: int) -> Tensor:
+    op = "sparse_ell_linear"
+    k, int8 = _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    _checks.check_sparse_ell_values(op, values, offsets, steps, group_ptr, scale if int8 else None)
+    if x.numel() == 0:
+        return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    return plans.sparse_ell_linear(values, offsets, steps, group_ptr, _contig(scale) if int8 else None, _contig(bias),
+                                   n, k, validate=False).run(x)

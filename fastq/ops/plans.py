@@ -1,0 +1,293 @@
+"""Prepared layers ("two speeds", DESIGN.md "The native seam"): one linear op over fixed weights,
+validated once and run with one native crossing per call.
+
+A plan is built by the functions below from a module's buffers (``fastq.nn`` builds one on
+creation, load, move/cast and buffer replacement) or, for every eager call of an op, from the op's
+arguments (``fastq.ops.cpu``), so a module and a direct op call run the same launcher on the same
+inputs and give bit-identical results. Invariants:
+
+  * a plan is built only from validated buffers: the ``_checks`` shape checks of the op (against a
+    stand-in x with the layer's K) and its ``check_*_values`` (row pointers, indices, layouts,
+    scales), the same functions every op path runs; a bad buffer raises ValueError naming it;
+  * the plan holds the buffers' storages, so nothing it points to can be freed while it lives (a
+    buffer replaced through ``.data`` keeps its old storage alive until the module rebuilds);
+  * ``Plan.forward`` is the eager fast path: it checks only x (exact type, no autograd, no
+    compile/trace/mode, dtype, device, K) and returns None when x must take the op path instead;
+  * CPU plans are ``fastq._C.LinearPlan`` objects (csrc/api.h): sizes, pointers and the tier per
+    range of M; scratch and counters live in C++. CUDA plans call the ``fastq.ops.cuda`` launchers
+    with the stored tensors. Devices or formats without a native kernel get no plan (None): the
+    op path (and its reference) serves them.
+
+Adding a module kind (e.g. an int4 linear): give its op a ``PlanOp`` and a case in
+``csrc/cpu/plan.cpp`` (or a ``LinearPlan`` field set), add a builder here that validates its
+buffers and calls ``_cpu_plan`` with a ``setup`` function filling the LinearPlan, and make the
+module a ``fastq.nn._prepared.PreparedLayer`` whose ``_make_plan`` calls the builder.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from fastq import _native
+from fastq.ops import _checks
+
+_DTYPE_CODES = _native.DTYPE_CODES  # float32 / float16 / bfloat16 cross the seam
+_OP_INDEX = {name: i for i, name in enumerate(_native._C.plan_op_names())} if _native.available() else {}
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _eager(x: Tensor) -> bool:
+    """x may take the native fast path: a plain tensor outside compile, tracing, modes and autograd."""
+    return (type(x) is Tensor and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch._C._is_torch_function_mode_enabled() and not torch._C._len_torch_dispatch_stack()
+            and torch._C._get_tracing_state() is None)
+
+
+class Plan:
+    """A prepared linear [*, K] -> [*, N]; subclasses run it on one device."""
+
+    __slots__ = ("op", "n", "k", "device", "keep")
+
+    def __init__(self, op: str, n: int, k: int, device: torch.device, tensors: tuple) -> None:
+        self.op, self.n, self.k, self.device = op, n, k, device
+        # tensors and their storages: the plan's pointers stay valid whatever happens to the buffers
+        self.keep = tuple((t, t.untyped_storage()) for t in tensors if t is not None)
+
+    def run(self, x: Tensor, out_dtype: Optional[torch.dtype] = None, out: Optional[Tensor] = None) -> Tensor:
+        """y = op(x) for a validated x [*, K] (any strides); y in ``out_dtype`` (default x's), or
+        written into ``out`` (contiguous, [*, N])."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.op}, n={self.n}, k={self.k}, device={self.device})"
+
+
+class CpuPlan(Plan):
+    __slots__ = ("native",)
+
+    def __init__(self, op: str, n: int, k: int, tensors: tuple, native) -> None:
+        super().__init__(op, n, k, torch.device("cpu"), tensors)
+        self.native = native
+
+    def forward(self, x: Tensor) -> Optional[Tensor]:
+        """The module's eager call: y in x's dtype, or None when x needs the op path."""
+        if not _eager(x) or not x.is_cpu:
+            return None
+        code = _DTYPE_CODES.get(x.dtype)
+        shape = x.shape
+        if code is None or not shape or shape[-1] != self.k:
+            return None
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty(shape[:-1] + (self.n,), dtype=x.dtype)
+        m = x.numel() // self.k
+        if m:
+            self.native.run(x.data_ptr(), code, m, y.data_ptr(), code, torch.get_num_threads())
+        return y
+
+    def run(self, x: Tensor, out_dtype: Optional[torch.dtype] = None, out: Optional[Tensor] = None) -> Tensor:
+        x2 = x.contiguous()
+        y = out if out is not None else torch.empty(x.shape[:-1] + (self.n,), dtype=out_dtype or x.dtype)
+        m = x2.numel() // self.k
+        if m:
+            self.native.run(x2.data_ptr(), _DTYPE_CODES[x2.dtype], m, y.data_ptr(), _DTYPE_CODES[y.dtype],
+                            torch.get_num_threads())
+        return y
+
+
+class CudaPlan(Plan):
+    """Runs ``launch(x2d, y2d)`` of ``fastq.ops.cuda`` on the stored tensors (validated once)."""
+
+    __slots__ = ("launch", "accepts")
+
+    def __init__(self, op: str, n: int, k: int, device: torch.device, tensors: tuple,
+                 launch: Callable[[Tensor, Tensor], Tensor], accepts: tuple) -> None:
+        super().__init__(op, n, k, device, tensors)
+        self.launch, self.accepts = launch, accepts
+
+    def forward(self, x: Tensor) -> Optional[Tensor]:
+        if not _eager(x) or x.device != self.device or x.dtype not in self.accepts:
+            return None
+        if not x.shape or x.shape[-1] != self.k:
+            return None
+        return self.run(x)
+
+    def run(self, x: Tensor, out_dtype: Optional[torch.dtype] = None, out: Optional[Tensor] = None) -> Tensor:
+        shape = x.shape[:-1] + (self.n,)
+        x2 = x.reshape(-1, self.k).contiguous()
+        y = out if out is not None else torch.empty(shape, dtype=out_dtype or x.dtype, device=x.device)
+        if x2.shape[0]:
+            _native.record(self.op, "cuda")
+            self.launch(x2, y.view(-1, self.n))
+        return y
+
+
+def _proxy_x(k: int, like: Tensor) -> Tensor:
+    """A stand-in input of width k on the weights' device, for the ops' shape checks."""
+    return torch.empty((0, k), dtype=torch.float32, device=like.device)
+
+
+def _named(where: str, fn: Callable, *args) -> None:
+    """Run a shape check, its message prefixed with the layer (``where``)."""
+    try:
+        fn(*args)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _cpu_plan(op: str, n: int, k: int, tensors: tuple, setup: Callable, bias: Optional[Tensor],
+              routes: Optional[list] = None) -> Optional[CpuPlan]:
+    if not _native.available():
+        return None
+    native = _native._C.LinearPlan(_OP_INDEX[op], n, k)
+    setup(native)
+    native.set_bias(_ptr(bias))
+    if routes:
+        native.set_routes(routes)
+    return CpuPlan(op, n, k, tensors + (bias,), native)
+
+
+def _cuda_plan(op: str, n: int, k: int, tensors: tuple, launch: Callable, accepts: tuple) -> Optional[CudaPlan]:
+    from fastq.ops import cuda
+
+    if not cuda.available(op):
+        return None
+    return CudaPlan(op, n, k, tensors[0].device, tensors, launch, accepts)
+
+
+def _contiguous(*ts: Optional[Tensor]) -> tuple:
+    for t in ts:
+        if t is not None and not t.is_contiguous():
+            raise ValueError("packed buffers must be contiguous (pass what the *_pack op returned)")
+    return ts
+
+
+# ---- int8 GEMM family --------------------------------------------------------------------------
+
+def int8_linear_dynamic(w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, k: int,
+                        act_symmetric: bool, *, where: str = "int8_linear_dynamic",
+                        validate: bool = True) -> Optional[Plan]:
+    """Plan of ``int8_linear_dynamic`` (W8A8) over an [n, k] packed weight."""
+    return _gemm_plan("int8_linear_dynamic", w_packed, w_scale, bias, n, k, act_symmetric, where, validate)
+
+
+def int8_weight_only_linear(w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, k: int, *,
+                            where: str = "int8_weight_only_linear", validate: bool = True) -> Optional[Plan]:
+    """Plan of ``int8_weight_only_linear`` over an [n, k] packed weight and [n, G] scales."""
+    return _gemm_plan("int8_weight_only_linear", w_packed, w_scale, bias, n, k, True, where, validate)
+
+
+def _gemm_plan(op: str, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, k: int,
+               act_symmetric: bool, where: str, validate: bool) -> Optional[Plan]:
+    weight_only = op == "int8_weight_only_linear"
+    if validate:
+        _named(where, _checks.check_packed_linear, op, _proxy_x(k, w_packed), w_packed, w_scale, bias, n, weight_only)
+        _checks.check_packed_weight_values(where, w_packed, w_scale, n, k)
+        w_packed, w_scale, bias = _contiguous(w_packed, w_scale, bias)
+    groups = w_scale.shape[1] if weight_only else 1
+    if w_packed.device.type == "cuda":
+        from fastq.ops import cuda
+
+        if weight_only:
+            launch = lambda x2, y2: cuda.launch_weight_only(x2, w_packed, w_scale, bias, n, y2)  # noqa: E731
+        else:
+            launch = lambda x2, y2: cuda.launch_linear_dynamic(x2, w_packed, w_scale, bias, n,  # noqa: E731
+                                                               act_symmetric, y2)
+        return _cuda_plan(op, n, k, (w_packed, w_scale, bias), launch, _checks.FLOAT_DTYPES)
+    if w_packed.device.type != "cpu":
+        return None
+    return _cpu_plan(op, n, k, (w_packed, w_scale), lambda p: p.set_gemm(w_packed.data_ptr(), w_scale.data_ptr(),
+                                                                          groups, act_symmetric), bias)
+
+
+# ---- sparse family -----------------------------------------------------------------------------
+
+def sparse_csr_linear(values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor], n: int, k: int, *,
+                      where: str = "sparse_csr_linear", validate: bool = True) -> Optional[Plan]:
+    op = "sparse_csr_linear"
+    if validate:
+        _named(where, _checks.check_sparse_csr_linear, op, _proxy_x(k, values), values, cols, row_ptr, bias, n)
+        _checks.check_sparse_csr_values(where, values, cols, row_ptr, k)
+        values, cols, row_ptr, bias = _contiguous(values, cols, row_ptr, bias)
+    if values.device.type == "cuda":
+        from fastq.ops import cuda
+
+        launch = lambda x2, y2: cuda.launch_sparse_csr(x2, values, cols, row_ptr, bias, n, y2)  # noqa: E731
+        return _cuda_plan(op, n, k, (values, cols, row_ptr, bias), launch, _checks.SPARSE_X_DTYPES)
+    return _sparse_cpu(op, n, k, (values, cols, row_ptr), bias, values, None, cols, row_ptr, cols.numel(), None)
+
+
+def sparse_int8_linear(q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor], k: int, *,
+                       where: str = "sparse_int8_linear", validate: bool = True) -> Optional[Plan]:
+    op, n = "sparse_int8_linear", scale.numel()
+    if validate:
+        _named(where, _checks.check_sparse_int8_linear, _proxy_x(k, q), q, scale, cols, row_ptr, bias)
+        _checks.check_sparse_csr_values(where, q, cols, row_ptr, k, scale, "q")
+        q, scale, cols, row_ptr, bias = _contiguous(q, scale, cols, row_ptr, bias)
+    return _sparse_cpu(op, n, k, (q, scale, cols, row_ptr), bias, q, scale, cols, row_ptr, cols.numel(), None)
+
+
+def sparse_24_linear(values: Tensor, meta: Tensor, bias: Optional[Tensor], k: int, *,
+                     where: str = "sparse_24_linear", validate: bool = True) -> Optional[Plan]:
+    op, n = "sparse_24_linear", values.shape[0]
+    if validate:
+        _named(where, _checks.check_sparse_24_linear, _proxy_x(k, values), values, meta, bias)
+        _checks.check_sparse_24_values(where, values)
+        values, meta, bias = _contiguous(values, meta, bias)
+    if values.device.type == "cuda":
+        from fastq.ops import cuda
+
+        launch = lambda x2, y2: cuda.launch_sparse_24(x2, values, meta, bias, y2)  # noqa: E731
+        return _cuda_plan(op, n, k, (values, meta, bias), launch, _checks.SPARSE_X_DTYPES)
+    return _sparse_cpu(op, n, k, (values, meta), bias, values, None, None, None, 0, meta)
+
+
+def sparse_bsr_linear(values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor], n: int, k: int, *,
+                      where: str = "sparse_bsr_linear", validate: bool = True) -> Optional[Plan]:
+    op = "sparse_bsr_linear"
+    if validate:
+        _named(where, _checks.check_sparse_bsr_linear, _proxy_x(k, values), values, block_col, row_ptr, bias, n)
+        _checks.check_sparse_bsr_values(where, values, block_col, row_ptr, k)
+        values, block_col, row_ptr, bias = _contiguous(values, block_col, row_ptr, bias)
+    return _sparse_cpu(op, n, k, (values, block_col, row_ptr), bias, values, None, block_col, row_ptr,
+                       block_col.numel(), None, values.shape[1], values.shape[2])
+
+
+def sparse_ell_linear(values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor, scale: Optional[Tensor],
+                      bias: Optional[Tensor], n: int, k: int, *, where: str = "sparse_ell_linear",
+                      validate: bool = True) -> Optional[Plan]:
+    op = "sparse_ell_linear"
+    int8 = values.dtype == torch.int8
+    scale = scale if int8 else None
+    if validate:
+        _named(where, _checks.check_sparse_ell_linear, _proxy_x(k, values), values, offsets, steps, group_ptr,
+               scale, bias, n)
+        _checks.check_sparse_ell_values(where, values, offsets, steps, group_ptr, scale)
+        values, offsets, steps, group_ptr, scale, bias = _contiguous(values, offsets, steps, group_ptr, scale, bias)
+    if values.device.type != "cpu":
+        return None
+
+    def setup(p):
+        p.set_ell(values.data_ptr(), int8, offsets.data_ptr(), steps.data_ptr(), group_ptr.data_ptr(),
+                  offsets.shape[0], _ptr(scale))
+
+    return _cpu_plan(op, n, k, (values, offsets, steps, group_ptr, scale), setup, bias)
+
+
+def _sparse_cpu(op: str, n: int, k: int, tensors: tuple, bias: Optional[Tensor], values: Tensor,
+                scale: Optional[Tensor], cols: Optional[Tensor], row_ptr: Optional[Tensor], entries: int,
+                meta: Optional[Tensor], block_rows: int = 1, block_cols: int = 1) -> Optional[CpuPlan]:
+    if values.device.type != "cpu":
+        return None
+
+    def setup(p):
+        p.set_sparse(values.data_ptr(), _ptr(scale), _ptr(cols), _ptr(row_ptr), entries, _ptr(meta), block_rows,
+                     block_cols)
+
+    return _cpu_plan(op, n, k, tensors, setup, bias)
