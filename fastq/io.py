@@ -313,5 +313,8 @@ def load(directory: Union[str, os.PathLike],
         if got.shape != want.shape or got.dtype != want.dtype:
             raise LoadError(f"{where / TENSORS_FILE}: {name!r} is {got.dtype} {tuple(got.shape)} in the file but "
                             f"{want.dtype} {tuple(want.shape)} in the rebuilt model")
-    model.load_state_dict(tensors, strict=True)
+    try:  # fastq modules validate their buffers as they load (a bad buffer: ValueError naming it)
+        model.load_state_dict(tensors, strict=True)
+    except ValueError as exc:
+        raise LoadError(f"{where / TENSORS_FILE}: {exc}") from None
     return model.eval()

@@ -403,8 +403,11 @@ def check_sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: T
 # version counter (``.data``, numpy) cannot fool the kernels: they re-check indices as they read.
 
 
-def _cached(name: str, tensors: tuple, params: tuple, check: Callable[[], None]) -> None:
-    """Run ``check`` unless it already passed for these same tensor objects at these versions."""
+def _cached(name: str, tensors: tuple, params: tuple, check: Callable[[], None], cache: bool = True) -> None:
+    """Run ``check`` unless it already passed for these same tensor objects at these versions
+    (``cache=False``: always run it, as plan builds do)."""
+    if not cache:
+        return check()
     tensors = tuple(t for t in tensors if t is not None)
     head = tensors[0]
     try:
@@ -427,7 +430,8 @@ def _finite(where: str, name: str, t: Optional[Tensor]) -> None:
         raise ValueError(f"{where}: {name} holds NaN or Inf")
 
 
-def check_packed_weight_values(where: str, w_packed: Tensor, w_scale: Tensor, n: int, k: int) -> None:
+def check_packed_weight_values(where: str, w_packed: Tensor, w_scale: Tensor, n: int, k: int,
+                               cache: bool = True) -> None:
     """An int8_pack_weight layout for [n, k]: zero padding, column sums equal to the codes' sums
     (W8A8 kernels correct their unsigned activations with them), finite scales."""
     def check():
@@ -445,7 +449,7 @@ def check_packed_weight_values(where: str, w_packed: Tensor, w_scale: Tensor, n:
                 raise ValueError(f"{where}: w_packed column sums do not match its codes (corrupted buffer, "
                                  "or packed for another shape)")
         _finite(where, "w_scale", w_scale)
-    _cached("packed", (w_packed, w_scale), (n, k), check)
+    _cached("packed", (w_packed, w_scale), (n, k), check, cache)
 
 
 def _check_pointers(where: str, name: str, ptr: Tensor, entries: int, step: int) -> None:
@@ -465,32 +469,33 @@ def _check_indices(where: str, name: str, idx: Tensor, limit: int, what: str) ->
 
 
 def check_sparse_csr_values(where: str, values: Tensor, cols: Tensor, row_ptr: Tensor, k: int,
-                            scale: Optional[Tensor] = None, values_name: str = "values") -> None:
+                            scale: Optional[Tensor] = None, values_name: str = "values", cache: bool = True) -> None:
     """Padded CSR (csr and int8 formats): row pointers, column indices < k, finite values/scale."""
     def check():
         _check_pointers(where, "row_ptr", row_ptr, cols.numel(), SPARSE_ROW_PAD)
         _check_indices(where, "cols", cols, k, "K")
         _finite(where, values_name, values)
         _finite(where, "scale", scale)
-    _cached("csr", (row_ptr, cols, values, scale), (k,), check)
+    _cached("csr", (row_ptr, cols, values, scale), (k,), check, cache)
 
 
-def check_sparse_bsr_values(where: str, values: Tensor, block_col: Tensor, row_ptr: Tensor, k: int) -> None:
+def check_sparse_bsr_values(where: str, values: Tensor, block_col: Tensor, row_ptr: Tensor, k: int,
+                            cache: bool = True) -> None:
     def check():
         bc = values.shape[2]
         _check_pointers(where, "row_ptr", row_ptr, block_col.numel(), 1)
         _check_indices(where, "block_col", block_col, -(-k // bc), "K / block_cols")
         _finite(where, "values", values)
-    _cached("bsr", (row_ptr, block_col, values), (k,), check)
+    _cached("bsr", (row_ptr, block_col, values), (k,), check, cache)
 
 
-def check_sparse_24_values(where: str, values: Tensor) -> None:
+def check_sparse_24_values(where: str, values: Tensor, cache: bool = True) -> None:
     """2:4: any metadata byte is a valid set of in-group positions, so only the values are read."""
-    _cached("s24", (values,), (), lambda: _finite(where, "values", values))
+    _cached("s24", (values,), (), lambda: _finite(where, "values", values), cache)
 
 
 def check_sparse_ell_values(where: str, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
-                            scale: Optional[Tensor] = None) -> None:
+                            scale: Optional[Tensor] = None, cache: bool = True) -> None:
     """Sliced ELL: offsets < 32, steps <= 32, group_ptr = [0, running sums of each group's steps]
     ending at the stored step count; finite values and scale."""
     def check():
@@ -506,4 +511,4 @@ def check_sparse_ell_values(where: str, values: Tensor, offsets: Tensor, steps: 
                              "returned")
         _finite(where, "values", values)
         _finite(where, "scale", scale)
-    _cached("ell", (group_ptr, steps, offsets, values, scale), (), check)
+    _cached("ell", (group_ptr, steps, offsets, values, scale), (), check, cache)

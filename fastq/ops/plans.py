@@ -188,7 +188,7 @@ def _gemm_plan(op: str, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor
     weight_only = op == "int8_weight_only_linear"
     if validate:
         _named(where, _checks.check_packed_linear, op, _proxy_x(k, w_packed), w_packed, w_scale, bias, n, weight_only)
-        _checks.check_packed_weight_values(where, w_packed, w_scale, n, k)
+        _checks.check_packed_weight_values(where, w_packed, w_scale, n, k, cache=False)
         w_packed, w_scale, bias = _contiguous(w_packed, w_scale, bias)
     groups = w_scale.shape[1] if weight_only else 1
     if w_packed.device.type == "cuda":
@@ -213,7 +213,7 @@ def sparse_csr_linear(values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optio
     op = "sparse_csr_linear"
     if validate:
         _named(where, _checks.check_sparse_csr_linear, op, _proxy_x(k, values), values, cols, row_ptr, bias, n)
-        _checks.check_sparse_csr_values(where, values, cols, row_ptr, k)
+        _checks.check_sparse_csr_values(where, values, cols, row_ptr, k, cache=False)
         values, cols, row_ptr, bias = _contiguous(values, cols, row_ptr, bias)
     if values.device.type == "cuda":
         from fastq.ops import cuda
@@ -228,7 +228,7 @@ def sparse_int8_linear(q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor, 
     op, n = "sparse_int8_linear", scale.numel()
     if validate:
         _named(where, _checks.check_sparse_int8_linear, _proxy_x(k, q), q, scale, cols, row_ptr, bias)
-        _checks.check_sparse_csr_values(where, q, cols, row_ptr, k, scale, "q")
+        _checks.check_sparse_csr_values(where, q, cols, row_ptr, k, scale, "q", cache=False)
         q, scale, cols, row_ptr, bias = _contiguous(q, scale, cols, row_ptr, bias)
     return _sparse_cpu(op, n, k, (q, scale, cols, row_ptr), bias, q, scale, cols, row_ptr, cols.numel(), None)
 
@@ -238,7 +238,7 @@ def sparse_24_linear(values: Tensor, meta: Tensor, bias: Optional[Tensor], k: in
     op, n = "sparse_24_linear", values.shape[0]
     if validate:
         _named(where, _checks.check_sparse_24_linear, _proxy_x(k, values), values, meta, bias)
-        _checks.check_sparse_24_values(where, values)
+        _checks.check_sparse_24_values(where, values, cache=False)
         values, meta, bias = _contiguous(values, meta, bias)
     if values.device.type == "cuda":
         from fastq.ops import cuda
@@ -253,7 +253,7 @@ def sparse_bsr_linear(values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: 
     op = "sparse_bsr_linear"
     if validate:
         _named(where, _checks.check_sparse_bsr_linear, _proxy_x(k, values), values, block_col, row_ptr, bias, n)
-        _checks.check_sparse_bsr_values(where, values, block_col, row_ptr, k)
+        _checks.check_sparse_bsr_values(where, values, block_col, row_ptr, k, cache=False)
         values, block_col, row_ptr, bias = _contiguous(values, block_col, row_ptr, bias)
     return _sparse_cpu(op, n, k, (values, block_col, row_ptr), bias, values, None, block_col, row_ptr,
                        block_col.numel(), None, values.shape[1], values.shape[2])
@@ -268,7 +268,7 @@ def sparse_ell_linear(values: Tensor, offsets: Tensor, steps: Tensor, group_ptr:
     if validate:
         _named(where, _checks.check_sparse_ell_linear, _proxy_x(k, values), values, offsets, steps, group_ptr,
                scale, bias, n)
-        _checks.check_sparse_ell_values(where, values, offsets, steps, group_ptr, scale)
+        _checks.check_sparse_ell_values(where, values, offsets, steps, group_ptr, scale, cache=False)
         values, offsets, steps, group_ptr, scale, bias = _contiguous(values, offsets, steps, group_ptr, scale, bias)
     if values.device.type != "cpu":
         return None
