@@ -14,11 +14,13 @@ Invariants:
     (the kernels read float32 scales and values); only their device follows;
   * a deep copy or pickle carries no plan (the copy builds its own from its own tensors).
 Subclasses implement ``_make_plan() -> plan | NO_PLAN`` (validating: raise ValueError) and
-``_op_forward(x)``.
+``_op_forward(x)`` (the op path of [*, K] -> [*, N]); ``forward`` is that product, and modules with
+more around it (convolutions) call ``_run`` for it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 NO_PLAN = False  # validated, but served by the op path
@@ -51,17 +53,19 @@ class PreparedLayer(nn.Module):
             raise ValueError(msg if msg.startswith(name) else f"{name}: {msg}") from None
         self.__dict__["_fastq_plan"] = plan
 
-    def _plan(self):
-        plan = self.__dict__.get("_fastq_plan")
-        if plan is None:
-            self.prepare()
-            plan = self.__dict__["_fastq_plan"]
-        return plan
+    def forward(self, x: Tensor) -> Tensor:
+        """[*, K] -> [*, N]: the plan in plain eager mode, else the op path (compile, export, ...)."""
+        if torch.compiler.is_compiling():  # first: the plan's fast path must never be traced
+            return self._op_forward(x)
+        return self._run(x)
 
     def _run(self, x: Tensor) -> Tensor:
         """The module's [*, K] -> [*, N] product: the plan's fast path, else the op path."""
-        plan = self._plan()
-        if plan is not NO_PLAN:
+        plan = self._fastq_plan
+        if plan is None:  # not built yet, or a buffer was replaced: validate and build now
+            self.prepare()
+            plan = self._fastq_plan
+        if plan:  # NO_PLAN is falsy
             try:
                 y = plan.forward(x)
             except ValueError as exc:  # a kernel found a buffer rewritten in place since validation

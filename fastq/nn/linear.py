@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from fastq.nn._base import W8A8, Int8GemmModule, mode_args
@@ -51,11 +50,6 @@ class QuantLinear(Int8GemmModule):
         q = cls(module.in_features, module.out_features, module.bias is not None, **kwargs)
         q._set_weight(module.weight, module.bias)
         return q
-
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():  # first: the plan's fast path must never be traced
-            return self._op_forward(x)
-        return self._run(x)
 
     def _op_forward(self, x: Tensor) -> Tensor:
         self._check_input(x)

@@ -237,11 +237,6 @@ class SparseLinear(PreparedLayer):
             got = x.dtype if isinstance(x, Tensor) else type(x).__name__
             raise TypeError(f"{type(self).__name__}: input must be a floating point tensor, got {got}")
 
-    def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():  # first: the plan's fast path must never be traced
-            return self._op_forward(x)
-        return self._run(x)
-
     def _op_forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
