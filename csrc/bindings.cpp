@@ -210,6 +210,8 @@ void bind_plans(py::module_& m) {
   m.def("plan_calls", [](int op, int device) { return fastq::plan_calls(static_cast<fastq::PlanOp>(op), device); });
   m.def("plan_run_ns", &fastq::plan_run_ns);
   m.def("pool_workers", &fastq::pool_workers);
+  m.def("parallel_backend", &fastq::parallel_backend);
+  m.def("set_parallel_backend", &fastq::set_parallel_backend);
 }
 
 }  // namespace

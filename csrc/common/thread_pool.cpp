@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -23,6 +24,7 @@ namespace {
 
 constexpr int kMaxWorkers = 255;
 constexpr int64_t kMaxTasks = 0xffff;
+constexpr int64_t kWakeWorthNs = 30'000;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -140,12 +142,29 @@ void run_tasks(int64_t tasks, int threads, TaskFn fn, void* ctx) {
   p->done.store(0, std::memory_order_relaxed);
   const uint64_t epoch = epoch_of(p->state.load(std::memory_order_relaxed)) + 1;
   p->state.store(epoch << 32 | static_cast<uint64_t>(tasks) << 16);  // seq_cst: publishes the fields above
-  if (p->sleepers.load() > 0) {
-    std::lock_guard<std::mutex> lock(p->mu);
-    p->cv.notify_all();
-  }
   t_in_task = true;
-  p->work(epoch);
+  // Spinning workers join at once. Sleeping ones are woken only when the job looks long enough to
+  // repay a wake-up (tens of microseconds on a busy machine): after the caller's first task, if the
+  // tasks left would take longer than kWakeWorthNs at that task's pace.
+  const auto t0 = std::chrono::steady_clock::now();
+  bool woken = p->sleepers.load() == 0;
+  uint64_t s = p->state.load(std::memory_order_acquire);
+  while (epoch_of(s) == epoch && next_of(s) < tasks_of(s)) {
+    if (!p->state.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    fn(ctx, next_of(s));
+    p->done.fetch_add(1, std::memory_order_release);
+    s = p->state.load(std::memory_order_acquire);
+    if (!woken) {
+      woken = true;
+      const int64_t left = tasks_of(s) - next_of(s);
+      const int64_t per_task = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now() - t0).count();
+      if (left > 0 && left * per_task > kWakeWorthNs && p->sleepers.load() > 0) {
+        std::lock_guard<std::mutex> lock(p->mu);
+        p->cv.notify_all();
+      }
+    }
+  }
   t_in_task = false;
   for (int i = 0; p->done.load(std::memory_order_acquire) < tasks; ++i) {
     if (i < 256) cpu_relax();
@@ -155,5 +174,18 @@ void run_tasks(int64_t tasks, int threads, TaskFn fn, void* ctx) {
 }
 
 int pool_workers() { return g_pool ? g_pool->workers.load() : 0; }
+
+namespace {
+std::atomic<int>& backend() {
+  static std::atomic<int> b{[] {
+    const char* env = std::getenv("FASTQ_THREADS");
+    return env && std::string(env) == "openmp" ? static_cast<int>(kParallelOpenMP) : static_cast<int>(kParallelPool);
+  }()};
+  return b;
+}
+}  // namespace
+
+int parallel_backend() { return backend().load(std::memory_order_relaxed); }
+void set_parallel_backend(int b) { backend().store(b == kParallelOpenMP ? kParallelOpenMP : kParallelPool); }
 
 }  // namespace fastq

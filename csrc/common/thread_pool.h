@@ -27,4 +27,10 @@ void run_tasks(int64_t tasks, int threads, TaskFn fn, void* ctx);
 // Workers currently alive (for tests and `fastq doctor`).
 int pool_workers();
 
+// Which runtime parallel_for uses: the pool (default) or an OpenMP region (FASTQ_THREADS=openmp at
+// start-up, or set_parallel_backend; for benchmarks comparing the two).
+enum ParallelBackend : int { kParallelPool = 0, kParallelOpenMP = 1 };
+int parallel_backend();
+void set_parallel_backend(int backend);
+
 }  // namespace fastq

@@ -1,0 +1,184 @@
+"""bench_prepared: what a prepared layer's call costs besides its kernel, and where the threads' time goes.
+
+    python bench/bench_prepared.py [--quick] [--json out.json]
+
+Part 1, per-call overhead: every module kind on a tiny layer (64 x 64, M = 1), called as a user
+calls it (``module(x)``), many times in a row. ``C++`` is the time spent inside the native plan run
+(``fastq._C.plan_run_ns``, measured in C++ around the whole run: scratch, kernel, threads);
+``Python + binding`` is the rest of the call: nn.Module's __call__, the plan's checks of x, the
+allocation of y, the pybind11 crossing. ``nn.Linear`` (fp32, same shape) is the reference point.
+
+Part 2, threads: W8A8 768x768 and 768x3072 at M = 1..32 (fastq.quantize_ as a user does), with
+fastq's pool (the default), with OpenMP regions (``fastq._C.set_parallel_backend(1)``, what fastq
+used before) and on one thread, next to torch.ao x86 dynamic int8 (torch's OpenMP pool); each either
+back to back or with ``--gap`` microseconds of Python work between calls (as between the layers of
+a model: idle workers may fall asleep). All candidates of a row are timed round-robin in one run
+(fastq.benchmarking.time_round_robin), medians in microseconds.
+
+Invariants: nothing asserts on speed; the machine and its load (``os.getloadavg``) are printed with
+the tables, because both parts are sensitive to other processes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+try:
+    import fastq
+except ImportError:  # run as `python bench/bench_prepared.py` from a source checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import fastq
+
+from fastq import _native
+from fastq.benchmarking import median, time_round_robin
+
+THREADS = 2
+
+
+def _sparse(two_four: bool = False, **kwargs) -> nn.Module:
+    lin = nn.Linear(64, 64)
+    g = torch.Generator().manual_seed(0)
+    if two_four:
+        mask = (torch.rand(64, 16, 4, generator=g).argsort(dim=2) < 2).reshape(64, 64)
+    else:
+        mask = torch.rand(64, 64, generator=g) > 0.7
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    lin.register_buffer("weight_mask", mask)
+    lin.fastq_prune_pattern = "2:4" if two_four else "unstructured"
+    return fastq.nn.SparseLinear.from_float(lin, **kwargs)
+
+
+def _kinds() -> dict:
+    """name -> builder of a 64 x 64 prepared module."""
+    quant = fastq.nn.QuantLinear.from_float
+    return {"w8a8": lambda: quant(nn.Linear(64, 64), fastq.Int8DynamicConfig()),
+            "int8 weight-only": lambda: quant(nn.Linear(64, 64), fastq.Int8WeightOnlyConfig()),
+            "sparse csr": lambda: _sparse(), "sparse int8": lambda: _sparse(int8=True),
+            "sparse 2:4": lambda: _sparse(two_four=True), "sparse ell": lambda: _sparse(format="ell")}
+
+
+def per_call_overhead(calls: int, rounds: int) -> list[dict]:
+    rows = []
+    x = torch.randn(1, 64)
+    ref = nn.Linear(64, 64)
+    t_ref = _time_loop(lambda: ref(x), calls, rounds)
+    for name, build in _kinds().items():
+        mod = build()
+        plan = mod._fastq_plan
+        best = None
+        for _ in range(rounds):
+            ns0, t0 = _native._C.plan_run_ns(), time.perf_counter_ns()
+            for _ in range(calls):
+                mod(x)
+            total = (time.perf_counter_ns() - t0) / calls
+            inside = (_native._C.plan_run_ns() - ns0) / calls
+            if best is None or total < best[0]:
+                best = (total, inside)
+        rows.append({"module": name, "plan": repr(plan), "forward_us": best[0] / 1e3, "cpp_us": best[1] / 1e3,
+                     "python_binding_us": (best[0] - best[1]) / 1e3, "nn_linear_fp32_us": t_ref / 1e3})
+    return rows
+
+
+def _time_loop(fn, calls: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter_ns() - t0) / calls)
+    return best
+
+
+def _busy(us: float) -> None:
+    end = time.perf_counter() + us * 1e-6
+    while time.perf_counter() < end:
+        pass
+
+
+def threads(shapes, ms, gap_us: float, rounds: int) -> list[dict]:
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k, n in shapes:
+            layer = nn.Sequential(nn.Linear(k, n))
+            fq = copy.deepcopy(layer)
+            fastq.quantize_(fq, fastq.Int8DynamicConfig())
+            ao = torch.ao.quantization.quantize_dynamic(copy.deepcopy(layer), {nn.Linear}, dtype=torch.qint8)
+            for m in ms:
+                x = torch.randn(m, k)
+
+                def with_threads(fn, nt, backend=0):
+                    def run():
+                        torch.set_num_threads(nt)
+                        _native._C.set_parallel_backend(backend)
+                        if gap_us:
+                            _busy(gap_us)
+                        t0 = time.perf_counter()
+                        fn()
+                        return time.perf_counter() - t0
+                    return run
+
+                fns = {"fastq pool 2T": with_threads(lambda: fq(x), THREADS),
+                       "fastq OpenMP 2T": with_threads(lambda: fq(x), THREADS, 1),
+                       "fastq 1T": with_threads(lambda: fq(x), 1),
+                       "torch.ao x86 2T": with_threads(lambda: ao(x), THREADS)}
+                samples = {name: [] for name in fns}
+                for r in range(rounds):  # each call times itself, so the gap is not counted
+                    order = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]
+                    for name in order:
+                        samples[name].append(fns[name]())
+                rows.append({"k": k, "n": n, "m": m, "gap_us": gap_us,
+                             **{name: median(v[2:]) * 1e6 for name, v in samples.items()}})
+    _native._C.set_parallel_backend(0)
+    torch.set_num_threads(THREADS)
+    return rows
+
+
+def _fmt(rows: list[dict], cols: list[str]) -> str:
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--gap", type=float, default=200.0, help="microseconds of Python work between calls (part 2)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if not _native.available():
+        print(f"fastq native extension not loaded ({_native.IMPORT_ERROR})")
+        return 1
+    torch.set_num_threads(THREADS)
+    load = os.getloadavg()
+    print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f}; torch {torch.__version__}, "
+          f"{THREADS} threads, CPU ISA {_native.cpu_isa()}")
+    calls, rounds = (2000, 5) if args.quick else (20000, 9)
+    over = per_call_overhead(calls, rounds)
+    print("\n### Per-call overhead of a prepared layer (64 x 64, M = 1), microseconds\n")
+    print(_fmt(over, ["module", "forward_us", "cpp_us", "python_binding_us", "nn_linear_fp32_us"]))
+    shapes = [(768, 768)] if args.quick else [(768, 768), (768, 3072)]
+    ms = [1, 8, 32] if args.quick else [1, 2, 4, 8, 16, 32]
+    rounds2 = 15 if args.quick else 41
+    thr = threads(shapes, ms, 0.0, rounds2) + threads(shapes, ms, args.gap, rounds2)
+    print("\n### Threads: W8A8 forward, microseconds (median), back to back (gap 0) and with a gap\n")
+    print(_fmt(thr, ["k", "n", "m", "gap_us", "fastq pool 2T", "fastq OpenMP 2T", "fastq 1T", "torch.ao x86 2T"]))
+    if args.json:
+        args.json.write_text(json.dumps({"load": load, "overhead": over, "threads": thr}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
