@@ -221,10 +221,15 @@ const char* plan_op_name(PlanOp op);
 
 // Rows m <= m_max (the first route that fits; the last route takes any m) run with the CPU tier
 // min(isa, active tier); isa = -1 means the active tier. The drivers pick their micro-kernels
-// (and, inside a tier, paths such as AMX tiles above a threshold) from that tier.
+// (and, inside a tier, paths such as AMX tiles above a threshold) from that tier. `path` picks a
+// driver where an op has more than one: kPlanPathDriver (the op's *_cpu driver) or
+// kPlanPathBf16Dot (int8_weight_only_linear with bf16 x on AVX512-BF16 dot products, cpu/wo_bf16.h;
+// ignored where it does not apply).
+enum PlanPath : int32_t { kPlanPathDriver = 0, kPlanPathBf16Dot = 1 };
 struct PlanRoute {
   int64_t m_max = INT64_MAX;
   int32_t isa = -1;
+  int32_t path = kPlanPathDriver;
 };
 constexpr int kPlanMaxRoutes = 8;
 

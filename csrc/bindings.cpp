@@ -13,6 +13,7 @@
 #include "api.h"
 #include "common/error.h"
 #include "common/thread_pool.h"
+#include "cpu/wo_bf16.h"
 
 namespace py = pybind11;
 using fastq::DType;
@@ -179,11 +180,15 @@ void bind_plans(py::module_& m) {
            })
       .def("set_bias", [](LinearPlan& p, uintptr_t bias) { p.bias = ptr<const float>(bias); })
       .def("set_routes",
-           [](LinearPlan& p, const std::vector<std::pair<int64_t, int>>& routes) {
+           [](LinearPlan& p, const std::vector<std::tuple<int64_t, int, int>>& routes) {
              FASTQ_CHECK(routes.size() <= static_cast<size_t>(fastq::kPlanMaxRoutes), "at most ",
                          fastq::kPlanMaxRoutes, " routes");
              p.n_routes = static_cast<int>(routes.size());
-             for (size_t i = 0; i < routes.size(); ++i) p.routes[i] = {routes[i].first, routes[i].second};
+             for (size_t i = 0; i < routes.size(); ++i) {
+               const auto& [m_max, isa, path] = routes[i];
+               FASTQ_CHECK(path == fastq::kPlanPathDriver || path == fastq::kPlanPathBf16Dot, "unknown path ", path);
+               p.routes[i] = {m_max, isa, path};
+             }
            })
       .def_property_readonly("op", [](const LinearPlan& p) { return std::string(fastq::plan_op_name(p.op)); })
       .def_readonly("n", &LinearPlan::n)
@@ -209,6 +214,7 @@ void bind_plans(py::module_& m) {
   });
   m.def("plan_calls", [](int op, int device) { return fastq::plan_calls(static_cast<fastq::PlanOp>(op), device); });
   m.def("plan_run_ns", &fastq::plan_run_ns);
+  m.def("wo_bf16_available", &fastq::wo_bf16_available);
   m.def("pool_workers", &fastq::pool_workers);
   m.def("parallel_backend", &fastq::parallel_backend);
   m.def("set_parallel_backend", &fastq::set_parallel_backend);

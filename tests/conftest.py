@@ -4,7 +4,12 @@
 with fastq.set_cpu_isa, skipping ones this machine lacks, and restoring the active ISA after.
 """
 
+import os
+
 import pytest
+
+# ---- prepared layers: deterministic plan routes (fastq/ops/plans.py) ----
+os.environ.setdefault("FASTQ_PLAN_CALIBRATE", "0")
 
 import fastq
 from fastq._native import ISA_NAMES

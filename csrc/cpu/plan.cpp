@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "cpu/kernels.h"
 #include "cpu/quant_math.h"
+#include "cpu/wo_bf16.h"
 
 namespace fastq {
 namespace {
@@ -65,10 +66,13 @@ Int8LinearArgs gemm_args(const LinearPlan& p, const PlanCall& c) {
   return a;
 }
 
-void run_gemm(const LinearPlan& p, const PlanCall& c) {
+void run_gemm(const LinearPlan& p, const PlanCall& c, int path) {
   Int8LinearArgs a = gemm_args(p, c);
   if (p.op == PlanOp::int8_weight_only_linear) {
-    int8_weight_only_linear_cpu(a);
+    if (path == kPlanPathBf16Dot && wo_bf16_supports(a) && wo_bf16_available())
+      int8_weight_only_linear_bf16dot_cpu(a);
+    else
+      int8_weight_only_linear_cpu(a);
     return;
   }
   a.workspace_bytes = int8_linear_dynamic_workspace_bytes_cpu(c.m, p.n, p.k);
@@ -154,10 +158,10 @@ void run_sparse(const LinearPlan& p, const PlanCall& c) {
   if (c.y_dtype != DType::f32) narrow(y32, c.y, c.y_dtype, m * n);
 }
 
-int route_isa(const LinearPlan& p, int64_t m) {
+PlanRoute route_for(const LinearPlan& p, int64_t m) {
   for (int i = 0; i < p.n_routes; ++i)
-    if (m <= p.routes[i].m_max || i + 1 == p.n_routes) return p.routes[i].isa;
-  return -1;
+    if (m <= p.routes[i].m_max || i + 1 == p.n_routes) return p.routes[i];
+  return PlanRoute{};
 }
 
 }  // namespace
@@ -180,8 +184,9 @@ void linear_plan_run_cpu(const LinearPlan& p, const PlanCall& c) {
   FASTQ_CHECK(static_cast<int>(p.op) >= 0 && p.op < PlanOp::count, "unknown plan op");
   FASTQ_CHECK(c.x && c.y && c.m > 0 && p.n > 0 && p.k > 0, "plan run: empty or null x/y (m=", c.m, ")");
   {
-    const cpu::ScopedIsaCap cap(route_isa(p, c.m));
-    if (p.op == PlanOp::int8_linear_dynamic || p.op == PlanOp::int8_weight_only_linear) run_gemm(p, c);
+    const PlanRoute route = route_for(p, c.m);
+    const cpu::ScopedIsaCap cap(route.isa);
+    if (p.op == PlanOp::int8_linear_dynamic || p.op == PlanOp::int8_weight_only_linear) run_gemm(p, c, route.path);
     else run_sparse(p, c);
   }
   release_large_scratch();

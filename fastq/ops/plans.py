@@ -195,6 +195,73 @@ def int8_weight_only_linear(w_packed: Tensor, w_scale: Tensor, bias: Optional[Te
     return _gemm_plan("int8_weight_only_linear", w_packed, w_scale, bias, n, k, True, where, validate)
 
 
+# ---- weight-only routes: which driver serves which M (bf16 x on AVX512-BF16 CPUs) ----------------
+# int8_weight_only_linear with bfloat16 x has two CPU drivers: the op's own (bf16 widened to float32:
+# register dequantization at small M, float32 FMA panels above) and, where the CPU has AVX512-BF16
+# but the AMX tier is not active, vdpbf16ps on bf16 codes (csrc/cpu/wo_bf16.h: about twice the
+# float32 rate, the rate of bf16 F.linear). Which one wins at which M depends on the shape and the
+# machine, so the first plan of each (n, k, groups, threads, tier) measures both at a few M and
+# keeps the smallest M from which the bf16 path stays faster (cached for the process). The module
+# and the op path consult the same cache, so they always take the same route.
+# FASTQ_PLAN_CALIBRATE=0 skips the measurement and uses WO_BF16_MIN_M (measured on Zen 4 at
+# 768x768 and 768x3072; tests use it, or force a route with ``set_weight_only_bf16_min_m``).
+WO_BF16_MIN_M = 8
+_CALIBRATION_M = (2, 4, 8, 16, 32, 64)
+_wo_routes: dict = {}
+_wo_forced: Optional[int] = None
+
+
+def set_weight_only_bf16_min_m(m: Optional[int]) -> None:
+    """Force the bf16 weight-only path from ``m`` rows up for plans built from now on (a huge m
+    disables it); None returns to measured thresholds."""
+    global _wo_forced
+    _wo_forced = m
+
+
+def _weight_only_routes(native, n: int, k: int, groups: int) -> list:
+    big = 2 ** 62
+    if (not _native._C.wo_bf16_available() or k % 4 or (k // groups) % 4
+            or _native._C.cpu_isa_active() > _native.ISA_NAMES.index("avx512")):
+        return []
+    if _wo_forced is not None:
+        return [(_wo_forced - 1, -1, 0), (big, -1, 1)] if _wo_forced > 1 else [(big, -1, 1)]
+    key = (n, k, groups, _native.num_threads(), _native.cpu_isa())
+    if key not in _wo_routes:
+        import os
+
+        if os.environ.get("FASTQ_PLAN_CALIBRATE", "1") == "0":
+            _wo_routes[key] = WO_BF16_MIN_M
+        else:
+            _wo_routes[key] = _calibrate(native, n, k)
+    m_min = _wo_routes[key]
+    return [(m_min - 1, -1, 0), (big, -1, 1)]
+
+
+def _calibrate(native, n: int, k: int) -> int:
+    """The smallest of _CALIBRATION_M from which the bf16 path beats the driver at every larger one."""
+    import time
+
+    big = 2 ** 62
+    faster = []
+    for m in _CALIBRATION_M:
+        x = torch.randn(m, k, dtype=torch.bfloat16)
+        y = torch.empty(m, n, dtype=torch.bfloat16)
+        best = {}
+        for path in (0, 1, 0, 1, 0, 1):
+            native.set_routes([(big, -1, path)])
+            t0 = time.perf_counter()
+            native.run(x.data_ptr(), _DTYPE_CODES[x.dtype], m, y.data_ptr(), _DTYPE_CODES[y.dtype], _num_threads())
+            best[path] = min(best.get(path, float("inf")), time.perf_counter() - t0)
+        faster.append(best[1] < best[0])
+    native.set_routes([])
+    m_min = _CALIBRATION_M[-1] * 2  # the bf16 path only above the measured range
+    for m, win in zip(reversed(_CALIBRATION_M), reversed(faster)):
+        if not win:
+            break
+        m_min = m
+    return m_min
+
+
 def _gemm_plan(op: str, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, k: int,
                act_symmetric: bool, where: str, validate: bool) -> Optional[Plan]:
     weight_only = op == "int8_weight_only_linear"
@@ -214,8 +281,13 @@ def _gemm_plan(op: str, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor
         return _cuda_plan(op, n, k, (w_packed, w_scale, bias), launch, _checks.FLOAT_DTYPES)
     if w_packed.device.type != "cpu":
         return None
-    return _cpu_plan(op, n, k, (w_packed, w_scale), lambda p: p.set_gemm(w_packed.data_ptr(), w_scale.data_ptr(),
-                                                                          groups, act_symmetric), bias)
+    def setup(p):
+        p.set_gemm(w_packed.data_ptr(), w_scale.data_ptr(), groups, act_symmetric)
+        if weight_only:
+            p.set_bias(_ptr(bias))
+            p.set_routes(_weight_only_routes(p, n, k, groups))
+
+    return _cpu_plan(op, n, k, (w_packed, w_scale), setup, bias)
 
 
 # ---- sparse family -----------------------------------------------------------------------------
