@@ -15,6 +15,12 @@ back to back or with ``--gap`` microseconds of Python work between calls (as bet
 a model: idle workers may fall asleep). All candidates of a row are timed round-robin in one run
 (fastq.benchmarking.time_round_robin), medians in microseconds.
 
+Part 3, never slower than float (issue 10 item 4): int8 weight-only (fastq.quantize_ with
+Int8WeightOnlyConfig) on float32 x and on bfloat16 x, next to F.linear in float32 and in bfloat16
+(oneDNN; AVX512-BF16 / AMX where the CPU has them), M = 1..512, interleaved. ``wo/float`` is the
+speed of the faster weight-only call over the faster F.linear (target >= 0.95); the bf16 column
+pairs run on the plan's route for that M (csrc/cpu/wo_bf16.h above the measured threshold).
+
 Invariants: nothing asserts on speed; the machine and its load (``os.getloadavg``) are printed with
 the tables, because both parts are sensitive to other processes on a shared machine.
 """
@@ -145,6 +151,28 @@ def threads(shapes, ms, gap_us: float, rounds: int) -> list[dict]:
     return rows
 
 
+def never_slower(shapes, ms, rounds: int) -> list[dict]:
+    rows = []
+    torch.set_num_threads(THREADS)
+    for k, n in shapes:
+        lin = nn.Linear(k, n)
+        q = nn.Sequential(copy.deepcopy(lin))
+        fastq.quantize_(q, fastq.Int8WeightOnlyConfig())
+        w, b = lin.weight.detach(), lin.bias.detach()
+        wb, bb = w.bfloat16(), b.bfloat16()
+        for m in ms:
+            x = torch.randn(m, k)
+            xb = x.bfloat16()
+            fns = {"F.linear fp32": lambda: torch.nn.functional.linear(x, w, b),
+                   "F.linear bf16": lambda: torch.nn.functional.linear(xb, wb, bb),
+                   "wo fp32 x": lambda: q(x), "wo bf16 x": lambda: q(xb)}
+            t = {name: median(v) * 1e6 for name, v in time_round_robin(fns, rounds=rounds, inner=1).items()}
+            best_float = min(t["F.linear fp32"], t["F.linear bf16"])
+            best_wo = min(t["wo fp32 x"], t["wo bf16 x"])
+            rows.append({"k": k, "n": n, "m": m, **t, "wo/float": best_float / best_wo})
+    return rows
+
+
 def _fmt(rows: list[dict], cols: list[str]) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -175,8 +203,14 @@ def main() -> int:
     thr = threads(shapes, ms, 0.0, rounds2) + threads(shapes, ms, args.gap, rounds2)
     print("\n### Threads: W8A8 forward, microseconds (median), back to back (gap 0) and with a gap\n")
     print(_fmt(thr, ["k", "n", "m", "gap_us", "fastq pool 2T", "fastq OpenMP 2T", "fastq 1T", "torch.ao x86 2T"]))
+    ms3 = [1, 32, 128] if args.quick else [1, 8, 32, 128, 512]
+    shapes3 = [(768, 3072)] if args.quick else [(768, 768), (768, 3072), (4096, 4096)]
+    nsf = never_slower(shapes3, ms3, 7 if args.quick else 15)
+    print("\n### Weight-only vs F.linear, microseconds (median); wo/float = faster F.linear / faster weight-only\n")
+    print(_fmt(nsf, ["k", "n", "m", "F.linear fp32", "F.linear bf16", "wo fp32 x", "wo bf16 x", "wo/float"]))
     if args.json:
-        args.json.write_text(json.dumps({"load": load, "overhead": over, "threads": thr}, indent=1))
+        args.json.write_text(json.dumps({"load": load, "overhead": over, "threads": thr, "never_slower": nsf},
+                                        indent=1))
     return 0
 
 
