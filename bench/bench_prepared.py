@@ -184,8 +184,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--gap", type=float, default=200.0, help="microseconds of Python work between calls (part 2)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of every candidate (part 2 also runs 1)")
+    ap.add_argument("--parts", default="1,2,3", help="which parts to run")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
+    parts = set(args.parts.split(","))
     if not _native.available():
         print(f"fastq native extension not loaded ({_native.IMPORT_ERROR})")
         return 1
@@ -193,20 +198,26 @@ def main() -> int:
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.1f}; torch {torch.__version__}, "
           f"{THREADS} threads, CPU ISA {_native.cpu_isa()}")
-    calls, rounds = (2000, 5) if args.quick else (20000, 9)
-    over = per_call_overhead(calls, rounds)
-    print("\n### Per-call overhead of a prepared layer (64 x 64, M = 1), microseconds\n")
-    print(_fmt(over, ["module", "forward_us", "cpp_us", "python_binding_us", "nn_linear_fp32_us"]))
-    shapes = [(768, 768)] if args.quick else [(768, 768), (768, 3072)]
-    ms = [1, 8, 32] if args.quick else [1, 2, 4, 8, 16, 32]
-    rounds2 = 15 if args.quick else 41
-    thr = threads(shapes, ms, 0.0, rounds2) + threads(shapes, ms, args.gap, rounds2)
-    print("\n### Threads: W8A8 forward, microseconds (median), back to back (gap 0) and with a gap\n")
-    print(_fmt(thr, ["k", "n", "m", "gap_us", "fastq pool 2T", "fastq OpenMP 2T", "fastq 1T", "torch.ao x86 2T"]))
+    over, thr, nsf = [], [], []
+    if "1" in parts:
+        calls, rounds = (2000, 5) if args.quick else (20000, 9)
+        over = per_call_overhead(calls, rounds)
+        print("\n### Per-call overhead of a prepared layer (64 x 64, M = 1), microseconds\n")
+        print(_fmt(over, ["module", "forward_us", "cpp_us", "python_binding_us", "nn_linear_fp32_us"]))
+    if "2" in parts:
+        shapes = [(768, 768)] if args.quick else [(768, 768), (768, 3072)]
+        ms = [1, 8, 32] if args.quick else [1, 2, 4, 8, 16, 32]
+        rounds2 = 15 if args.quick else 41
+        thr = threads(shapes, ms, 0.0, rounds2) + threads(shapes, ms, args.gap, rounds2)
+        print("\n### Threads: W8A8 forward, microseconds (median), back to back (gap 0) and with a gap\n")
+        print(_fmt(thr, ["k", "n", "m", "gap_us", "fastq pool 2T", "fastq OpenMP 2T", "fastq 1T", "torch.ao x86 2T"]))
+    if "3" not in parts:
+        return 0
     ms3 = [1, 32, 128] if args.quick else [1, 8, 32, 128, 512]
     shapes3 = [(768, 3072)] if args.quick else [(768, 768), (768, 3072), (4096, 4096)]
     nsf = never_slower(shapes3, ms3, 7 if args.quick else 15)
-    print("\n### Weight-only vs F.linear, microseconds (median); wo/float = faster F.linear / faster weight-only\n")
+    print(f"\n### Weight-only vs F.linear, {THREADS} thread(s), microseconds (median); wo/float = faster F.linear / "
+          "faster weight-only\n")
     print(_fmt(nsf, ["k", "n", "m", "F.linear fp32", "F.linear bf16", "wo fp32 x", "wo bf16 x", "wo/float"]))
     if args.json:
         args.json.write_text(json.dumps({"load": load, "overhead": over, "threads": thr, "never_slower": nsf},

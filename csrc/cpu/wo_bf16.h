@@ -23,6 +23,11 @@ struct WoBf16Kernels {
   // c[r][0..32) (= when first, else +=) sum over pairs p < np of x[r][2p], x[r][2p + 1] . panel[p]
   // for rows r < mr (<= kWoBf16MR); x rows lda elements apart, c rows 32 floats apart.
   void (*tile)(const uint16_t* x, int64_t lda, int mr, const uint16_t* panel, int64_t np, float* c, bool first);
+  // For rows x nv (<= 32) group sums c (rows 32 floats apart) and the group's column scales s:
+  // v = c * s; with one group (first && last) y = v (+ bias); else acc = v (first) or acc + v, and
+  // when last y = acc (+ bias); y rows ldy elements apart, rounded to y_dtype.
+  void (*epilogue)(const float* c, int64_t rows, int nv, const float* s, float* acc, bool first, bool last,
+                   const float* bias, void* y, int64_t ldy, DType y_dtype);
 };
 constexpr int kWoBf16MR = 12;
 

@@ -1,5 +1,6 @@
 // AVX512-BF16 micro-kernels of the bf16 weight-only path (cpu/wo_bf16.h): int8 code quads ->
-// bf16 k-pairs (exact), and a 12-row x 32-column vdpbf16ps tile (24 zmm accumulators).
+// bf16 k-pairs (exact), a 12-row x 32-column vdpbf16ps tile (24 zmm accumulators), and the
+// scale/bias epilogue (vcvtneps2bf16 rounds to nearest even like the scalar f32_to_bf16).
 // Compiled with the AVX-512 tier's flags plus -mavx512bf16 only.
 #include <immintrin.h>
 
@@ -88,8 +89,52 @@ void tile(const uint16_t* x, int64_t lda, int mr, const uint16_t* panel, int64_t
   }
 }
 
+__mmask16 first_lanes(int count) {
+  return count >= 16 ? __mmask16(0xffff) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
+}
+
+// 16 floats rounded to d (to nearest even; NaN stays NaN), masked.
+void store16(DType d, void* y, int64_t i, __m512 v, __mmask16 k) {
+  if (d == DType::f32) {
+    _mm512_mask_storeu_ps(static_cast<float*>(y) + i, k, v);
+  } else if (d == DType::bf16) {
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + i, k, reinterpret_cast<const __m256i&>(
+                                                                   static_cast<const __m256bh&>(_mm512_cvtneps_pbh(v))));
+  } else {
+    _mm256_mask_storeu_epi16(static_cast<uint16_t*>(y) + i, k,
+                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+}
+
+void epilogue(const float* c, int64_t rows, int nv, const float* s, float* acc, bool first, bool last,
+              const float* bias, void* y, int64_t ldy, DType y_dtype) {
+  const __mmask16 k0 = first_lanes(nv), k1 = first_lanes(nv - 16);
+  const __m512 s0 = _mm512_maskz_loadu_ps(k0, s), s1 = _mm512_maskz_loadu_ps(k1, s + 16);
+  const __m512 b0 = bias ? _mm512_maskz_loadu_ps(k0, bias) : _mm512_setzero_ps();
+  const __m512 b1 = bias ? _mm512_maskz_loadu_ps(k1, bias + 16) : _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(c + r * 32), s0);
+    __m512 v1 = _mm512_mul_ps(_mm512_loadu_ps(c + r * 32 + 16), s1);
+    if (!first) {
+      v0 = _mm512_add_ps(_mm512_loadu_ps(acc + r * 32), v0);
+      v1 = _mm512_add_ps(_mm512_loadu_ps(acc + r * 32 + 16), v1);
+    }
+    if (!last) {
+      _mm512_storeu_ps(acc + r * 32, v0);
+      _mm512_storeu_ps(acc + r * 32 + 16, v1);
+      continue;
+    }
+    if (bias) {
+      v0 = _mm512_add_ps(v0, b0);
+      v1 = _mm512_add_ps(v1, b1);
+    }
+    store16(y_dtype, y, r * ldy, v0, k0);
+    store16(y_dtype, y, r * ldy + 16, v1, k1);
+  }
+}
+
 }  // namespace
 
-const WoBf16Kernels wo_bf16_kernels_avx512bf16{&convert, &tile};
+const WoBf16Kernels wo_bf16_kernels_avx512bf16{&convert, &tile, &epilogue};
 
 }  // namespace fastq::cpu
