@@ -18,6 +18,7 @@ from torch import Tensor
 
 from fastq import _native
 from fastq.ops import _checks, plans, reference
+from fastq.ops._device_ops import DeviceOps
 
 # ops served by a LinearPlan (they need the plan binding); the others by their own _C function
 _PLAN_OPS = ("int8_linear_dynamic", "int8_linear_dynamic_out", "int8_weight_only_linear",
@@ -57,76 +58,20 @@ def _launch_dequantize(codes: Tensor, symmetric: bool, scale: Tensor, zero_point
                                    _native.DTYPE_CODES[y.dtype], lay.rows, lay.cols, 1, _native.num_threads())
 
 
-def quantize_int8(x: Tensor, group_size: int, symmetric: bool, scale: Optional[Tensor] = None,
-                  zero_point: Optional[Tensor] = None) -> tuple:
-    lay = _checks.check_quantize(x, group_size, symmetric, scale, zero_point)
-    dynamic = scale is None
-    if not dynamic:
-        _checks.check_scale_values(scale, zero_point)
-    if x.numel() == 0:
-        return reference.quantize_int8(x, group_size, symmetric, scale, zero_point)
-    _native.record("quantize_int8", "cpu")
-    codes = torch.empty(x.shape, dtype=_checks.code_dtype(symmetric))
-    if dynamic:
-        scale_out = torch.empty(lay.scale_shape, dtype=torch.float32)
-        zp_out = torch.zeros(lay.scale_shape, dtype=torch.int32)
-    else:
-        scale_out = scale.contiguous().clone()
-        zp_out = torch.zeros_like(scale_out, dtype=torch.int32) if symmetric else zero_point.contiguous().clone()
-    _launch_quantize(x.contiguous(), codes, scale_out, zp_out, lay, symmetric, dynamic)
-    return codes, scale_out, zp_out
-
-
-def quantize_int8_out(x: Tensor, codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], group_size: int,
-                      symmetric: bool, dynamic: bool) -> None:
-    lay = _checks.check_quantize_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
-    if not dynamic:
-        _checks.check_scale_values(scale, zero_point)
-    if x.numel() == 0:
-        return reference.quantize_int8_out(x, codes, scale, zero_point, group_size, symmetric, dynamic)
-    _native.record("quantize_int8_out", "cpu")
-    if dynamic:
-        _launch_quantize(x.contiguous(), codes, scale, zero_point if not symmetric else None, lay, symmetric, True)
-        if symmetric and zero_point is not None:
-            zero_point.zero_()
-    else:
-        _launch_quantize(x.contiguous(), codes, scale.contiguous(), _contig(zero_point), lay, symmetric, False)
-
-
-def dequantize_int8(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], dtype: torch.dtype) -> Tensor:
-    lay, symmetric = _checks.check_dequantize(codes, scale, zero_point, dtype)
-    if codes.numel() == 0:
-        return reference.dequantize_int8(codes, scale, zero_point, dtype)
-    _native.record("dequantize_int8", "cpu")
-    y = torch.empty(codes.shape, dtype=dtype)
-    _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), y, lay)
-    return y
-
-
-def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tensor], out: Tensor) -> None:
-    lay, symmetric = _checks.check_dequantize_out(codes, scale, zero_point, out)
-    if codes.numel() == 0:
-        return
-    _native.record("dequantize_int8_out", "cpu")
-    _launch_dequantize(codes.contiguous(), symmetric, scale.contiguous(), _contig(zero_point), out, lay)
-
-
-# ---- int8 GEMM family ---------------------------------------------------------------------------
-
-def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
-    _checks.check_int8_gemm(a, b)
+def _launch_gemm(a: Tensor, b: Tensor, c: Tensor) -> None:
     m, k = a.shape
-    n = b.shape[0]
-    c = torch.empty((m, n), dtype=torch.int32)
-    if m == 0 or n == 0:
-        return c
-    if k == 0:
-        return c.zero_()
-    _native.record("int8_gemm", "cpu")
-    a, b = a.contiguous(), b.contiguous()
-    _native._C.int8_gemm_cpu(a.data_ptr(), b.data_ptr(), c.data_ptr(), m, n, k, _native.num_threads())
-    return c
+    _native._C.int8_gemm_cpu(a.data_ptr(), b.data_ptr(), c.data_ptr(), m, b.shape[0], k, _native.num_threads())
 
+
+_ops = DeviceOps("cpu", _launch_quantize, _launch_dequantize, _launch_gemm)
+quantize_int8 = _ops.quantize_int8
+quantize_int8_out = _ops.quantize_int8_out
+dequantize_int8 = _ops.dequantize_int8
+dequantize_int8_out = _ops.dequantize_int8_out
+int8_gemm = _ops.int8_gemm
+
+
+# ---- int8 GEMM family: linears through plans ----------------------------------------------------
 
 def _dynamic_plan(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                   act_symmetric: bool) -> plans.Plan:
