@@ -181,6 +181,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=48, help="tokens decoded per sample (>= 2)")
     ap.add_argument("--rounds", type=int, default=5, help="samples per candidate (round-robin)")
     ap.add_argument("--no-profile", action="store_true", help="skip the per-token time breakdown")
+    ap.add_argument("--threads", type=int, default=THREADS, help=f"threads of every candidate (default {THREADS})")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     names = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -189,12 +190,12 @@ def main() -> int:
     if unknown or not set(modes) <= {"eager", "compile"} or args.tokens < 2 or args.rounds < 1:
         ap.error(f"unknown recipes {unknown} (known: {sorted(RECIPES)}), modes must be eager/compile, "
                  "--tokens >= 2, --rounds >= 1")
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base, tok = load_smollm2()
     prompt_ids = tok(PROMPT, return_tensors="pt").input_ids
     print(f"SmolLM2-135M, batch 1, prompt {prompt_ids.shape[1]} tokens, {args.tokens} decoded per sample, "
-          f"{args.rounds} rounds; torch {torch.__version__}, {THREADS} threads, fastq ISA {_native.cpu_isa()}, "
+          f"{args.rounds} rounds; torch {torch.__version__}, {args.threads} threads, fastq ISA {_native.cpu_isa()}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     reference, _ = decode(base, prompt_ids, args.tokens)
