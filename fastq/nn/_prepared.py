@@ -4,7 +4,8 @@ Invariants:
   * a module's plan is built from its validated buffers when it is created (``from_float``),
     loaded (``_load_from_state_dict``: a bad buffer raises ValueError naming the layer and the
     buffer, before any forward), moved or cast (``_apply``) and after a buffer is replaced
-    (``module.buf = t``: the plan is dropped and rebuilt, validated, at the next forward);
+    (``module.buf = t``, ``register_buffer``: the plan is dropped and rebuilt, validated, at the next
+    forward); modules on the meta device get no plan;
   * ``forward`` in plain eager mode is ``plan.forward(x)``: x checks, y allocation and one native
     call. Anything else (torch.compile, export, tracing, autograd, modes, other dtypes/devices, bad
     x) goes through the module's op path, which validates and raises the clear errors;
@@ -45,6 +46,9 @@ class PreparedLayer(nn.Module):
     def prepare(self) -> None:
         """(Re)build the native plan from the current buffers; ValueError names a bad buffer."""
         self.__dict__["_fastq_plan"] = None
+        if any(t.is_meta for t in self._buffers.values() if t is not None):
+            self.__dict__["_fastq_plan"] = NO_PLAN  # shapes only: the op path's fake kernels serve it
+            return
         try:
             plan = self._make_plan()
         except (TypeError, ValueError) as exc:
@@ -82,6 +86,10 @@ class PreparedLayer(nn.Module):
         buffers = self.__dict__.get("_buffers")
         if buffers is not None and name in buffers:
             self.__dict__["_fastq_plan"] = None
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        super().register_buffer(name, tensor, persistent)
+        self.__dict__["_fastq_plan"] = None
 
     def _apply(self, fn, recurse=True):
         keep = {name: t for name, t in self._buffers.items() if name in self._KEEP_FLOAT32 and t is not None}

@@ -9,8 +9,11 @@ inputs and give bit-identical results. Invariants:
   * a plan is built only from validated buffers: the ``_checks`` shape checks of the op (against a
     stand-in x with the layer's K) and its ``check_*_values`` (row pointers, indices, layouts,
     scales), the same functions every op path runs; a bad buffer raises ValueError naming it;
-  * the plan holds the buffers' storages, so nothing it points to can be freed while it lives (a
-    buffer replaced through ``.data`` keeps its old storage alive until the module rebuilds);
+  * the plan holds the buffers' tensors and storages, so nothing it points to can be freed while it
+    lives. In-place writes to a buffer are seen (and cannot make a kernel read out of bounds: the
+    kernels re-check indices); a storage swapped under a buffer with ``buf.data = t`` keeps being
+    read from the old storage until the plan is rebuilt (``module.prepare()``): replace weights with
+    ``module.buf = t`` or ``load_state_dict``, which rebuild it;
   * ``Plan.forward`` is the eager fast path: it checks only x (exact type, no autograd, no
     compile/trace/mode, dtype, device, K) and returns None when x must take the op path instead;
   * CPU plans are ``fastq._C.LinearPlan`` objects (csrc/api.h): sizes, pointers and the tier per

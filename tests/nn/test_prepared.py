@@ -221,6 +221,8 @@ def test_plan_rebuilt_after_move_and_cast():
     assert mod._fastq_plan is not old and mod._fastq_plan not in (None, NO_PLAN)
     assert mod.values.dtype == torch.float32, "dtype casts keep the float32 values"
     assert torch.equal(mod(x), y)
+    meta = copy.deepcopy(mod).to("meta")  # shapes only: no plan, the op's fake kernel answers
+    assert meta._fastq_plan is NO_PLAN and meta(x.to("meta")).shape == y.shape
 
 
 def test_replacing_a_buffer_rebuilds_and_validates():
