@@ -2,9 +2,9 @@
 
 Invariants: each implementation validates with ``_checks`` first (shapes on every call, packed
 values once per tensor version), allocates outputs with torch and passes raw pointers to ``_C``.
-The linear ops run through a plan built for the call (``fastq.ops.plans``): the same native
-launcher a module's prepared plan uses, so a direct op call and a module give bit-identical
-results. Empty inputs are answered by the reference (nothing for a kernel to do). Native runs are
+The linear ops run through a plan (``fastq.ops.plans``; built once per set of weight tensors and
+reused while they are unchanged, ``plans.reused``): the same native launcher a module's prepared
+plan uses, so a direct op call and a module give bit-identical results. Empty inputs are answered by the reference (nothing for a kernel to do). Native runs are
 counted (``fastq.native_calls``): by ``_native.record`` here, by C++ for plan runs. Every call gets
 ``torch.get_num_threads()`` threads.
 """
@@ -78,8 +78,9 @@ def _dynamic_plan(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: O
     _checks.check_packed_linear(op, x, w_packed, w_scale, bias, n, False)
     k = x.shape[-1]
     _checks.check_packed_weight_values(op, w_packed, w_scale, n, k)
-    return plans.int8_linear_dynamic(w_packed.contiguous(), w_scale.contiguous(), _contig(bias), n, k, act_symmetric,
-                                     validate=False)
+    w_packed, w_scale, bias = w_packed.contiguous(), w_scale.contiguous(), _contig(bias)
+    return plans.reused(lambda: plans.int8_linear_dynamic(w_packed, w_scale, bias, n, k, act_symmetric, validate=False),
+                        (w_packed, w_scale, bias), ("w8a8", n, k, act_symmetric))
 
 
 def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
@@ -106,8 +107,9 @@ def _weight_only_plan(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bia
     _checks.check_packed_linear(op, x, w_packed, w_scale, bias, n, True)
     k = x.shape[-1]
     _checks.check_packed_weight_values(op, w_packed, w_scale, n, k)
-    return plans.int8_weight_only_linear(w_packed.contiguous(), w_scale.contiguous(), _contig(bias), n, k,
-                                         validate=False)
+    w_packed, w_scale, bias = w_packed.contiguous(), w_scale.contiguous(), _contig(bias)
+    return plans.reused(lambda: plans.int8_weight_only_linear(w_packed, w_scale, bias, n, k, validate=False),
+                        (w_packed, w_scale, bias), ("wo", n, k, plans.routing_state()))
 
 
 def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
@@ -134,8 +136,9 @@ def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, 
     _checks.check_sparse_csr_values(op, values, cols, row_ptr, k)
     if x.numel() == 0:
         return reference.sparse_csr_linear(x, values, cols, row_ptr, bias, n)
-    return plans.sparse_csr_linear(values.contiguous(), cols.contiguous(), row_ptr.contiguous(), _contig(bias), n, k,
-                                   validate=False).run(x)
+    values, cols, row_ptr, bias = values.contiguous(), cols.contiguous(), row_ptr.contiguous(), _contig(bias)
+    return plans.reused(lambda: plans.sparse_csr_linear(values, cols, row_ptr, bias, n, k, validate=False),
+                        (values, cols, row_ptr, bias), (op, n, k)).run(x)
 
 
 def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
@@ -145,8 +148,10 @@ def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_pt
     _checks.check_sparse_csr_values(op, q, cols, row_ptr, k, scale, "q")
     if x.numel() == 0:
         return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
-    return plans.sparse_int8_linear(q.contiguous(), scale.contiguous(), cols.contiguous(), row_ptr.contiguous(),
-                                    _contig(bias), k, validate=False).run(x)
+    q, scale, cols, row_ptr, bias = q.contiguous(), scale.contiguous(), cols.contiguous(), row_ptr.contiguous(), \
+        _contig(bias)
+    return plans.reused(lambda: plans.sparse_int8_linear(q, scale, cols, row_ptr, bias, k, validate=False),
+                        (q, scale, cols, row_ptr, bias), (op, k)).run(x)
 
 
 def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -155,7 +160,9 @@ def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Ten
     _checks.check_sparse_24_values(op, values)
     if x.numel() == 0:
         return reference.sparse_24_linear(x, values, meta, bias)
-    return plans.sparse_24_linear(values.contiguous(), meta.contiguous(), _contig(bias), k, validate=False).run(x)
+    values, meta, bias = values.contiguous(), meta.contiguous(), _contig(bias)
+    return plans.reused(lambda: plans.sparse_24_linear(values, meta, bias, k, validate=False),
+                        (values, meta, bias), (op, k)).run(x)
 
 
 def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
@@ -165,8 +172,10 @@ def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Ten
     _checks.check_sparse_bsr_values(op, values, block_col, row_ptr, k)
     if x.numel() == 0:
         return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
-    return plans.sparse_bsr_linear(values.contiguous(), block_col.contiguous(), row_ptr.contiguous(), _contig(bias),
-                                   n, k, validate=False).run(x)
+    values, block_col, row_ptr, bias = values.contiguous(), block_col.contiguous(), row_ptr.contiguous(), \
+        _contig(bias)
+    return plans.reused(lambda: plans.sparse_bsr_linear(values, block_col, row_ptr, bias, n, k, validate=False),
+                        (values, block_col, row_ptr, bias), (op, n, k)).run(x)
 
 
 def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
@@ -176,5 +185,7 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     _checks.check_sparse_ell_values(op, values, offsets, steps, group_ptr, scale if int8 else None)
     if x.numel() == 0:
         return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
-    return plans.sparse_ell_linear(values, offsets, steps, group_ptr, _contig(scale) if int8 else None, _contig(bias),
-                                   n, k, validate=False).run(x)
+    scale, bias = _contig(scale) if int8 else None, _contig(bias)
+    return plans.reused(lambda: plans.sparse_ell_linear(values, offsets, steps, group_ptr, scale, bias, n, k,
+                                                        validate=False),
+                        (values, offsets, steps, group_ptr, scale, bias), (op, n, k)).run(x)

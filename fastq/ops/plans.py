@@ -29,6 +29,7 @@ module a ``fastq.nn._prepared.PreparedLayer`` whose ``_make_plan`` calls the bui
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -114,6 +115,31 @@ class CpuPlan(Plan):
             self.native.run(x2.data_ptr(), _DTYPE_CODES[x2.dtype], m, y.data_ptr(), _DTYPE_CODES[y.dtype],
                             torch.get_num_threads())
         return y
+
+
+def reused(build: Callable[[], Optional[Plan]], tensors: tuple, params: tuple) -> Optional[Plan]:
+    """The ops' eager path: the plan ``build()`` makes for these (already validated) weight tensors,
+    kept on the first tensor and reused while the same tensor objects keep their data pointers and
+    versions, so a compiled graph calling an op per layer builds each layer's plan once. The kept
+    plan holds no reference to the tensors (no cycle; the identity check uses weak references);
+    inference tensors, which have no version counter, get a fresh plan every call."""
+    head = tensors[0]
+    try:
+        key = (params, tuple(None if t is None else (t.data_ptr(), t._version) for t in tensors))
+    except RuntimeError:
+        return build()
+    cached = getattr(head, "_fastq_op_plan", None)
+    if cached is not None and cached[0] == key and all(
+            (r is None) if t is None else (r is not None and r() is t) for r, t in zip(cached[1], tensors)):
+        return cached[2]
+    plan = build()
+    if isinstance(plan, CpuPlan):  # a CUDA plan's launcher closes over its tensors: not kept
+        light = CpuPlan(plan.op, plan.n, plan.k, (), plan.native)
+        try:
+            head._fastq_op_plan = (key, tuple(None if t is None else weakref.ref(t) for t in tensors), light)
+        except (AttributeError, RuntimeError, TypeError):
+            pass
+    return plan
 
 
 class CudaPlan(Plan):
@@ -212,6 +238,11 @@ WO_BF16_MIN_M = 8
 _CALIBRATION_M = (2, 4, 8, 16, 32, 64)
 _wo_routes: dict = {}
 _wo_forced: Optional[int] = None
+
+
+def routing_state() -> tuple:
+    """What a weight-only plan's routes depend on besides its shape (the ops' plan cache keys on it)."""
+    return (_wo_forced, _native.num_threads(), _native.cpu_isa())
 
 
 def set_weight_only_bf16_min_m(m: Optional[int]) -> None:

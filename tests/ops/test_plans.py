@@ -120,3 +120,19 @@ def test_the_pool_runs_nested_and_concurrent_calls():
         w.join()
     assert results == [True] * 4
     assert _native._C.pool_workers() >= 1
+
+
+def test_the_op_path_reuses_its_plan_until_a_weight_changes():
+    packed, scale, bias = _w8a8(seed=5)
+    x = torch.randn(4, 72)
+    y = _library.int8_linear_dynamic(x, packed, scale, bias, 40, True, torch.float32)
+    first = packed._fastq_op_plan[2]
+    _library.int8_linear_dynamic(x, packed, scale, bias, 40, True, torch.float32)
+    assert packed._fastq_op_plan[2] is first, "same tensors, same versions: the plan is reused"
+    scale.mul_(2)  # an in-place change bumps the version: a new plan (and the new values are used)
+    y2 = _library.int8_linear_dynamic(x, packed, scale, bias, 40, True, torch.float32)
+    assert packed._fastq_op_plan[2] is not first
+    torch.testing.assert_close(y2 - bias, 2 * (y - bias), rtol=1e-6, atol=1e-6)
+    other = bias.clone()  # another tensor object: another plan
+    _library.int8_linear_dynamic(x, packed, scale, other, 40, True, torch.float32)
+    assert packed._fastq_op_plan[1][2]() is other
