@@ -135,12 +135,12 @@ def main(argv: List[str] | None = None) -> int:
         print("gpu_bench_sparse: skipped (the sparse tensor cores need compute capability 8.0)")
         return 0
     import fastq
-    from fastq.ops import native
+    from fastq.ops import cuda as native_cuda
 
     device = torch.cuda.get_device_name(0)
     print(f"device: {device}, L2 {_l2_bytes() / 2**20:.0f} MiB, torch {torch.__version__}, "
           f"sparse_24_linear: {fastq.kernel_for('sparse_24_linear', 'cuda')}, tensor cores: "
-          f"{native.sparse_24_uses_tensor_cores(torch.empty(1, dtype=torch.bfloat16, device='cuda'))}, "
+          f"{native_cuda.sparse_24_uses_tensor_cores(torch.empty(1, dtype=torch.bfloat16, device='cuda'))}, "
           f"torch 2:4 backends: {sorted(_torch_24_backends())}")
     iters, warmup = (10, 3) if args.quick else (30, 5)
     shapes = QUICK if args.quick else [(m, n, k) for n, k in NK_SHAPES for m in MS]

@@ -111,8 +111,9 @@ namespace fastq {
 // activations cross the seam (Python widens bf16 exactly and rounds y once). For m >= 8 Python
 // passes x transposed and zero-padded, x_t [k, ld_xt] with ld_xt = m rounded up to 16, so each kept
 // weight is loaded once and multiplied into m accumulators; otherwise x is row-major [m, k].
-// Column indices are trusted (Python bounds-checks them against k); bsr's k is x's padded width
-// (a multiple of bc) and bsr writes only rows < n.
+// Python validates the indices once (fastq/ops/_checks.py); the CPU kernels still clamp them (see
+// `status` below), so no buffer content can make them read out of bounds. bsr's k is x's padded
+// width (a multiple of bc) and bsr writes only rows < n.
 struct SparseLinearArgs {
   const float* x = nullptr;  // [m, k] (x_transposed false) or [k, ld_xt] (true)
   bool x_transposed = false;
@@ -127,7 +128,17 @@ struct SparseLinearArgs {
   const float* bias = nullptr;  // [n] or nullptr
   float* y = nullptr;           // [m, n] float32
   int num_threads = 1;
+  // CPU kernels never trust the index buffers (they may have been rewritten in place after
+  // Python validated them): a row whose pointers leave [0, entries] or do not cover a multiple of
+  // 16 entries (csr/int8) is skipped, indices past k are clamped, and *status gets a
+  // SparseStatus code; the driver then throws BufferError. entries: csr/int8 stored entries, bsr
+  // stored blocks.
+  int64_t entries = 0;
+  int32_t* status = nullptr;
 };
+
+// What a CPU sparse kernel found wrong in its (trusted-looking) buffers; 0 when nothing.
+enum SparseStatus : int32_t { kSparseOk = 0, kSparseBadIndex = 1, kSparseBadRowPtr = 2, kSparseBadEll = 3 };
 
 void sparse_csr_linear_cpu(const SparseLinearArgs& args);
 void sparse_24_linear_cpu(const SparseLinearArgs& args);
@@ -166,7 +177,7 @@ namespace fastq {
 //     acc = acc + (v != 0 ? v * x[m, 32 t + offset] : +0.0f)      (float32, two roundings, no FMA)
 // then y = acc (* scale[n] for int8) (+ bias[n]): bit-exact with the reference. Zero slots are
 // skipped so padding never lets a NaN/Inf of x reach a row that does not keep its column. Offsets,
-// steps and group_ptr are trusted (Python validates them against x's k once per tensor version).
+// steps and group_ptr are validated by Python and re-checked cheaply by the kernels (status).
 struct SparseEllArgs {
   const float* x = nullptr;  // [m, k] row-major float32
   int64_t m = 0, n = 0, k = 0;
@@ -179,6 +190,10 @@ struct SparseEllArgs {
   const float* bias = nullptr;         // [n] or nullptr
   float* y = nullptr;                  // [m, n] float32
   int num_threads = 1;
+  // As SparseLinearArgs: the kernel checks group_ptr/steps against total_steps and the offsets,
+  // never reads outside the buffers, and reports kSparseBadEll through *status.
+  int64_t total_steps = 0;
+  int32_t* status = nullptr;
 };
 
 void sparse_ell_linear_cpu(const SparseEllArgs& args);
@@ -309,5 +324,84 @@ int64_t intx_linear_workspace_bytes_cuda(int64_t m, int64_t k, int64_t groups);
 void intx_weight_only_linear_cuda(const IntxLinearArgs& args, void* stream);
 void intx_linear_dynamic_cuda(const IntxLinearArgs& args, void* stream);
 #endif
+
+}  // namespace fastq
+
+// ==== prepared layers ("two speeds", DESIGN.md "The native seam"; csrc/plan.cpp) ================
+// A LinearPlan is a module op prepared once: which op, its sizes, non-owning pointers to its
+// validated buffers (Python keeps them alive and rebuilds the plan when they change) and the CPU
+// tier to use per range of M. Running it is one crossing: x in, y out; scratch comes from the
+// calling thread's arena (common/arena.h). The ops' eager path builds the same plan for each call,
+// so a module and a direct op call run the same code and give bit-identical results.
+namespace fastq {
+
+enum class PlanOp : int32_t {
+  int8_linear_dynamic = 0,
+  int8_weight_only_linear = 1,
+  sparse_csr_linear = 2,
+  sparse_int8_linear = 3,
+  sparse_24_linear = 4,
+  sparse_bsr_linear = 5,
+  sparse_ell_linear = 6,
+  count = 7,
+};
+const char* plan_op_name(PlanOp op);
+
+// Rows m <= m_max (the first route that fits; the last route takes any m) run with the CPU tier
+// min(isa, active tier); isa = -1 means the active tier. The drivers pick their micro-kernels
+// (and, inside a tier, paths such as AMX tiles above a threshold) from that tier. `path` picks a
+// driver where an op has more than one: kPlanPathDriver (the op's *_cpu driver) or
+// kPlanPathBf16Dot (int8_weight_only_linear with bf16 x on AVX512-BF16 dot products, cpu/wo_bf16.h;
+// ignored where it does not apply).
+enum PlanPath : int32_t { kPlanPathDriver = 0, kPlanPathBf16Dot = 1 };
+struct PlanRoute {
+  int64_t m_max = INT64_MAX;
+  int32_t isa = -1;
+  int32_t path = kPlanPathDriver;
+};
+constexpr int kPlanMaxRoutes = 8;
+
+struct LinearPlan {
+  PlanOp op = PlanOp::int8_linear_dynamic;
+  int64_t n = 0, k = 0;
+  const float* bias = nullptr;  // [n] or nullptr
+  // int8 GEMM family (Int8LinearArgs' weight side)
+  const int8_t* w_packed = nullptr;
+  const float* w_scale = nullptr;
+  int64_t scale_groups = 1;
+  bool act_symmetric = true;
+  // sparse family (SparseLinearArgs' / SparseEllArgs' weight side)
+  const void* values = nullptr;
+  const float* scale = nullptr;
+  const uint16_t* cols = nullptr;
+  const int64_t* row_ptr = nullptr;
+  int64_t entries = 0;  // csr/int8 entries, bsr blocks, ell steps
+  const uint8_t* meta = nullptr;
+  int block_rows = 1, block_cols = 1;
+  bool int8 = false;  // ell: int8 values
+  const uint8_t* offsets = nullptr;
+  const uint8_t* steps = nullptr;
+  const int64_t* group_ptr = nullptr;
+  int n_routes = 0;
+  PlanRoute routes[kPlanMaxRoutes];
+};
+
+// x [m, k] row-major of x_dtype, y [m, n] row-major of y_dtype, both contiguous; m >= 1. Float32,
+// float16 and bfloat16 are accepted on both sides by every op (the sparse kernels widen x to
+// float32 exactly and round y once, as fastq/ops/reference.py does).
+struct PlanCall {
+  const void* x = nullptr;
+  DType x_dtype = DType::f32;
+  int64_t m = 0;
+  void* y = nullptr;
+  DType y_dtype = DType::f32;
+  int num_threads = 1;
+};
+
+void linear_plan_run_cpu(const LinearPlan& plan, const PlanCall& call);
+// Runs per (op, device) of plans (and of the ops' eager path, which runs plans): fastq.native_calls.
+int64_t plan_calls(PlanOp op, int device);  // device 0 cpu, 1 cuda
+// Wall time spent inside linear_plan_run_cpu since the start, in nanoseconds (overhead benchmarks).
+int64_t plan_run_ns();
 
 }  // namespace fastq

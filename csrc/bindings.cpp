@@ -1,6 +1,8 @@
-// PYBIND11_MODULE(_C): one m.def per csrc/api.h function. Tensors cross as integer addresses
-// (torch's data_ptr()) plus sizes; every call releases the GIL. fastq::Error becomes
-// fastq._C.NativeError (a RuntimeError). Only fastq/_native.py imports this module.
+// PYBIND11_MODULE(_C): one m.def per csrc/api.h function Python calls; the CPU linear drivers
+// (int8_linear_dynamic_cpu, the sparse *_cpu) are reached through LinearPlan, the prepared-layer
+// object (bind_plans). Tensors cross as integer addresses (torch's data_ptr()) plus sizes; every
+// call releases the GIL. fastq::Error becomes fastq._C.NativeError (a RuntimeError),
+// fastq::BufferError a ValueError. Only fastq/_native.py imports this module.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +12,8 @@
 
 #include "api.h"
 #include "common/error.h"
+#include "common/thread_pool.h"
+#include "cpu/wo_bf16.h"
 
 namespace py = pybind11;
 using fastq::DType;
@@ -78,10 +82,8 @@ py::dict build_info() {
   return d;
 }
 
-
-// ---- sparse masked matmul family ----
-// The int8 linear ops' arguments (CPU and CUDA bind the same ones; CUDA passes a stream instead of
-// num_threads).
+// ---- argument structs of the CUDA linear ops (the CPU ones run through LinearPlan, but for
+// int8_linear_static, which has no plan yet) ----
 fastq::Int8LinearArgs linear_args(uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale,
                                   int64_t scale_groups, uintptr_t bias, uintptr_t y, int y_dtype, int64_t m,
                                   int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace,
@@ -105,6 +107,7 @@ fastq::Int8LinearArgs linear_args(uintptr_t x, int x_dtype, uintptr_t w_packed, 
   return a;
 }
 
+#ifdef FASTQ_WITH_CUDA
 fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_xt, int64_t m, int64_t n, int64_t k,
                                     uintptr_t values, uintptr_t scale, uintptr_t cols, uintptr_t row_ptr,
                                     uintptr_t meta, int block_rows, int block_cols, uintptr_t bias, uintptr_t y,
@@ -127,6 +130,98 @@ fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_x
   a.y = ptr<float>(y);
   a.num_threads = num_threads;
   return a;
+}
+#endif
+
+// ---- prepared layers: LinearPlan (csrc/api.h). Pointers cross as integers; Python keeps the
+// tensors alive and builds a new plan whenever a buffer changes. ----
+void bind_plans(py::module_& m) {
+  using fastq::LinearPlan;
+  py::class_<LinearPlan>(m, "LinearPlan")
+      .def(py::init([](int op, int64_t n, int64_t k) {
+             FASTQ_CHECK(op >= 0 && op < static_cast<int>(fastq::PlanOp::count), "unknown plan op ", op);
+             FASTQ_CHECK(n > 0 && k > 0, "plan sizes must be positive: n=", n, " k=", k);
+             LinearPlan p;
+             p.op = static_cast<fastq::PlanOp>(op);
+             p.n = n;
+             p.k = k;
+             return p;
+           }),
+           py::arg("op"), py::arg("n"), py::arg("k"))
+      .def("set_gemm",
+           [](LinearPlan& p, uintptr_t w_packed, uintptr_t w_scale, int64_t scale_groups, bool act_symmetric) {
+             FASTQ_CHECK(w_packed && w_scale && scale_groups >= 1, "set_gemm: null buffer or bad scale_groups");
+             p.w_packed = ptr<const int8_t>(w_packed);
+             p.w_scale = ptr<const float>(w_scale);
+             p.scale_groups = scale_groups;
+             p.act_symmetric = act_symmetric;
+           })
+      .def("set_sparse",
+           [](LinearPlan& p, uintptr_t values, uintptr_t scale, uintptr_t cols, uintptr_t row_ptr, int64_t entries,
+              uintptr_t meta, int block_rows, int block_cols) {
+             FASTQ_CHECK(values && entries >= 0, "set_sparse: null values or negative entries");
+             p.values = ptr<const void>(values);
+             p.scale = ptr<const float>(scale);
+             p.cols = ptr<const uint16_t>(cols);
+             p.row_ptr = ptr<const int64_t>(row_ptr);
+             p.entries = entries;
+             p.meta = ptr<const uint8_t>(meta);
+             p.block_rows = block_rows;
+             p.block_cols = block_cols;
+           })
+      .def("set_ell",
+           [](LinearPlan& p, uintptr_t values, bool int8, uintptr_t offsets, uintptr_t steps, uintptr_t group_ptr,
+              int64_t total_steps, uintptr_t scale) {
+             FASTQ_CHECK(values && offsets && steps && group_ptr && total_steps >= 0 && (!int8 || scale),
+                         "set_ell: null buffer or negative step count");
+             p.values = ptr<const void>(values);
+             p.int8 = int8;
+             p.offsets = ptr<const uint8_t>(offsets);
+             p.steps = ptr<const uint8_t>(steps);
+             p.group_ptr = ptr<const int64_t>(group_ptr);
+             p.entries = total_steps;
+             p.scale = ptr<const float>(scale);
+           })
+      .def("set_bias", [](LinearPlan& p, uintptr_t bias) { p.bias = ptr<const float>(bias); })
+      .def("set_routes",
+           [](LinearPlan& p, const std::vector<std::tuple<int64_t, int, int>>& routes) {
+             FASTQ_CHECK(routes.size() <= static_cast<size_t>(fastq::kPlanMaxRoutes), "at most ",
+                         fastq::kPlanMaxRoutes, " routes");
+             p.n_routes = static_cast<int>(routes.size());
+             for (size_t i = 0; i < routes.size(); ++i) {
+               const auto& [m_max, isa, path] = routes[i];
+               FASTQ_CHECK(path == fastq::kPlanPathDriver || path == fastq::kPlanPathBf16Dot, "unknown path ", path);
+               p.routes[i] = {m_max, isa, path};
+             }
+           })
+      .def_property_readonly("op", [](const LinearPlan& p) { return std::string(fastq::plan_op_name(p.op)); })
+      .def_readonly("n", &LinearPlan::n)
+      .def_readonly("k", &LinearPlan::k)
+      .def(
+          "run",
+          [](const LinearPlan& p, uintptr_t x, int x_dtype, int64_t mm, uintptr_t y, int y_dtype, int num_threads) {
+            fastq::PlanCall c;
+            c.x = ptr<const void>(x);
+            c.x_dtype = static_cast<DType>(x_dtype);
+            c.m = mm;
+            c.y = ptr<void>(y);
+            c.y_dtype = static_cast<DType>(y_dtype);
+            c.num_threads = num_threads;
+            fastq::linear_plan_run_cpu(p, c);
+          },
+          py::call_guard<py::gil_scoped_release>());
+  m.def("plan_op_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < static_cast<int>(fastq::PlanOp::count); ++i)
+      names.emplace_back(fastq::plan_op_name(static_cast<fastq::PlanOp>(i)));
+    return names;
+  });
+  m.def("plan_calls", [](int op, int device) { return fastq::plan_calls(static_cast<fastq::PlanOp>(op), device); });
+  m.def("plan_run_ns", &fastq::plan_run_ns);
+  m.def("wo_bf16_available", &fastq::wo_bf16_available);
+  m.def("pool_workers", &fastq::pool_workers);
+  m.def("parallel_backend", &fastq::parallel_backend);
+  m.def("set_parallel_backend", &fastq::set_parallel_backend);
 }
 
 // ---- sub-8-bit integer weights (intx family): (x, x_dtype, packed, bits, asymmetric, groups, bias,
@@ -212,6 +307,8 @@ PYBIND11_MODULE(_C, m) {
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const fastq::BufferError& e) {
+      py::set_error(PyExc_ValueError, e.what());
     } catch (const fastq::Error& e) {
       py::set_error(native_error, e.what());
     }
@@ -304,74 +401,10 @@ PYBIND11_MODULE(_C, m) {
         fastq::int8_gemm_cpu(ptr<const int8_t>(a), ptr<const int8_t>(b), ptr<int32_t>(c), m_, n, k, num_threads);
       },
       nogil);
-  m.def("int8_linear_dynamic_workspace_bytes_cpu", &fastq::int8_linear_dynamic_workspace_bytes_cpu);
-  m.def(
-      "int8_linear_dynamic_cpu",
-      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
-         int64_t m_, int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace, int64_t workspace_bytes,
-         int num_threads) {
-        fastq::int8_linear_dynamic_cpu(linear_args(x, x_dtype, w_packed, w_scale, 1, bias, y, y_dtype, m_, n, k,
-                                                   act_symmetric, workspace, workspace_bytes, num_threads));
-      },
-      nogil);
-  m.def(
-      "int8_weight_only_linear_cpu",
-      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, int64_t scale_groups, uintptr_t bias,
-         uintptr_t y, int y_dtype, int64_t m_, int64_t n, int64_t k, int num_threads) {
-        fastq::int8_weight_only_linear_cpu(linear_args(x, x_dtype, w_packed, w_scale, scale_groups, bias, y, y_dtype,
-                                                       m_, n, k, true, 0, 0, num_threads));
-      },
-      nogil);
   m.def("cpu_peak_int8_gops", &fastq::cpu_peak_int8_gops, nogil);
   m.def("cpu_peak_fp32_gflops", &fastq::cpu_peak_fp32_gflops, nogil);
 
-  // ---- sparse masked matmul family: (x, x_transposed, ld_xt, m, n, k, values, scale, cols,
-  // row_ptr, meta, block_rows, block_cols, bias, y, num_threads) ----
-#define FASTQ_SPARSE_DEF(name)                                                                                    \
-  m.def(                                                                                                          \
-      #name "_cpu",                                                                                               \
-      [](uintptr_t x, bool xt, int64_t ld, int64_t mm, int64_t n, int64_t k, uintptr_t values, uintptr_t scale,   \
-         uintptr_t cols, uintptr_t row_ptr, uintptr_t meta, int br, int bc, uintptr_t bias, uintptr_t y,          \
-         int num_threads) {                                                                                       \
-        fastq::name##_cpu(sparse_args(x, xt, ld, mm, n, k, values, scale, cols, row_ptr, meta, br, bc, bias, y,  \
-                                      num_threads));                                                              \
-      },                                                                                                          \
-      nogil)
-  FASTQ_SPARSE_DEF(sparse_csr_linear);
-  FASTQ_SPARSE_DEF(sparse_24_linear);
-  FASTQ_SPARSE_DEF(sparse_bsr_linear);
-  FASTQ_SPARSE_DEF(sparse_int8_linear);
-#undef FASTQ_SPARSE_DEF
-  m.def(
-      "sparse_transpose_x_cpu",
-      [](uintptr_t x, bool x_bf16, int64_t mm, int64_t k, int64_t k_pad, int64_t ld, uintptr_t xt, int num_threads) {
-        fastq::sparse_transpose_x_cpu(reinterpret_cast<const void*>(x), x_bf16, mm, k, k_pad, ld,
-                                      reinterpret_cast<float*>(xt), num_threads);
-      },
-      nogil);
-  // ---- sliced-ELL sparse linear: (x, m, n, k, values, int8, offsets, steps, group_ptr, scale,
-  // bias, y, num_threads) ----
-  m.def(
-      "sparse_ell_linear_cpu",
-      [](uintptr_t x, int64_t mm, int64_t n, int64_t k, uintptr_t values, bool int8, uintptr_t offsets,
-         uintptr_t steps, uintptr_t group_ptr, uintptr_t scale, uintptr_t bias, uintptr_t y, int num_threads) {
-        fastq::SparseEllArgs a;
-        a.x = ptr<const float>(x);
-        a.m = mm;
-        a.n = n;
-        a.k = k;
-        a.values = ptr<const void>(values);
-        a.int8 = int8;
-        a.offsets = ptr<const uint8_t>(offsets);
-        a.steps = ptr<const uint8_t>(steps);
-        a.group_ptr = ptr<const int64_t>(group_ptr);
-        a.scale = ptr<const float>(scale);
-        a.bias = ptr<const float>(bias);
-        a.y = ptr<float>(y);
-        a.num_threads = num_threads;
-        fastq::sparse_ell_linear_cpu(a);
-      },
-      nogil);
+  bind_plans(m);
 #ifdef FASTQ_WITH_CUDA
   m.def(
       "sparse_csr_linear_cuda",

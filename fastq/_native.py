@@ -7,7 +7,8 @@ Invariants:
   * ``FASTQ_CPU_ISA=scalar|avx2|avx512|amx`` may only lower the detected ISA; ``set_cpu_isa`` likewise.
     ``amx`` is AVX-512 plus the AMX tiles (from a measured M up, ``amx_min_m``); where AMX is missing
     or the kernel refuses its permission, ``amx_status()`` says why and AVX-512 serves.
-  * Native op implementations call ``record(op, device)``, so tests can prove a native kernel ran.
+  * Native runs are counted (``record(op, device)`` here, C++ counters for plan runs), so tests can
+    prove a native kernel ran: ``native_calls``.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def cuda_stream(t: torch.Tensor) -> int:
 
 
 _calls: collections.Counter = collections.Counter()
+_PLAN_OPS = tuple(_C.plan_op_names()) if _C is not None and hasattr(_C, "plan_op_names") else ()
 
 
 def record(op: str, device: str) -> None:
@@ -151,5 +153,10 @@ def record(op: str, device: str) -> None:
 
 
 def native_calls(op: str, device: str) -> int:
-    """How many times a native kernel of ``op`` ran on ``device`` (``"cpu"``/``"cuda"``)."""
-    return _calls[(op, device)]
+    """How many times a native kernel of ``op`` ran on ``device`` (``"cpu"``/``"cuda"``): the runs
+    counted here plus, for the linear ops, the plan runs C++ counts itself (prepared layers and the
+    ops' eager path both run plans; an ``_out`` variant also counts under its base op)."""
+    n = _calls[(op, device)]
+    if op in _PLAN_OPS and device in ("cpu", "cuda"):
+        n += _C.plan_calls(_PLAN_OPS.index(op), 0 if device == "cpu" else 1)
+    return n

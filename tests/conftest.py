@@ -6,8 +6,13 @@ with fastq.set_cpu_isa, skipping ones this machine lacks, and restoring the acti
 models: on a shared 2-core machine two threads spin against each other).
 """
 
+import os
+
 import pytest
 import torch
+
+# ---- prepared layers: deterministic plan routes (fastq/ops/plans.py) ----
+os.environ.setdefault("FASTQ_PLAN_CALIBRATE", "0")
 
 import fastq
 from fastq._native import ISA_NAMES

@@ -13,6 +13,12 @@ struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A buffer's contents are invalid (e.g. an index rewritten in place after validation): Python
+// ValueError.
+struct BufferError : Error {
+  using Error::Error;
+};
+
 namespace detail {
 template <typename... Parts>
 [[noreturn]] void fail(const char* file, int line, const char* cond, const Parts&... parts) {

@@ -2,10 +2,26 @@
 // instruction the machine lacks.
 #include "cpu/kernels.h"
 
+// ---- prepared layers: a per-call cap on the tier (plan routes; see ScopedIsaCap) ----
+namespace fastq::cpu {
+namespace {
+thread_local int t_isa_cap = -1;
+}  // namespace
+
+ScopedIsaCap::ScopedIsaCap(int cap) : saved_(t_isa_cap) { t_isa_cap = cap; }
+ScopedIsaCap::~ScopedIsaCap() { t_isa_cap = saved_; }
+
+int effective_isa() {
+  const int active = cpu_isa_active();
+  return t_isa_cap >= 0 && t_isa_cap < active ? t_isa_cap : active;
+}
+
+}  // namespace fastq::cpu
+
 namespace fastq::cpu {
 
 const QuantKernels& quant_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:  // AMX adds tiles only: the vector kernels are AVX-512's
     case kAvx512: return quant_kernels_avx512;
     case kAvx2: return quant_kernels_avx2;
@@ -14,7 +30,7 @@ const QuantKernels& quant_kernels() {
 }
 
 const GemmKernels& gemm_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:
     case kAvx512: return gemm_kernels_avx512;
     case kAvx2: return gemm_kernels_avx2;
@@ -28,7 +44,7 @@ const GemmKernels& gemm_kernels() {
 namespace fastq::cpu {
 
 const SparseKernels& sparse_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:
     case kAvx512: return sparse_kernels_avx512;
     case kAvx2: return sparse_kernels_avx2;
@@ -37,7 +53,7 @@ const SparseKernels& sparse_kernels() {
 }
 
 const SparseEllKernels& sparse_ell_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:
     case kAvx512: return sparse_ell_kernels_avx512;
     case kAvx2: return sparse_ell_kernels_avx2;
@@ -51,7 +67,7 @@ const SparseEllKernels& sparse_ell_kernels() {
 namespace fastq::cpu {
 
 const GemmKernels* gemm_kernels_amx_tier() {
-  if (cpu_isa_active() != kAmx) return nullptr;
+  if (effective_isa() != kAmx) return nullptr;
   if (cpu_amx_emulated()) return &gemm_kernels_amx_emu;
 #ifdef FASTQ_WITH_AMX
   return &gemm_kernels_amx;
@@ -66,7 +82,7 @@ const GemmKernels* gemm_kernels_amx_tier() {
 namespace fastq::cpu {
 
 const LutKernels& lut_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:
     case kAvx512: return lut_kernels_avx512;
     case kAvx2: return lut_kernels_avx2;
@@ -80,7 +96,7 @@ const LutKernels& lut_kernels() {
 namespace fastq::cpu {
 
 const StaticActKernels& static_act_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:
     case kAvx512: return static_act_kernels_avx512;
     case kAvx2: return static_act_kernels_avx2;
@@ -94,7 +110,7 @@ const StaticActKernels& static_act_kernels() {
 namespace fastq::cpu {
 
 const IntxKernels& intx_kernels() {
-  switch (cpu_isa_active()) {
+  switch (effective_isa()) {
     case kAmx:
     case kAvx512: return intx_kernels_avx512;
     case kAvx2: return intx_kernels_avx2;

@@ -42,14 +42,15 @@ int64_t round_up(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 size_t dtype_size(DType d) { return d == DType::f32 ? 4 : 2; }
 
-// Runs f(n_lo, n_hi, m_lo, m_hi) over a grid of threads: N units split first, M units only when
-// there are fewer N units than threads.
+// Runs f(n_lo, n_hi, m_lo, m_hi) over a grid of tasks (up to kChunksPerThread per thread): N units
+// split first, M units only when there are fewer N units than tasks wanted.
 template <typename F>
 void run_grid(int threads, int64_t n_units, int64_t m_units, const F& f) {
   threads = std::max(1, threads);
-  int64_t tn = std::min<int64_t>(threads, n_units), tm = 1;
-  if (tn < threads) tm = std::max<int64_t>(1, std::min<int64_t>(threads / tn, m_units));
-  parallel_for(0, tn * tm, 1, static_cast<int>(tn * tm), [&](int64_t lo, int64_t hi) {
+  const int64_t want = threads == 1 ? 1 : threads * kChunksPerThread;
+  int64_t tn = std::min<int64_t>(want, n_units), tm = 1;
+  if (tn < want) tm = std::max<int64_t>(1, std::min<int64_t>(want / tn, m_units));
+  parallel_for(0, tn * tm, 1, threads, [&](int64_t lo, int64_t hi) {
     for (int64_t t = lo; t < hi; ++t) {
       const int64_t i = t / tm, j = t % tm;
       f(n_units * i / tn, n_units * (i + 1) / tn, m_units * j / tm, m_units * (j + 1) / tm);

@@ -11,6 +11,20 @@ namespace fastq::cpu {
 
 enum Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 
+// The tier the *_kernels() tables below come from: the active one, lowered on this thread while a
+// ScopedIsaCap lives (a plan route's tier; -1 = no cap). Drivers fetch their tables on the calling
+// thread before they split work, so the cap covers the whole call.
+int effective_isa();
+struct ScopedIsaCap {
+  explicit ScopedIsaCap(int cap);
+  ~ScopedIsaCap();
+  ScopedIsaCap(const ScopedIsaCap&) = delete;
+  ScopedIsaCap& operator=(const ScopedIsaCap&) = delete;
+
+ private:
+  int saved_;
+};
+
 // Indexed by DType (f32, f16, bf16) of the float side.
 struct QuantKernels {
   // max |x| as the bit pattern of a float32; >= 0x7f800000 means a NaN or Inf was seen.

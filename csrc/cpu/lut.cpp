@@ -87,12 +87,19 @@ void codebook_linear_cpu(const CodebookLinearArgs& a) {
   FASTQ_CHECK(a.workspace && a.workspace_bytes >= threads * slice, "workspace of ", a.workspace_bytes,
               " bytes is too small for the lookup tables of ", threads, " threads");
   const int64_t q_total = table_bytes_per_row(a.k, a.bits) / (16 * int64_t{sizeof(float)});
-  parallel_for(0, blocks, grain(16 * a.k, a.m, 4), threads, [&](int64_t b0, int64_t b1) {
-    float* tables = a.workspace + omp_get_thread_num() * (slice / int64_t{sizeof(float)});
-    for (int64_t m0 = 0; m0 < a.m; m0 += rows) {
-      const int64_t m1 = std::min(a.m, m0 + rows);
-      kr.build_tables(a, tables, m0, m1, 0, q_total);
-      kr.lookup(a, tables, m0, m1, b0, b1);
+  // One range per part and one workspace slice per part (parts <= threads): parts never share
+  // tables, whichever pool thread runs them.
+  const int64_t g = grain(16 * a.k, a.m, 4);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, (blocks + g - 1) / g));
+  parallel_for(0, parts, 1, static_cast<int>(parts), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* tables = a.workspace + p * (slice / int64_t{sizeof(float)});
+      const int64_t b0 = blocks * p / parts, b1 = blocks * (p + 1) / parts;
+      for (int64_t m0 = 0; m0 < a.m; m0 += rows) {
+        const int64_t m1 = std::min(a.m, m0 + rows);
+        kr.build_tables(a, tables, m0, m1, 0, q_total);
+        kr.lookup(a, tables, m0, m1, b0, b1);
+      }
     }
   });
 }

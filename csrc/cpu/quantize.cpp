@@ -14,6 +14,7 @@
 // row (per tensor) reduced by all threads in one region, then written backwards per thread; static
 // and dequantize split the flat range. Large calls write through non-temporal stores (kStreamBytes)
 // and every thread that streamed fences before its region ends.
+#include <omp.h>  // dynamic_row_split: one region with a barrier (per-tensor scales)
 #include <xmmintrin.h>  // _mm_sfence: SSE, part of the x86-64 baseline
 
 #include <algorithm>

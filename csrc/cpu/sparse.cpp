@@ -1,9 +1,11 @@
 // Drivers of the sparse masked matmul family: last-line argument checks, then the active ISA's
 // micro-kernels (sparse_impl.h; sliced ELL: sparse_ell_impl.h) over disjoint ranges of weight rows
-// (block rows, row groups), one OpenMP thread each.
+// (block rows, row groups), one pool thread each. The kernels re-check the index buffers as they
+// read them (sparse_impl.h) and report through a status word; the drivers raise BufferError.
 // Every output element is written by exactly one thread; nothing is allocated here.
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #include "api.h"
 #include "common/error.h"
@@ -14,7 +16,7 @@ namespace fastq {
 namespace {
 
 // A task gets at least kGrainRows weight rows and at least kMinWorkPerTask multiply-adds (stored
-// entries x activation rows): waking an OpenMP worker costs microseconds on a quiet machine and a
+// entries x activation rows): waking a pool worker costs microseconds on a quiet machine and a
 // scheduler slice on a loaded one, more than a small layer's whole product.
 constexpr int64_t kGrainRows = 16;
 constexpr int64_t kMinWorkPerTask = int64_t{1} << 18;
@@ -22,7 +24,7 @@ constexpr int64_t kMinWorkPerTask = int64_t{1} << 18;
 void check(const SparseLinearArgs& a, bool needs_row_ptr) {
   FASTQ_CHECK(a.x && a.y && a.values, "null pointer");
   FASTQ_CHECK(a.m > 0 && a.n > 0 && a.k > 0, "empty problem m=", a.m, " n=", a.n, " k=", a.k);
-  FASTQ_CHECK(!needs_row_ptr || (a.row_ptr && a.cols), "row_ptr / cols missing");
+  FASTQ_CHECK(!needs_row_ptr || (a.row_ptr && a.cols && a.entries >= 0), "row_ptr / cols / entries missing");
   FASTQ_CHECK(!a.x_transposed || (a.ld_xt >= a.m && a.ld_xt % 16 == 0), "x_t leading dimension ", a.ld_xt,
               " must be >= m and a multiple of 16");
 }
@@ -34,10 +36,28 @@ int64_t grain_rows(int64_t rows, int64_t entries, int64_t m, int64_t min_rows) {
   return std::max<int64_t>(min_rows, (kMinWorkPerTask * rows + work - 1) / work);
 }
 
+const char* status_message(int32_t status) {
+  switch (status) {
+    case kSparseBadIndex: return "a stored column index is out of range for K";
+    case kSparseBadRowPtr: return "row_ptr is not a valid pointer array over the stored entries";
+    default: return "offsets/steps/group_ptr do not describe the stored steps";
+  }
+}
+
+// Runs the kernels over row ranges with a status word of their own, then raises what they found.
+template <class Args, class Fn>
+void run_checked(const Args& args, int64_t rows, int64_t grain, Fn fn) {
+  int32_t status = kSparseOk;
+  Args a = args;
+  a.status = &status;
+  parallel_for(0, rows, grain, a.num_threads, [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  if (status != kSparseOk)
+    throw BufferError(std::string("fastq sparse kernel: ") + status_message(status) +
+                      " (the packed buffers were changed after validation?)");
+}
+
 void run(const SparseLinearArgs& a, int64_t rows, int64_t entries, cpu::SparseRowsFn rm, cpu::SparseRowsFn tr) {
-  const cpu::SparseRowsFn fn = a.x_transposed ? tr : rm;
-  parallel_for(0, rows, grain_rows(rows, entries, a.m, kGrainRows), a.num_threads,
-               [&](int64_t r0, int64_t r1) { fn(a, r0, r1); });
+  run_checked(a, rows, grain_rows(rows, entries, a.m, kGrainRows), a.x_transposed ? tr : rm);
 }
 
 }  // namespace
@@ -45,14 +65,14 @@ void run(const SparseLinearArgs& a, int64_t rows, int64_t entries, cpu::SparseRo
 void sparse_csr_linear_cpu(const SparseLinearArgs& a) {
   check(a, true);
   const auto& k = cpu::sparse_kernels();
-  run(a, a.n, a.row_ptr[a.n] - a.row_ptr[0], k.csr, k.csr_t);
+  run(a, a.n, a.entries, k.csr, k.csr_t);
 }
 
 void sparse_int8_linear_cpu(const SparseLinearArgs& a) {
   check(a, true);
   FASTQ_CHECK(a.scale, "sparse_int8_linear needs scale");
   const auto& k = cpu::sparse_kernels();
-  run(a, a.n, a.row_ptr[a.n] - a.row_ptr[0], k.int8, k.int8_t_);
+  run(a, a.n, a.entries, k.int8, k.int8_t_);
 }
 
 void sparse_24_linear_cpu(const SparseLinearArgs& a) {
@@ -70,7 +90,7 @@ void sparse_bsr_linear_cpu(const SparseLinearArgs& a) {
   FASTQ_CHECK(a.k % bc == 0, "bsr: k=", a.k, " must be padded to a multiple of the block width ", bc);
   const auto& k = cpu::sparse_kernels();
   const int64_t block_rows = (a.n + br - 1) / br;
-  run(a, block_rows, (a.row_ptr[block_rows] - a.row_ptr[0]) * br * bc, k.bsr, k.bsr_t);
+  run(a, block_rows, a.entries * br * bc, k.bsr, k.bsr_t);
 }
 
 // Sliced ELL (sparse_ell_impl.h): tasks are ranges of 16-row groups.
@@ -81,9 +101,8 @@ void sparse_ell_linear_cpu(const SparseEllArgs& a) {
   const int64_t groups = (a.n + 15) / 16;
   const auto& kern = cpu::sparse_ell_kernels();
   const cpu::SparseEllGroupsFn fn = a.int8 ? kern.int8 : kern.f32;
-  const int64_t slots = (a.group_ptr[groups] - a.group_ptr[0]) * 16;
-  parallel_for(0, groups, grain_rows(groups, slots, a.m, 1), a.num_threads,
-               [&](int64_t g0, int64_t g1) { fn(a, g0, g1); });
+  FASTQ_CHECK(a.total_steps >= 0, "sparse_ell_linear: negative step count");
+  run_checked(a, groups, grain_rows(groups, a.total_steps * 16, a.m, 1), fn);
 }
 
 void sparse_transpose_x_cpu(const void* x, bool x_bf16, int64_t m, int64_t k, int64_t k_pad, int64_t ld, float* xt,

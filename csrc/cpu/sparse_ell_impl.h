@@ -12,7 +12,11 @@
 // +0.0f elsewhere; add; mul; load_part(p, valid) (lanes >= valid read as 0) and store_part(p, v,
 // valid) (lanes >= valid left untouched).
 //
-// Invariants: each lane accumulates its slots in storage order with a separate multiply and add
+// Invariants: the buffers are re-checked as they are read (they may have been rewritten in place
+// after Python validated them): a group whose pointers leave [0, total_steps] or whose tiles
+// overrun the group is skipped, an offset >= 32 is noticed (picks use its low 5 bits, inside
+// the tile), and either sets *status for the driver to raise.
+// Each lane accumulates its slots in storage order with a separate multiply and add
 // (the reference's sequence), so every ISA is bit-exact with fastq/ops/reference.py; the
 // accumulator starts at +0.0 and so never becomes -0.0, which makes adding the +0.0 of a skipped
 // slot an identity. Nothing here allocates on the heap or threads.
@@ -22,6 +26,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "api.h"
@@ -39,6 +44,10 @@ struct SparseEllImpl {
     else return E::load_weights(static_cast<const float*>(values) + 16 * step);
   }
 
+  static void report(const SparseEllArgs& a) {
+    if (a.status) __atomic_store_n(a.status, kSparseBadEll, __ATOMIC_RELAXED);
+  }
+
   // Row group g x activation rows [m0, m0 + MM): all tiles, then the epilogue.
   template <bool I8, int MM>
   static void block(const SparseEllArgs& a, int64_t g, int64_t m0) {
@@ -46,20 +55,28 @@ struct SparseEllImpl {
     const uint8_t* steps = a.steps + g * tiles;
     const float* x = a.x + m0 * a.k;
     int64_t j = a.group_ptr[g];
+    const int64_t group_end = a.group_ptr[g + 1];
+    if (j < 0 || j > group_end || group_end > a.total_steps) return report(a);
+    uint64_t offset_bits = 0;  // OR of every offset byte read: bits 5..7 flag an offset >= 32
     Lanes acc[MM];
     for (int i = 0; i < MM; ++i) acc[i] = E::zero();
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t end = j + steps[t];
       if (end == j) continue;
+      if (end > group_end) return report(a);
       const int valid = static_cast<int>(std::min<int64_t>(32, a.k - 32 * t));
       typename E::Tile tile[MM];
       for (int i = 0; i < MM; ++i) tile[i] = E::load_tile(x + i * a.k + 32 * t, valid);
       for (; j < end; ++j) {
         const auto w = weights<I8>(a.values, j);
+        uint64_t o[2];
+        std::memcpy(o, a.offsets + 16 * j, 16);
+        offset_bits |= o[0] | o[1];
         const auto idx = E::load_index(a.offsets + 16 * j);
         for (int i = 0; i < MM; ++i) acc[i] = E::add(acc[i], E::mul_nz(w, E::pick(tile[i], idx)));
       }
     }
+    if (offset_bits & 0xE0E0E0E0E0E0E0E0ull) report(a);
     const int64_t r0 = 16 * g;
     const int rows = static_cast<int>(std::min<int64_t>(16, a.n - r0));
     for (int i = 0; i < MM; ++i) {

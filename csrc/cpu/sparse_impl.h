@@ -9,8 +9,16 @@
 // s24_index(32 bits of 2:4 codes) and s24_pick(x + 2 j, index, u): the activations of stored values
 // j + u W .. j + u W + W - 1 of a 16-value 2:4 step (value t's input is 4 (t / 2) + code_t).
 //
+// Also: ibcast(int32_t), clamp_idx(ivec i, ivec last, ivec& worst) -> min(i, last) with
+// worst = max(worst, i) (unsigned), and hmax(ivec) (unsigned horizontal max).
+//
 // Invariants: CSR rows hold a multiple of 16 entries (padding is value 0 at a column the row
 // already reads), so the CSR loops need no tails; nothing here allocates on the heap or threads.
+// Nothing here trusts the index buffers either: Python validated them, but they can be rewritten
+// in place afterwards (through .data or numpy), so every column index is clamped to the last
+// column (vpminud, next to the gather) and the largest one seen is kept (vpmaxud); a row whose
+// pointers leave [0, entries] (or do not cover a multiple of 16 entries) is skipped. Either finding
+// sets *status and the driver raises: out-of-range buffers cost an error, never a stray read.
 // Why two shapes: with row-major x (m < 8) each kept weight is loaded once and its activation
 // gathered per row; with transposed x (m >= 8) each kept weight is broadcast once and multiplied
 // into a contiguous run of up to kMaxLanes activation rows, so no gather is needed at all.
@@ -47,6 +55,23 @@ struct SparseImpl {
     else return static_cast<const float*>(v)[j];
   }
 
+  static void report(const SparseLinearArgs& a, int32_t code) {
+    if (a.status) __atomic_store_n(a.status, code, __ATOMIC_RELAXED);
+  }
+  // Entries [*j0, *e) of (block) row r, or false (and a report) when the pointers are unusable.
+  static bool row_range(const SparseLinearArgs& a, int64_t r, int64_t step, int64_t* j0, int64_t* e) {
+    *j0 = a.row_ptr[r];
+    *e = a.row_ptr[r + 1];
+    if (*j0 < 0 || *j0 > *e || *e > a.entries || (*e - *j0) % step != 0) {
+      report(a, kSparseBadRowPtr);
+      return false;
+    }
+    return true;
+  }
+  static void check_worst(const SparseLinearArgs& a, int64_t worst, int64_t last) {
+    if (worst > last) report(a, kSparseBadIndex);
+  }
+
   template <class F>
   static void for_row_blocks(const SparseLinearArgs& a, const F& f) {
     // activation rows in groups of up to 8 register accumulators
@@ -66,13 +91,16 @@ struct SparseImpl {
 
   // ---- CSR / sparse-int8, x row-major: gather x at the kept columns -----------------------------
   template <bool I8, int MM>
-  static void csr_row(const SparseLinearArgs& a, int64_t m0, int64_t n) {
+  static void csr_row(const SparseLinearArgs& a, int64_t m0, int64_t n, typename V::ivec last,
+                      typename V::ivec& worst) {
+    int64_t j, e;
+    if (!row_range(a, n, 16, &j, &e)) return;
     vec acc[MM];
     for (int i = 0; i < MM; ++i) acc[i] = V::zero();
     const float* x = a.x + m0 * a.k;
-    for (int64_t j = a.row_ptr[n], e = a.row_ptr[n + 1]; j < e; j += W) {
+    for (; j < e; j += W) {
       const vec w = load_vals<I8>(a.values, j);
-      const auto idx = V::idx_u16(a.cols + j);
+      const auto idx = V::clamp_idx(V::idx_u16(a.cols + j), last, worst);
       for (int i = 0; i < MM; ++i) acc[i] = V::fma(w, V::gather(x + i * a.k, idx), acc[i]);
     }
     for (int i = 0; i < MM; ++i) a.y[(m0 + i) * a.n + n] = epilogue(a, n, V::sum(acc[i]));
@@ -80,9 +108,12 @@ struct SparseImpl {
 
   template <bool I8>
   static void csr(const SparseLinearArgs& a, int64_t r0, int64_t r1) {
+    const auto last = V::ibcast(static_cast<int32_t>(a.k - 1));
+    auto worst = V::ibcast(0);
     for_row_blocks(a, [&](auto mm, int64_t m0) {
-      for (int64_t n = r0; n < r1; ++n) csr_row<I8, decltype(mm)::value>(a, m0, n);
+      for (int64_t n = r0; n < r1; ++n) csr_row<I8, decltype(mm)::value>(a, m0, n, last, worst);
     });
+    check_worst(a, V::hmax(worst), a.k - 1);
   }
 
   // Writes lanes [0, NV * W) of two accumulator sets to y rows mc + l (< m) of column n.
@@ -109,14 +140,19 @@ struct SparseImpl {
 
   // ---- CSR / sparse-int8, x transposed --------------------------------------------------------
   template <bool I8, int NV>
-  static void csr_t_run(const SparseLinearArgs& a, int64_t n, int64_t mc) {
+  static void csr_t_run(const SparseLinearArgs& a, int64_t n, int64_t mc, uint32_t& worst) {
+    int64_t j, e;
+    if (!row_range(a, n, 16, &j, &e)) return;
     vec acc0[NV], acc1[NV];
     for (int i = 0; i < NV; ++i) acc0[i] = acc1[i] = V::zero();
     const float* xt = a.x + mc;
-    for (int64_t j = a.row_ptr[n], e = a.row_ptr[n + 1]; j < e; j += 2) {  // e - j is even
+    const uint32_t last = static_cast<uint32_t>(a.k - 1);
+    for (; j < e; j += 2) {  // e - j is even
       const vec w0 = V::bcast(val<I8>(a.values, j)), w1 = V::bcast(val<I8>(a.values, j + 1));
-      const float* p0 = xt + static_cast<int64_t>(a.cols[j]) * a.ld_xt;
-      const float* p1 = xt + static_cast<int64_t>(a.cols[j + 1]) * a.ld_xt;
+      const uint32_t c0 = a.cols[j], c1 = a.cols[j + 1];
+      worst = std::max(worst, std::max(c0, c1));
+      const float* p0 = xt + static_cast<int64_t>(std::min(c0, last)) * a.ld_xt;
+      const float* p1 = xt + static_cast<int64_t>(std::min(c1, last)) * a.ld_xt;
       for (int i = 0; i < NV; ++i) {
         acc0[i] = V::fma(w0, V::load(p0 + i * W), acc0[i]);
         acc1[i] = V::fma(w1, V::load(p1 + i * W), acc1[i]);
@@ -127,8 +163,12 @@ struct SparseImpl {
 
   template <bool I8>
   static void csr_t(const SparseLinearArgs& a, int64_t r0, int64_t r1) {
+    uint32_t worst = 0;
     for (int64_t n = r0; n < r1; ++n)
-      for_lane_chunks<V::kMaxLanes>(a, [&](auto nv, int64_t mc) { csr_t_run<I8, decltype(nv)::value>(a, n, mc); });
+      for_lane_chunks<V::kMaxLanes>(a, [&](auto nv, int64_t mc) {
+        csr_t_run<I8, decltype(nv)::value>(a, n, mc, worst);
+      });
+    check_worst(a, worst, a.k - 1);
   }
 
   // ---- 2:4, x row-major: 16 stored values cover 32 consecutive inputs, so their activations are
@@ -229,18 +269,27 @@ struct SparseImpl {
   static void bsr_rm(const SparseLinearArgs& a, int64_t r0, int64_t r1) {
     const float* vals = static_cast<const float*>(a.values);
     constexpr int kVecs = BR * BC / W;
+    const uint32_t last = static_cast<uint32_t>(a.k / BC - 1);
+    uint32_t worst = 0;
+    const auto block_col = [&](int64_t blk) {
+      const uint32_t c = a.cols[blk];
+      worst = std::max(worst, c);
+      return static_cast<int64_t>(std::min(c, last));
+    };
     for (int64_t R = r0; R < r1; ++R) {
+      int64_t b0, e0;
+      if (!row_range(a, R, 1, &b0, &e0)) continue;
       for (int64_t m = 0; m < a.m; ++m) {
         const float* x = a.x + m * a.k;
         float acc[BR][BC] = {};  // BC partial sums per row: independent chains
         if constexpr (kVecs >= 1) {
           vec va[2][kVecs];
           for (int u = 0; u < kVecs; ++u) va[0][u] = va[1][u] = V::zero();
-          int64_t b = a.row_ptr[R];
-          const int64_t e = a.row_ptr[R + 1];
+          int64_t b = b0;
+          const int64_t e = e0;
           auto step = [&](vec* acc_set, int64_t blk) {
             const float* vb = vals + blk * BR * BC;
-            const float* xs = x + static_cast<int64_t>(a.cols[blk]) * BC;
+            const float* xs = x + block_col(blk) * BC;
             for (int u = 0; u < kVecs; ++u) {
               // lane l of vector u is block element u W + l: input column (u W + l) % BC
               const vec xv = W >= BC ? V::template repeat<BC>(xs) : V::load(xs + (u * W) % BC);
@@ -251,9 +300,9 @@ struct SparseImpl {
           if (b < e) step(va[0], b);
           for (int u = 0; u < kVecs; ++u) V::store(&acc[0][0] + u * W, V::add(va[0][u], va[1][u]));
         } else {
-          for (int64_t b = a.row_ptr[R]; b < a.row_ptr[R + 1]; ++b) {
+          for (int64_t b = b0; b < e0; ++b) {
             const float* vb = vals + b * BR * BC;
-            const float* xs = x + static_cast<int64_t>(a.cols[b]) * BC;
+            const float* xs = x + block_col(b) * BC;
             for (int r = 0; r < BR; ++r)
               for (int c = 0; c < BC; ++c) acc[r][c] = V::fmas(vb[r * BC + c], xs[c], acc[r][c]);
           }
@@ -266,6 +315,7 @@ struct SparseImpl {
         }
       }
     }
+    check_worst(a, worst, last);
   }
 
   template <int BR>
@@ -290,16 +340,21 @@ struct SparseImpl {
   // ---- block-CSR, x transposed: each x_t row chunk is loaded once per block column and used by
   // all BR rows of the block (register blocking the dense kernels get, within a block) ----------
   template <int BR, int NV>
-  static void bsr_t_run(const SparseLinearArgs& a, int64_t R, int64_t mc) {
+  static void bsr_t_run(const SparseLinearArgs& a, int64_t R, int64_t mc, uint32_t& worst) {
     const float* vals = static_cast<const float*>(a.values);
     const int bc = a.block_cols;
     const float* xt = a.x + mc;
+    const uint32_t last = static_cast<uint32_t>(a.k / bc - 1);
+    int64_t b0, e0;
+    if (!row_range(a, R, 1, &b0, &e0)) return;
     vec acc[BR][NV];
     for (int r = 0; r < BR; ++r)
       for (int i = 0; i < NV; ++i) acc[r][i] = V::zero();
-    for (int64_t b = a.row_ptr[R]; b < a.row_ptr[R + 1]; ++b) {
+    for (int64_t b = b0; b < e0; ++b) {
       const float* vb = vals + b * BR * bc;
-      const int64_t col0 = static_cast<int64_t>(a.cols[b]) * bc;
+      const uint32_t c = a.cols[b];
+      worst = std::max(worst, c);
+      const int64_t col0 = static_cast<int64_t>(std::min(c, last)) * bc;
       for (int c = 0; c < bc; ++c) {
         const float* p = xt + (col0 + c) * a.ld_xt;
         vec xv[NV];
@@ -319,8 +374,12 @@ struct SparseImpl {
 
   template <int BR>
   static void bsr_t_br(const SparseLinearArgs& a, int64_t r0, int64_t r1) {
+    uint32_t worst = 0;
     for (int64_t R = r0; R < r1; ++R)
-      for_lane_chunks<V::kBsrLanes>(a, [&](auto nv, int64_t mc) { bsr_t_run<BR, decltype(nv)::value>(a, R, mc); });
+      for_lane_chunks<V::kBsrLanes>(a, [&](auto nv, int64_t mc) {
+        bsr_t_run<BR, decltype(nv)::value>(a, R, mc, worst);
+      });
+    check_worst(a, worst, a.k / a.block_cols - 1);
   }
 
   static void bsr_t(const SparseLinearArgs& a, int64_t r0, int64_t r1) {

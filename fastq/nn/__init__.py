@@ -23,6 +23,8 @@ from fastq.nn.codebook import SharedWeightConv2d, SharedWeightLinear, train_cent
 
 MODULE_TYPES.update({"SharedWeightLinear": SharedWeightLinear, "SharedWeightConv2d": SharedWeightConv2d})
 __all__ += ["SharedWeightConv2d", "SharedWeightLinear", "train_centroids_"]
+
+
 # ---- accuracy toolkit: static W8A8, SmoothQuant wrapper, half-precision weights ----
 from fastq.nn.half import HalfConv2d, HalfLinear  # noqa: E402
 from fastq.nn.smooth import SmoothedLinear  # noqa: E402

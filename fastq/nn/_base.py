@@ -6,8 +6,9 @@ Invariants:
     (float32: [N] in "w8a8" mode, [N, G] in "int8_weight_only" mode) and ``bias`` (float32 [N], or
     absent). Their shapes follow from the constructor arguments alone, so ``cls(**init_kwargs())``
     builds an empty module that ``load_state_dict`` fills.
-  * The forward pass is one call of a ``torch.ops.fastq`` linear op on a [*, K] view; output dtype =
-    input dtype. Inputs are validated here, with the layer's description in every message.
+  * The forward pass is the module's prepared plan (``_prepared.PreparedLayer``: one native call in
+    plain eager mode) or else one call of a ``torch.ops.fastq`` linear op on a [*, K] view; output
+    dtype = input dtype. Inputs are validated here, with the layer's description in every message.
   * Weight quantization is symmetric int8 with ``fastq.ops.quantize_int8`` (per row or per group).
 """
 
@@ -18,9 +19,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from fastq.ops import PER_ROW, call_op, quantize_int8
-from fastq.ops._checks import FLOAT_DTYPES
-from fastq.ops.reference import int8_unpack_weight, packed_sizes
+from fastq.nn._prepared import NO_PLAN, PreparedLayer
+from fastq.ops import PER_ROW, call_op, plans, quantize_int8
+from fastq.ops.layouts import FLOAT_DTYPES, packed_sizes
+from fastq.ops.reference import int8_unpack_weight
 
 W8A8 = "w8a8"
 WEIGHT_ONLY = "int8_weight_only"
@@ -64,11 +66,17 @@ def mode_args(config) -> dict:
     raise TypeError(f"config must be an Int8DynamicConfig or Int8WeightOnlyConfig, got {type(config).__name__}")
 
 
-class Int8GemmModule(nn.Module):
+class Int8GemmModule(PreparedLayer):
     """Base of the modules whose forward is an int8 GEMM against an [N, K] packed weight."""
+
+    # model.half() / model.to(torch.bfloat16) must not cast the float32 scales and bias (the ops
+    # require float32, and fp16 scales would lose precision): conversions move them between devices
+    # only. The int8 packed weight is not floating, so dtype casts leave it alone anyway.
+    _KEEP_FLOAT32 = ("weight_scale", "bias")
 
     def _init_gemm(self, n: int, k: int, bias: bool, mode: str, act_symmetric: bool,
                    group_size: Optional[int]) -> None:
+        self._init_plan()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(act_symmetric, bool):
@@ -98,16 +106,21 @@ class Int8GemmModule(nn.Module):
         self.weight_scale = scale.reshape(self.weight_scale.shape).to(device)
         if self.bias is not None:
             self.bias = bias.detach().to(device=device, dtype=torch.float32).clone()
+        self.prepare()
 
-    def _apply(self, fn, recurse=True):
-        # model.half() / model.to(torch.bfloat16) would cast the float32 scales and bias (the ops
-        # require float32, and fp16 scales would lose precision): let conversions move them between
-        # devices only. The int8 packed weight is not floating, so dtype casts leave it alone anyway.
-        keep = {name: t for name, t in self._buffers.items() if name in ("weight_scale", "bias") and t is not None}
-        super()._apply(fn, recurse)
-        for name, t in keep.items():
-            self._buffers[name] = t.to(self._buffers[name].device)
-        return self
+    def _make_plan(self):
+        where = self._layer_name()
+        try:
+            if self.mode == W8A8:
+                plan = plans.int8_linear_dynamic(self.weight_packed, self.weight_scale, self.bias, self._n, self._k,
+                                                 self.act_symmetric, where=where)
+            else:
+                plan = plans.int8_weight_only_linear(self.weight_packed, self.weight_scale, self.bias, self._n,
+                                                     self._k, where=where)
+        except ValueError as exc:  # name the module's buffers, not the op's arguments
+            raise ValueError(str(exc).replace("w_packed", "weight_packed").replace("w_scale", "weight_scale")) \
+                from None
+        return NO_PLAN if plan is None else plan
 
     def _gemm(self, x: Tensor) -> Tensor:
         """[*, K] -> [*, N] through the fastq op of this module's mode; output dtype = x's dtype."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -165,7 +166,11 @@ class QuantConv2d(ConvGeometry, Int8GemmModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return self._conv(x, self._gemm, self._describe())
+        gemm = self._gemm if torch.compiler.is_compiling() else self._run  # the plan's fast path, eager only
+        return self._conv(x, gemm, self._describe())
+
+    def _op_forward(self, cols: Tensor) -> Tensor:
+        return self._gemm(cols)
 
     def init_kwargs(self) -> dict:
         """JSON-serialisable constructor arguments: ``QuantConv2d(**m.init_kwargs())`` is an empty twin."""

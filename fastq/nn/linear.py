@@ -51,7 +51,7 @@ class QuantLinear(Int8GemmModule):
         q._set_weight(module.weight, module.bias)
         return q
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _op_forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._describe()}: input of shape {tuple(x.shape)} does not end in "

@@ -8,7 +8,10 @@ Invariants:
     are fixed by ``init_kwargs()``, so ``SparseLinear(**init_kwargs)`` builds an empty module that
     ``load_state_dict`` fills (the project's save/load contract).
   * forward computes ``x @ (W * M)^T + b`` without reading pruned weights; output dtype = input
-    dtype (float16 input runs in float32 and is rounded back).
+    dtype (float16 input runs in float32 and is rounded back). Inputs must end in in_features.
+  * the buffers are validated (``fastq.ops._checks``) whenever the module builds its native plan
+    (``_prepared.PreparedLayer``: creation, load, move, buffer replacement); a bad buffer raises
+    ValueError naming the layer and the buffer.
 
 Formats (``fastq.ops.reference`` documents the layouts):
   "csr"  padded CSR, float32 values + 16-bit columns: unstructured and any other pattern;
@@ -29,9 +32,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from fastq.nn._prepared import NO_PLAN, PreparedLayer
 from fastq.ops import _library as L
-from fastq.ops import call_op
-from fastq.ops._checks import ELL_ROWS, ELL_TILE, SPARSE_BLOCK_SIZES
+from fastq.ops import call_op, plans
+from fastq.ops.layouts import ELL_ROWS, ELL_TILE, SPARSE_BLOCK_SIZES
 
 FORMATS = ("csr", "24", "bsr", "int8", "ell", "ell_int8")
 STORAGE_FORMATS = ("csr", "ell")  # what format= may ask for; int8 picks their int8 variant
@@ -107,7 +111,7 @@ _BUFFERS = {"csr": ("values", "cols", "row_ptr"), "int8": ("q", "scale", "cols",
             "ell": ("values", "offsets", "steps", "group_ptr"), "ell_int8": ("q", "offsets", "steps", "group_ptr", "scale")}
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(PreparedLayer):
     """``y = x @ (W * M)^T + b`` from a compressed pruned weight.
 
     Shapes: input [*, in_features] float32/bfloat16 (float16 runs in float32) -> output
@@ -126,6 +130,7 @@ class SparseLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
                  entries: int = 0, kept: int = 0, block_rows: int = 1, block_cols: int = 1) -> None:
         super().__init__()
+        self._init_plan()
         if format not in FORMATS:
             raise ValueError(f"SparseLinear: format must be one of {FORMATS}, got {format!r}")
         if in_features <= 0 or out_features <= 0 or entries < 0:
@@ -204,15 +209,39 @@ class SparseLinear(nn.Module):
             getattr(out, name).copy_(t)
         if module.bias is not None:
             out.bias.copy_(module.bias.detach().float())
+        out.prepare()
         return out
+
+    _KEEP_FLOAT32 = ("values", "scale", "bias")  # the kernels read float32: dtype casts move them only
+
+    def _make_plan(self):
+        where, b, n, k = self._layer_name(), self.bias, self.out_features, self.in_features
+        if self.format == "csr":
+            plan = plans.sparse_csr_linear(self.values, self.cols, self.row_ptr, b, n, k, where=where)
+        elif self.format == "int8":
+            plan = plans.sparse_int8_linear(self.q, self.scale, self.cols, self.row_ptr, b, k, where=where)
+        elif self.format == "24":
+            plan = plans.sparse_24_linear(self.values, self.meta, b, k, where=where)
+        elif self.format == "ell":
+            plan = plans.sparse_ell_linear(self.values, self.offsets, self.steps, self.group_ptr, None, b, n, k,
+                                           where=where)
+        elif self.format == "ell_int8":
+            plan = plans.sparse_ell_linear(self.q, self.offsets, self.steps, self.group_ptr, self.scale, b, n, k,
+                                           where=where)
+        else:
+            plan = plans.sparse_bsr_linear(self.values, self.block_col, self.row_ptr, b, n, k, where=where)
+        return NO_PLAN if plan is None else plan
 
     def _check_input(self, x) -> None:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             got = x.dtype if isinstance(x, Tensor) else type(x).__name__
             raise TypeError(f"{type(self).__name__}: input must be a floating point tensor, got {got}")
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _op_forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: input of shape {tuple(x.shape)} does not end in "
+                             f"in_features={self.in_features} (K mismatch)")
         dtype = x.dtype
         if dtype not in (torch.float32, torch.bfloat16):
             x = x.float()

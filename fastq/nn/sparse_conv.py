@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 from fastq.nn._base import UnsupportedLayerError
@@ -75,7 +76,8 @@ class SparseConv2d(ConvGeometry, SparseLinear):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)  # before F.pad / F.unfold see it
-        return self._conv(x, super().forward, f"{type(self).__name__}({self.extra_repr()})")
+        gemm = self._op_forward if torch.compiler.is_compiling() else self._run  # the plan: eager only
+        return self._conv(x, gemm, f"{type(self).__name__}({self.extra_repr()})")
 
     def dense_weight(self) -> Tensor:
         """The float32 [O, C, kh, kw] weight this module multiplies by (dequantized for int8)."""

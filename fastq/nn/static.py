@@ -19,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from fastq.nn._base import W8A8, UnsupportedLayerError
+from fastq.nn._prepared import NO_PLAN
 from fastq.nn.conv import QuantConv2d
 from fastq.nn.linear import QuantLinear
-from fastq.ops import call_op
+from fastq.ops import _checks, call_op
 
 W8A8_STATIC = "w8a8_static"
 
@@ -63,6 +64,13 @@ class StaticActivations:
             self.act_zero_point = torch.full((1,), int(zp), dtype=torch.int32, device=device)
         if smooth is not None:
             self.act_smooth = s.to(device).clone()
+
+    def _make_plan(self):
+        """No plan kind runs static W8A8 yet: the weight buffers are validated as W8A8's plan would
+        (before any kernel reads them), and the op path (int8_linear_static) serves every call."""
+        _checks.check_packed_weight_values(self._layer_name(), self.weight_packed, self.weight_scale, self._n,
+                                           self._k, cache=False)
+        return NO_PLAN
 
     def _gemm(self, x: Tensor) -> Tensor:
         return call_op("int8_linear_static", x, self.weight_packed, self.weight_scale, self.bias, self._n, self.act_scale,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from fastq.ops import _library
-from fastq.ops._checks import PER_ROW, PER_TENSOR
+from fastq.ops.layouts import PER_ROW, PER_TENSOR
 from fastq.ops._library import OPS, kernel_for
 
 __all__ = ["OPS", "PER_ROW", "PER_TENSOR", "QuantizedInt8", "dequantize_int8", "kernel_for", "quantize_int8"]
@@ -93,15 +93,13 @@ def _plain(t: Optional[Tensor]) -> bool:
 
 def _dispatch(name: str, *tensors: Optional[Tensor]):
     """The callable serving op ``name`` for these arguments: its native kernel or the op itself."""
-    from fastq.ops import native
-
     first = tensors[0]
     # is_compiling first: under torch.compile nothing below may be traced.
     if (not torch.compiler.is_compiling() and isinstance(first, Tensor)
             and _library._REGISTERED.get((name, first.device.type)) and all(_plain(t) for t in tensors)
             and torch.utils._python_dispatch._get_current_dispatch_mode() is None
             and not torch._C._is_torch_function_mode_enabled() and torch._C._get_tracing_state() is None):
-        return getattr(native, name)
+        return _library.native_impl(name, first.device.type)
     return getattr(_library, name)
 
 

@@ -1,31 +1,24 @@
-"""Argument validation and layouts shared by every kernel of an op (reference, CPU, CUDA, fake).
+"""Argument validation shared by every kernel of an op (reference, CPU, CUDA, fake) and by the
+prepared layers (``fastq.ops.plans``).
 
-Invariant: every op implementation calls its ``check_*`` first, so bad input raises a clear
+Invariants: every op implementation calls its ``check_*`` first, so bad input raises a clear
 Python exception (TypeError for dtypes, ValueError for shapes and values) before any native
-code sees a pointer. Checks that read tensor *values* (``check_scale_values``) are skipped by the
-fake implementations, which only know shapes.
+code sees a pointer. Checks that read tensor *values* (``check_scale_values``, the ``check_*_values``
+of packed weights) are skipped by the fake implementations, which only know shapes; every real path
+(native kernels, the reference, plan builds) runs the same ones. Layout facts come from ``layouts``.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple, Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-PER_TENSOR = 0
-PER_ROW = -1
-FLT_MIN = torch.finfo(torch.float32).tiny
-
-
-class QuantLayout(NamedTuple):
-    """How a quantize op sees its input: a contiguous [rows, cols] view, one scale per row."""
-
-    rows: int
-    cols: int
-    scale_shape: tuple  # shape of the scale / zero_point tensors the op returns
+from fastq.ops.layouts import (ELL_ROWS, ELL_TILE, FLOAT_DTYPES, FLT_MIN, PER_ROW, PER_TENSOR,  # noqa: F401
+                               SPARSE_BLOCK_SIZES, SPARSE_MAX_COLS, SPARSE_ROW_PAD, QuantLayout, layout,
+                               packed_sizes)
 
 
 def _check_float(name: str, t: Tensor) -> None:
@@ -38,29 +31,6 @@ def _check_float(name: str, t: Tensor) -> None:
 def _check_same_device(name: str, t: Tensor, ref: Tensor, ref_name: str) -> None:
     if t.device != ref.device:
         raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; put them on one device")
-
-
-def layout(shape: tuple, group_size: int) -> QuantLayout:
-    """The [rows, cols] view and scale shape for ``group_size`` (0 per tensor, -1 per row, g > 0)."""
-    if len(shape) == 0:
-        raise ValueError("cannot quantize a 0-d tensor; reshape it to at least 1-d")
-    numel = 1
-    for s in shape:
-        numel *= s
-    c = shape[-1]
-    if group_size == PER_TENSOR:
-        return QuantLayout(1, numel, (1,) * len(shape))
-    if group_size == PER_ROW:
-        # numel // c would lose the rows of an empty last dimension: count them directly.
-        rows = 1
-        for s in shape[:-1]:
-            rows *= s
-        return QuantLayout(rows, c, tuple(shape[:-1]) + (1,))
-    if group_size < -1:
-        raise ValueError(f"group_size must be 0 (per tensor), -1 (per row) or positive, got {group_size}")
-    if c % group_size != 0:
-        raise ValueError(f"group_size {group_size} does not divide the last dimension {c}")
-    return QuantLayout(numel // group_size, group_size, tuple(shape[:-1]) + (c // group_size,))
 
 
 def check_group_size(group_size, symmetric=True) -> None:
@@ -266,8 +236,6 @@ def check_int8_pack_weight(w: Tensor) -> None:
 def check_packed_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                         scale_2d: bool) -> None:
     """Shared checks of the packed-weight linear ops; K comes from x's last dimension."""
-    from fastq.ops.reference import packed_sizes
-
     _check_float(f"{op}: x", x)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"{op}: x must have a non-empty last dimension (K), got shape {tuple(x.shape)}")
@@ -341,10 +309,9 @@ def check_linear_out(op: str, x: Tensor, n: int, out: Tensor, dtype: torch.dtype
 
 # ---- sparse masked matmul family ------------------------------------------------------------------
 # Packing validates the dense weight and mask (shape, dtype, N:M pattern, finiteness of kept
-# weights, an empty layer). The linears validate dtypes and shapes of the packed tensors; column
-# indices are bounds-checked against x's K once per (tensor, version) in ``sparse_max_index``.
+# weights, an empty layer). The linears validate dtypes and shapes of the packed tensors on every
+# call; their values (row pointers, indices, scales) once per tensor version: see "Packed values".
 
-SPARSE_BLOCK_SIZES = (1, 2, 4, 8)
 SPARSE_X_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -470,54 +437,8 @@ def check_sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, 
     return check_sparse_csr_linear(op, x, q, cols, row_ptr, bias, scale.numel(), torch.int8)
 
 
-def check_sparse_row_ptr(op: str, row_ptr: Tensor, entries: int) -> None:
-    """Value checks (they read memory, so native kernels only): row_ptr starts at 0, ends at the
-    entry count and never decreases. Cached on the tensor per (version, entries): a layer's
-    pointers are scanned once, not on every call."""
-    key = (row_ptr._version, entries)
-    if getattr(row_ptr, "_fastq_valid_for", None) == key:
-        return
-    if int(row_ptr[0]) != 0 or int(row_ptr[-1]) != entries or bool((row_ptr.diff() < 0).any()):
-        raise ValueError(f"{op}: row_ptr is not a valid pointer array over {entries} entries "
-                         "(pass what the matching *_pack op returned)")
-    try:
-        row_ptr._fastq_valid_for = key
-    except (AttributeError, RuntimeError):
-        pass
-
-
-def check_csr_index_values(op: str, cols: Tensor, row_ptr: Tensor, limit: int, what: str) -> None:
-    """The value checks of the CSR-like formats (csr, int8, bsr) on every path that has values
-    (native and reference; fakes skip them): a valid row_ptr over ``cols`` and every index below
-    ``limit`` (``what`` names it in the message)."""
-    if not (_has_memory(cols) and _has_memory(row_ptr)):
-        return
-    check_sparse_row_ptr(op, row_ptr, cols.numel())
-    if sparse_max_index(cols) >= limit:
-        raise ValueError(f"{op}: a stored column index is >= {what}={limit}: x's K does not match the packed weight")
-
-
-def sparse_max_index(idx: Tensor) -> int:
-    """Largest unsigned 16-bit index in ``idx`` (-1 when empty), cached on the tensor per version
-    so a layer's indices are scanned once, not on every call."""
-    cached = getattr(idx, "_fastq_max_index", None)
-    if cached is not None and cached[0] == idx._version:
-        return cached[1]
-    m = int((idx.to(torch.int64) & 0xFFFF).max()) if idx.numel() else -1
-    try:
-        idx._fastq_max_index = (idx._version, m)
-    except (AttributeError, RuntimeError):
-        pass
-    return m
-
-
 # ---- sliced-ELL sparse linear (layout: fastq/ops/reference.py) -----------------------------------
-# Shapes and dtypes are checked on every call (fakes included); the values that native code would
-# trust (offsets < 32, steps <= 32, group_ptr the running sum of steps ending at the step count)
-# are scanned once per tensor version and the verdict cached on the tensors.
-
-ELL_ROWS = 16  # output rows per group (lanes of a step)
-ELL_TILE = 32  # input columns per tile
+# Shapes and dtypes are checked on every call (fakes included); values under "Packed values".
 
 
 def check_sparse_ell(op: str, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
@@ -570,25 +491,36 @@ def check_sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: T
     return k, int8
 
 
-def check_sparse_ell_values(op: str, offsets: Tensor, steps: Tensor, group_ptr: Tensor) -> None:
-    """Value checks of a packed ELL weight (they read memory): offsets < 32, steps <= 32, and
-    group_ptr = [0, running sums of each group's steps] ending at the stored step count. Cached on
-    group_ptr per version of the three tensors; the others are held by weak reference, so a new
-    tensor that reuses a freed one's id cannot inherit its verdict."""
-    key = (group_ptr._version, steps._version, offsets._version)
-    cached = getattr(group_ptr, "_fastq_ell_valid", None)
-    if cached is not None and cached[0] == key and cached[1]() is steps and cached[2]() is offsets:
-        return
-    if offsets.numel() and int(offsets.max()) >= ELL_TILE:
-        raise ValueError(f"{op}: an offset is >= {ELL_TILE}: offsets hold columns within a {ELL_TILE}-column tile")
-    if steps.numel() and int(steps.max()) > ELL_TILE:
-        raise ValueError(f"{op}: a step count exceeds {ELL_TILE}, the columns of a tile")
-    if (int(group_ptr[0]) != 0 or int(group_ptr[-1]) != offsets.shape[0]
-            or not torch.equal(group_ptr.diff(), steps.to(torch.int64).sum(dim=1))):
-        raise ValueError(f"{op}: group_ptr does not match steps and the {offsets.shape[0]} stored steps "
-                         "(step counts inconsistent with the values' length?); pass what sparse_ell_pack returned")
+# ---- Packed values ------------------------------------------------------------------------------
+# What a packed weight must hold before any kernel reads it: CSR/BSR row pointers from 0 to the
+# stored count, never decreasing (CSR rows a multiple of SPARSE_ROW_PAD entries), column indices
+# inside K, ELL offsets inside their tile and group pointers matching the step counts, int8 column
+# sums matching the codes (zero padding), finite scales and kept weights. The native kernels, the
+# references and the plan builds (fastq.ops.plans) call these same functions; messages name the
+# buffer. Verdicts are cached on the first tensor per (tensors, versions, sizes), so a layer is
+# scanned once, not per call; inference tensors have no version counter and are scanned every time
+# they reach an op directly (modules scan once, when they build their plan). Writes that bypass the
+# version counter (``.data``, numpy) cannot fool the kernels: they re-check indices as they read.
+
+
+def _cached(name: str, tensors: tuple, params: tuple, check: Callable[[], None], cache: bool = True) -> None:
+    """Run ``check`` unless it already passed for these same tensor objects at these versions
+    (``cache=False``: always run it, as plan builds do)."""
+    if not cache:
+        return check()
+    tensors = tuple(t for t in tensors if t is not None)
+    head = tensors[0]
     try:
-        group_ptr._fastq_ell_valid = (key, weakref.ref(steps), weakref.ref(offsets))
+        key = (tuple(t._version for t in tensors), params)
+    except RuntimeError:  # inference tensors track no version: no cache
+        return check()
+    attr = f"_fastq_valid_{name}"
+    cached = getattr(head, attr, None)
+    if cached is not None and cached[0] == key and all(r() is t for r, t in zip(cached[1], tensors)):
+        return
+    check()
+    try:
+        setattr(head, attr, (key, tuple(weakref.ref(t) for t in tensors)))
     except (AttributeError, RuntimeError, TypeError):
         pass
 
@@ -693,6 +625,8 @@ def check_codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Op
     check_codebook_table(op, codebook, scale, n, k, bits, lut, x, "x")
     _check_bias(op, bias, n, x)
     return k
+
+
 # ---- static W8A8 linear (int8_linear_static; accuracy toolkit) -----------------------------------
 
 def check_static_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
@@ -834,3 +768,108 @@ def check_intx_indices(indices: Tensor, n: int) -> None:
         if int(lo) < 0 or int(hi) >= n:
             raise IndexError(f"intx_embedding: index out of range: indices span [{int(lo)}, {int(hi)}] "
                              f"but the table has {n} rows")
+
+
+def _finite(where: str, name: str, t: Optional[Tensor]) -> None:
+    if t is not None and t.numel() and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{where}: {name} holds NaN or Inf")
+
+
+def check_packed_weight_values(where: str, w_packed: Tensor, w_scale: Tensor, n: int, k: int,
+                               cache: bool = True) -> None:
+    """An int8_pack_weight layout for [n, k]: zero padding, column sums equal to the codes' sums
+    (W8A8 kernels correct their unsigned activations with them), finite scales."""
+    def check():
+        n_pad, k_pad, _ = packed_sizes(n, k)
+        body = w_packed[: n_pad * k_pad].view(n_pad // 16, k_pad // 4, 16, 4)
+        colsum = w_packed[n_pad * k_pad:].view(torch.int32)
+        step = 64  # 16-column blocks per chunk: bounds the int32 temporary
+        for b0 in range(0, n_pad // 16, step):
+            w = body[b0:b0 + step].permute(0, 2, 1, 3).reshape(-1, k_pad)  # [16 * blocks, k_pad]
+            rows = torch.arange(b0 * 16, b0 * 16 + w.shape[0], device=w.device)
+            if bool((w[:, k:] != 0).any()) or bool((w[rows >= n] != 0).any()):
+                raise ValueError(f"{where}: w_packed has nonzero padding; it is not what int8_pack_weight "
+                                 f"returns for an [{n}, {k}] weight (wrong in_features?)")
+            if not torch.equal(w.sum(dim=1, dtype=torch.int32), colsum[b0 * 16: b0 * 16 + w.shape[0]]):
+                raise ValueError(f"{where}: w_packed column sums do not match its codes (corrupted buffer, "
+                                 "or packed for another shape)")
+        _finite(where, "w_scale", w_scale)
+    _cached("packed", (w_packed, w_scale), (n, k), check, cache)
+
+
+def _check_pointers(where: str, name: str, ptr: Tensor, entries: int, step: int) -> None:
+    d = ptr.diff()
+    if (int(ptr[0]) != 0 or int(ptr[-1]) != entries or bool((d < 0).any())
+            or (step > 1 and bool((d % step != 0).any()))):
+        rule = f", each row a multiple of {step} entries" if step > 1 else ""
+        raise ValueError(f"{where}: {name} is not a valid pointer array over the {entries} stored entries "
+                         f"(from 0 to {entries}, never decreasing{rule}); pass what the matching *_pack op "
+                         "returned")
+
+
+def _check_indices(where: str, name: str, idx: Tensor, limit: int, what: str) -> None:
+    if idx.numel() and int((idx.to(torch.int32) & 0xFFFF).max()) >= limit:
+        raise ValueError(f"{where}: {name} holds an index >= {what}={limit}: the input's K does not match the "
+                         "packed weight (wrong in_features?), or a corrupted buffer")
+
+
+def _check_sorted_rows(where: str, name: str, idx: Tensor, ptr: Tensor) -> None:
+    """Indices strictly increase within each row (the order the pack ops write): a row pointer
+    shifted by a few entries then shows as a row whose indices go backwards."""
+    if idx.numel() < 2:
+        return
+    c = idx.to(torch.int32) & 0xFFFF
+    ok = c[1:] > c[:-1]
+    starts = ptr[1:-1]
+    starts = starts[(starts > 0) & (starts < idx.numel())]
+    ok[starts - 1] = True  # a new row may start anywhere
+    if not bool(ok.all()):
+        raise ValueError(f"{where}: {name} is not strictly increasing within a row (pack ops write each row's "
+                         "indices in order): the row pointers or indices were changed (corrupted buffer?)")
+
+
+def check_sparse_csr_values(where: str, values: Tensor, cols: Tensor, row_ptr: Tensor, k: int,
+                            scale: Optional[Tensor] = None, values_name: str = "values", cache: bool = True) -> None:
+    """Padded CSR (csr and int8 formats): row pointers, column indices < k, finite values/scale."""
+    def check():
+        _check_pointers(where, "row_ptr", row_ptr, cols.numel(), SPARSE_ROW_PAD)
+        _check_indices(where, "cols", cols, k, "K")
+        _finite(where, values_name, values)
+        _finite(where, "scale", scale)
+    _cached("csr", (row_ptr, cols, values, scale), (k,), check, cache)
+
+
+def check_sparse_bsr_values(where: str, values: Tensor, block_col: Tensor, row_ptr: Tensor, k: int,
+                            cache: bool = True) -> None:
+    def check():
+        bc = values.shape[2]
+        _check_pointers(where, "row_ptr", row_ptr, block_col.numel(), 1)
+        _check_indices(where, "block_col", block_col, -(-k // bc), "K / block_cols")
+        _check_sorted_rows(where, "block_col", block_col, row_ptr)
+        _finite(where, "values", values)
+    _cached("bsr", (row_ptr, block_col, values), (k,), check, cache)
+
+
+def check_sparse_24_values(where: str, values: Tensor, cache: bool = True) -> None:
+    """2:4: any metadata byte is a valid set of in-group positions, so only the values are read."""
+    _cached("s24", (values,), (), lambda: _finite(where, "values", values), cache)
+
+
+def check_sparse_ell_values(where: str, values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor,
+                            scale: Optional[Tensor] = None, cache: bool = True) -> None:
+    """Sliced ELL: offsets < 32, steps <= 32, group_ptr = [0, running sums of each group's steps]
+    ending at the stored step count; finite values and scale."""
+    def check():
+        if offsets.numel() and int(offsets.max()) >= ELL_TILE:
+            raise ValueError(f"{where}: offsets: an offset is >= {ELL_TILE}: offsets hold columns within a "
+                             f"{ELL_TILE}-column tile")
+        if steps.numel() and int(steps.max()) > ELL_TILE:
+            raise ValueError(f"{where}: steps: a step count exceeds {ELL_TILE}, the columns of a tile")
+        if (int(group_ptr[0]) != 0 or int(group_ptr[-1]) != offsets.shape[0]
+                or not torch.equal(group_ptr.diff(), steps.to(torch.int64).sum(dim=1))):
+            raise ValueError(f"{where}: group_ptr does not match steps and the {offsets.shape[0]} stored steps "
+                             "(step counts inconsistent with the values' length?); pass what sparse_ell_pack "
+                             "returned")
+        _finite(where, "values", values)
+        _finite(where, "scale", scale)
+    _cached("ell", (group_ptr, steps, offsets, values, scale), (), check, cache)

@@ -1,10 +1,11 @@
 """Every fastq op as a torch.library custom op: schema, fake, and kernels.
 
 Invariants: the schema comes from the annotated default implementation below, which validates
-and runs the PyTorch reference (the fallback on every device). A native kernel is registered for
-"cpu"/"cuda" only when fastq._C provides ``<native name>_<device>``. ``kernel_for`` reports
-which one serves an op on a device. No ``from __future__ import annotations`` here: custom_op
-reads these annotations to build the schema.
+(shapes and packed values: the same ``_checks`` every path runs) and runs the PyTorch reference
+(the fallback on every device). A native kernel is registered for "cpu"/"cuda" only when that
+device's launcher module (``fastq.ops.cpu`` / ``fastq.ops.cuda``) says this build has one.
+``kernel_for`` reports which one serves an op on a device. No ``from __future__ import
+annotations`` here: custom_op reads these annotations to build the schema.
 """
 
 from typing import Callable, Dict, Optional, Tuple
@@ -13,27 +14,31 @@ import torch
 from torch import Tensor
 
 from fastq import _native
-from fastq.ops import _checks, native, reference
+from fastq.ops import _checks, cpu, cuda, reference
 
-# op name -> the _C function family that implements it natively (as "<family>_<device>").
-_NATIVE_FAMILY: Dict[str, str] = {}
+_DEVICES = {"cpu": cpu, "cuda": cuda}  # device -> its launcher module
 _REGISTERED: Dict[Tuple[str, str], bool] = {}
 OPS: Dict[str, object] = {}
 
 
 def _define(name: str, family: str, mutates_args: tuple, fake: Callable) -> Callable:
+    """``family``: the op family the op belongs to (for documentation: ops of a family share kernels)."""
     def decorate(default_impl: Callable):
         op = torch.library.custom_op(f"fastq::{name}", mutates_args=mutates_args)(default_impl)
         op.register_fake(fake)
-        _NATIVE_FAMILY[name] = family
-        for device in ("cpu", "cuda"):
-            if _native.has(f"{family}_{device}"):
-                op.register_kernel(device)(getattr(native, name))
+        for device, module in _DEVICES.items():
+            if module.available(name):
+                op.register_kernel(device)(getattr(module, name))
                 _REGISTERED[(name, device)] = True
         OPS[name] = op
         return op
 
     return decorate
+
+
+def native_impl(name: str, device: str) -> Optional[Callable]:
+    """The native kernel registered for op ``name`` on ``device`` (None: the reference serves it)."""
+    return getattr(_DEVICES[device], name) if _REGISTERED.get((name, device)) else None
 
 
 def kernel_for(op: str, device: str) -> str:
@@ -135,6 +140,7 @@ def _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_
 def int8_linear_dynamic(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                         act_symmetric: bool, out_dtype: torch.dtype) -> Tensor:
     _int8_linear_dynamic_fake(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
+    _checks.check_packed_weight_values("int8_linear_dynamic", w_packed, w_scale, n, x.shape[-1])
     return reference.int8_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out_dtype)
 
 
@@ -147,6 +153,7 @@ def _int8_linear_dynamic_out_fake(x, w_packed, w_scale, bias, n, act_symmetric, 
 def int8_linear_dynamic_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                             act_symmetric: bool, out: Tensor) -> None:
     _int8_linear_dynamic_out_fake(x, w_packed, w_scale, bias, n, act_symmetric, out)
+    _checks.check_packed_weight_values("int8_linear_dynamic_out", w_packed, w_scale, n, x.shape[-1])
     out.copy_(reference.int8_linear_dynamic(x, w_packed, w_scale, bias, n, act_symmetric, out.dtype))
 
 
@@ -158,6 +165,7 @@ def _int8_weight_only_linear_fake(x, w_packed, w_scale, bias, n):
 @_define("int8_weight_only_linear", "int8_weight_only_linear", (), _int8_weight_only_linear_fake)
 def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int) -> Tensor:
     _checks.check_packed_linear("int8_weight_only_linear", x, w_packed, w_scale, bias, n, True)
+    _checks.check_packed_weight_values("int8_weight_only_linear", w_packed, w_scale, n, x.shape[-1])
     return reference.int8_weight_only_linear(x, w_packed, w_scale, bias, n)
 
 
@@ -170,6 +178,7 @@ def _int8_weight_only_linear_out_fake(x, w_packed, w_scale, bias, n, out):
 def int8_weight_only_linear_out(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                                 out: Tensor) -> None:
     _int8_weight_only_linear_out_fake(x, w_packed, w_scale, bias, n, out)
+    _checks.check_packed_weight_values("int8_weight_only_linear_out", w_packed, w_scale, n, x.shape[-1])
     out.copy_(reference.int8_weight_only_linear(x, w_packed, w_scale, bias, n))
 
 
@@ -212,7 +221,7 @@ def _sparse_csr_linear_fake(x, values, cols, row_ptr, bias, n):
 def sparse_csr_linear(x: Tensor, values: Tensor, cols: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
                       n: int) -> Tensor:
     k = _checks.check_sparse_csr_linear("sparse_csr_linear", x, values, cols, row_ptr, bias, n)
-    _checks.check_csr_index_values("sparse_csr_linear", cols, row_ptr, k, "K")
+    _checks.check_sparse_csr_values("sparse_csr_linear", values, cols, row_ptr, k)
     return reference.sparse_csr_linear(x, values, cols, row_ptr, bias, n)
 
 
@@ -245,6 +254,7 @@ def _sparse_24_linear_fake(x, values, meta, bias):
 @_define("sparse_24_linear", "sparse_24_linear", (), _sparse_24_linear_fake)
 def sparse_24_linear(x: Tensor, values: Tensor, meta: Tensor, bias: Optional[Tensor]) -> Tensor:
     _checks.check_sparse_24_linear(x, values, meta, bias)
+    _checks.check_sparse_24_values("sparse_24_linear", values)
     return reference.sparse_24_linear(x, values, meta, bias)
 
 
@@ -279,8 +289,7 @@ def _sparse_bsr_linear_fake(x, values, block_col, row_ptr, bias, n):
 def sparse_bsr_linear(x: Tensor, values: Tensor, block_col: Tensor, row_ptr: Tensor, bias: Optional[Tensor],
                       n: int) -> Tensor:
     k = _checks.check_sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
-    bc = values.shape[2]
-    _checks.check_csr_index_values("sparse_bsr_linear", block_col, row_ptr, -(-k // bc), "K / block_cols")
+    _checks.check_sparse_bsr_values("sparse_bsr_linear", values, block_col, row_ptr, k)
     return reference.sparse_bsr_linear(x, values, block_col, row_ptr, bias, n)
 
 
@@ -315,7 +324,7 @@ def _sparse_int8_linear_fake(x, q, scale, cols, row_ptr, bias):
 def sparse_int8_linear(x: Tensor, q: Tensor, scale: Tensor, cols: Tensor, row_ptr: Tensor,
                        bias: Optional[Tensor]) -> Tensor:
     k = _checks.check_sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
-    _checks.check_csr_index_values("sparse_int8_linear", cols, row_ptr, k, "K")
+    _checks.check_sparse_csr_values("sparse_int8_linear", q, cols, row_ptr, k, scale, "q")
     return reference.sparse_int8_linear(x, q, scale, cols, row_ptr, bias)
 
 
@@ -347,8 +356,8 @@ def _sparse_ell_unpack_fake(values, offsets, steps, group_ptr, scale, n, k):
 @_define("sparse_ell_unpack", "sparse_pack", (), _sparse_ell_unpack_fake)
 def sparse_ell_unpack(values: Tensor, offsets: Tensor, steps: Tensor, group_ptr: Tensor, scale: Optional[Tensor],
                       n: int, k: int) -> Tensor:
-    _checks.check_sparse_ell("sparse_ell_unpack", values, offsets, steps, group_ptr, scale, n, k, values, "k")
-    _checks.check_sparse_ell_values("sparse_ell_unpack", offsets, steps, group_ptr)
+    int8 = _checks.check_sparse_ell("sparse_ell_unpack", values, offsets, steps, group_ptr, scale, n, k, values, "k")
+    _checks.check_sparse_ell_values("sparse_ell_unpack", values, offsets, steps, group_ptr, scale if int8 else None)
     return reference.sparse_ell_unpack(values, offsets, steps, group_ptr, scale, n, k)
 
 
@@ -363,8 +372,8 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
     """``x @ (W * M)^T + bias`` from sparse_ell_pack's output (reference.sparse_ell_linear states
     the float-op sequence). Native kernel on CPU only (scalar / AVX2 / AVX-512, bit-exact with the
     reference); CUDA and other devices run the reference."""
-    _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
-    _checks.check_sparse_ell_values("sparse_ell_linear", offsets, steps, group_ptr)
+    _, int8 = _checks.check_sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
+    _checks.check_sparse_ell_values("sparse_ell_linear", values, offsets, steps, group_ptr, scale if int8 else None)
     return reference.sparse_ell_linear(x, values, offsets, steps, group_ptr, scale, bias, n)
 
 
@@ -410,6 +419,8 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
     float-op sequence and the error bound native kernels keep)."""
     _checks.check_codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
     return reference.codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+
+
 # ---- static W8A8 linear (accuracy toolkit) ----------------------------------------------------
 # int8_linear_dynamic with calibrated activation quantization (reference.int8_linear_static states
 # the sequence); native CPU kernels (scalar / AVX2 / AVX-512) and CUDA, bit-exact with the reference.
@@ -431,6 +442,8 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
     _checks.check_static_values("int8_linear_static", act_scale, act_zero_point, act_smooth)
     return reference.int8_linear_static(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth,
                                         out_dtype)
+
+
 # ---- sub-8-bit integer weights (intx family) ------------------------------------------------------
 # Packing and unpacking are reference-only (once per layer). The linears have native CPU kernels
 # (scalar / AVX2 / AVX-512) and CUDA kernels; the embedding lookup is reference-only (it reads only

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fastq.ops._checks import ELL_ROWS, ELL_TILE, FLT_MIN, layout
+from fastq.ops.layouts import (ELL_ROWS, ELL_TILE, FLT_MIN, PACK_KR, PACK_NR, SPARSE_MAX_COLS,  # noqa: F401
+                               SPARSE_ROW_PAD, layout, packed_sizes)
 
 
 def _div(t: Tensor, c: float) -> Tensor:
@@ -122,20 +123,8 @@ def dequantize_int8_out(codes: Tensor, scale: Tensor, zero_point: Optional[Tenso
 
 
 # ---- int8 GEMM family ---------------------------------------------------------------------------
-# Packed weight layout (ISA-independent; every kernel reads it, the reference unpacks it):
-#   N_pad = ceil(N / 16) * 16, K_pad = ceil(K / 4) * 4, padding filled with 0.
-#   bytes [0, N_pad * K_pad): int8 blocks [N_pad/16][K_pad/4][16][4]: block (nb, kg) holds
-#       w[nb*16 + n, kg*4 + k] at n*4 + k (16 output channels x 4 consecutive k = 64 bytes);
-#   then N_pad int32 (little endian) column sums sum_k w[n, k] (for zero-point corrections).
-PACK_NR = 16
-PACK_KR = 4
-
-
-def packed_sizes(n: int, k: int) -> tuple[int, int, int]:
-    """(N_pad, K_pad, total bytes) of the packed layout for an [n, k] weight."""
-    n_pad = -(-n // PACK_NR) * PACK_NR
-    k_pad = -(-k // PACK_KR) * PACK_KR
-    return n_pad, k_pad, n_pad * k_pad + 4 * n_pad
+# Packed weight layout (ISA-independent; every kernel reads it, the reference unpacks it): see
+# fastq/ops/layouts.py (PACK_NR x PACK_KR blocks, zero padding, then the int32 column sums).
 
 
 def int8_gemm(a: Tensor, b: Tensor) -> Tensor:
@@ -224,9 +213,6 @@ def int8_weight_only_linear(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: 
 # One documented exception: sparse_24_linear with bfloat16 x on a CUDA GPU of compute capability
 # >= 8.0 runs on the sparse tensor cores, whose operands are bfloat16, so each kept weight is
 # rounded once to bfloat16 (relative error <= 2^-8) before its exact product is summed in float32.
-
-SPARSE_ROW_PAD = 16  # CSR rows are padded with zero entries to a multiple of this many entries
-SPARSE_MAX_COLS = 65536
 
 
 def _u16(idx: Tensor) -> Tensor:
@@ -659,6 +645,8 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
     if bias is not None:
         y = y + bias
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
 # ---- static W8A8 linear (int8_linear_static; accuracy toolkit) -----------------------------------
 # int8_linear_dynamic with calibrated (static, per-tensor) activation quantization, optionally after
 # SmoothQuant's per-input-channel division. No run-time statistics: the activation codes depend on
@@ -713,6 +701,8 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
     if bias is not None:
         y = y + bias
     return y.to(out_dtype).reshape(*x.shape[:-1], n)
+
+
 # ---- sub-8-bit integer weights (intx family: intx_pack_weight, intx_unpack_weight,
 # intx_weight_only_linear, intx_linear_dynamic, intx_embedding) -----------------------------------
 # A weight W [N, K] is stored as unsigned codes c in [0, 2^bits) (bits 2..8) with, per output row n

@@ -12,6 +12,8 @@ from fastq.quantization.codebook import (BinaryConfig, PowerOfTwoConfig, Ternary
                                          WeightSharingConfig)
 
 __all__ += ["BinaryConfig", "PowerOfTwoConfig", "TernaryConfig", "WeightSharingConfig"]
+
+
 # ---- accuracy toolkit: observers, calibration, static W8A8, SmoothQuant, QAT, half precision ----
 from fastq.quantization.calibrate import CalibrationError, LayerCalibration, calibrate, get_calibration  # noqa: E402
 from fastq.quantization.half import BFloat16Config, Float16Config  # noqa: E402

@@ -26,7 +26,7 @@ import torch
 import fastq
 from fastq import _native
 from fastq.ops import _library as L
-from fastq.ops import native as N
+from fastq.ops import cpu as N
 from fastq.ops import reference as R
 from fastq.ops._checks import codebook_packed_sizes
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import fastq
 from fastq import _native
 from fastq.ops import _library as L
-from fastq.ops import native, reference
+from fastq.ops import cpu as native, reference
 
 from _compare import assert_bits_equal
 from _gemm_util import ISAS

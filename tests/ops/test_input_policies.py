@@ -10,7 +10,7 @@ import torch
 
 import fastq
 from fastq import _native
-from fastq.ops import _checks, _library as L, native, reference
+from fastq.ops import _checks, _library as L, cpu as native, reference
 
 from _compare import assert_bits_equal
 

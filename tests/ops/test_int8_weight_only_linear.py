@@ -178,3 +178,31 @@ def test_bad_input():
         f(x, packed, w_scale, bias[:3], 16)
     with pytest.raises(TypeError, match="out"):
         _library.int8_weight_only_linear_out(x, packed, w_scale, bias, 16, torch.empty(3, 16, dtype=torch.float16))
+
+
+# ---- bfloat16 x on AVX512-BF16 dot products (csrc/cpu/wo_bf16.h; chosen per M by fastq.ops.plans) ----
+BF16_CASES = [(1, 16, 64, 1), (5, 33, 96, 3), (12, 40, 128, 1), (13, 63, 256, 2), (40, 97, 520, 5),
+              (193, 70, 768, 1), (64, 3072, 768, 24), (200, 31, 4, 1)]
+
+
+@needs_native
+@pytest.mark.parametrize("m,n,k,groups", BF16_CASES, ids=[case_id("m", m, "n", n, "k", k, "g", g)
+                                                         for m, n, k, g in BF16_CASES])
+def test_bf16_dot_path_matches_reference(m, n, k, groups):
+    from fastq import _native
+    from fastq.ops import plans
+
+    if not _native._C.wo_bf16_available():
+        pytest.skip("this CPU lacks AVX512-BF16")
+    x, w, packed, w_scale, bias = _inputs(m, n, k, groups, torch.bfloat16, m + n + k)
+    outs = {}
+    for min_m in (1, 10 ** 9):  # the bf16 path for every M, then never
+        plans.set_weight_only_bf16_min_m(min_m)
+        try:
+            for t in (1, 2, 3):
+                with threads(t):
+                    outs[(min_m, t)] = _library.int8_weight_only_linear(x, packed, w_scale, bias, n)
+        finally:
+            plans.set_weight_only_bf16_min_m(None)
+        assert_within_bound(outs[(min_m, 1)], x, w, w_scale, bias, n, k)
+    assert all(torch.equal(outs[(1, 1)], outs[(1, t)]) for t in (2, 3)), "thread count changed the result"

@@ -28,7 +28,7 @@ import torch
 import fastq
 from fastq import _native
 from fastq.ops import _library as L
-from fastq.ops import native as N
+from fastq.ops import cuda as N
 from fastq.ops import reference as R
 
 from _compare import generator

@@ -38,6 +38,18 @@ struct Avx2V {
     return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
   static ivec idx_i32(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static ivec ibcast(int32_t v) { return _mm256_set1_epi32(v); }
+  static ivec clamp_idx(ivec i, ivec last, ivec& worst) {
+    worst = _mm256_max_epu32(worst, i);
+    return _mm256_min_epu32(i, last);
+  }
+  static int64_t hmax(ivec v) {
+    alignas(32) uint32_t u[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(u), v);
+    uint32_t m = 0;
+    for (uint32_t e : u) m = e > m ? e : m;
+    return m;
+  }
   static vec gather(const float* base, ivec i) { return _mm256_i32gather_ps(base, i, 4); }
   static vec load_i8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));

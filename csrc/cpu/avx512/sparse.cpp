@@ -34,6 +34,12 @@ struct Avx512V {
     return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   static ivec idx_i32(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static ivec ibcast(int32_t v) { return _mm512_set1_epi32(v); }
+  static ivec clamp_idx(ivec i, ivec last, ivec& worst) {
+    worst = _mm512_max_epu32(worst, i);
+    return _mm512_min_epu32(i, last);
+  }
+  static int64_t hmax(ivec v) { return static_cast<uint32_t>(_mm512_reduce_max_epu32(v)); }
   static vec gather(const float* base, ivec i) { return _mm512_i32gather_ps(i, base, 4); }
   static vec load_i8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));

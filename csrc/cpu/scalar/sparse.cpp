@@ -23,6 +23,12 @@ struct ScalarV {
   static vec repeat(const float* x) { return *x; }  // only BC == 1 reaches here (BC <= W)
   static ivec idx_u16(const uint16_t* p) { return *p; }
   static ivec idx_i32(const int32_t* p) { return *p; }
+  static ivec ibcast(int32_t v) { return v; }
+  static ivec clamp_idx(ivec i, ivec last, ivec& worst) {
+    worst = static_cast<uint32_t>(i) > static_cast<uint32_t>(worst) ? i : worst;
+    return static_cast<uint32_t>(i) < static_cast<uint32_t>(last) ? i : last;
+  }
+  static int64_t hmax(ivec v) { return static_cast<uint32_t>(v); }
   static vec gather(const float* base, ivec i) { return base[i]; }
   static vec load_i8(const int8_t* p) { return static_cast<float>(*p); }
   static float fmas(float a, float b, float c) { return a * b + c; }

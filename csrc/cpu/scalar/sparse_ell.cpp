@@ -1,6 +1,6 @@
 // Scalar sliced-ELL micro-kernels: sparse_ell_impl.h over plain 16-float arrays. The portable
-// fallback and the model the SIMD traits follow: a tile is just a pointer into x (only the picked
-// columns, all < valid, are read), an index the step's 16 offset bytes.
+// fallback and the model the SIMD traits follow: a tile is a zero-padded copy of the 32 x, an index
+// the step's 16 offset bytes (their low 5 bits pick, as in the SIMD tiers).
 #include "cpu/kernels.h"
 #include "cpu/sparse_ell_impl.h"
 
@@ -12,11 +12,17 @@ struct ScalarEll {
   struct Lanes {
     float v[16];
   };
-  using Tile = const float*;
+  struct Tile {
+    float v[32];
+  };
   using Weights = Lanes;
   using Index = const uint8_t*;
   static Lanes zero() { return Lanes{}; }
-  static Tile load_tile(const float* p, int) { return p; }
+  static Tile load_tile(const float* p, int valid) {  // zero past `valid`, as the SIMD tiles
+    Tile t{};
+    for (int c = 0; c < valid; ++c) t.v[c] = p[c];
+    return t;
+  }
   template <class T>
   static Lanes load_weights(const T* p) {
     Lanes r;
@@ -26,7 +32,7 @@ struct ScalarEll {
   static Index load_index(const uint8_t* p) { return p; }
   static Lanes pick(Tile t, Index i) {
     Lanes r;
-    for (int l = 0; l < 16; ++l) r.v[l] = t[i[l]];
+    for (int l = 0; l < 16; ++l) r.v[l] = t.v[i[l] & 31];  // low 5 bits, like vpermt2ps
     return r;
   }
   static Lanes mul_nz(const Weights& w, const Lanes& x) {
