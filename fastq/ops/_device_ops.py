@@ -17,6 +17,11 @@ from fastq import _native
 from fastq.ops import _checks, reference
 
 
+def _ptr(t: Optional[Tensor]) -> int:
+    """The address native code gets for an optional tensor (0 for None)."""
+    return 0 if t is None else t.data_ptr()
+
+
 def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 

@@ -18,16 +18,9 @@ from torch import Tensor
 
 from fastq import _native
 from fastq.ops import _checks, reference
+from fastq.ops._device_ops import _contig, _ptr
 
 OPS = ("codebook_linear", "int8_linear_static", "intx_weight_only_linear", "intx_linear_dynamic")
-
-
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
 
 
 def _device_call(name: str, x: Tensor, *args) -> None:

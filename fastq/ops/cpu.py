@@ -19,7 +19,7 @@ from torch import Tensor
 from fastq import _native
 from fastq.ops import _checks, plans, reference
 from fastq.ops import _shared_native
-from fastq.ops._device_ops import DeviceOps
+from fastq.ops._device_ops import DeviceOps, _contig, _ptr
 
 # ops served by a LinearPlan (they need the plan binding); the others by their own _C function
 _PLAN_OPS = ("int8_linear_dynamic", "int8_linear_dynamic_out", "int8_weight_only_linear",
@@ -37,14 +37,6 @@ def available(op: str) -> bool:
     if op in _shared_native.OPS:
         return _native.has(f"{op}_cpu")
     return op in _FUNCTIONS and _native.has(_FUNCTIONS[op])
-
-
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
 
 
 # ---- quantize / dequantize ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from torch import Tensor
 from fastq import _native
 from fastq.ops import _checks, reference
 from fastq.ops import _shared_native
-from fastq.ops._device_ops import DeviceOps
+from fastq.ops._device_ops import DeviceOps, _contig, _ptr
 
 SPARSE_24_MMA = "sparse_24_linear:mma.sp"  # native_calls key of the tensor-core path
 _FUNCTIONS = {"quantize_int8": "quantize_int8_cuda", "quantize_int8_out": "quantize_int8_cuda",
@@ -41,14 +41,6 @@ def available(op: str) -> bool:
     if op in _shared_native.OPS:
         return _native.has(f"{op}_cuda")
     return op in _FUNCTIONS and _native.has(_FUNCTIONS[op])
-
-
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.contiguous()
 
 
 def _stream(t: Tensor) -> int:
