@@ -116,8 +116,14 @@ def test_demo_on_tiny_bert(tiny_bert_dir, tmp_path):
     assert list(rows) == ["fp32", *recipes(), "auto"]
     assert "auto: " in proc.stdout  # what the search behind the auto row did
     for r in rows.values():  # slower AND less accurate than fp32 is said, and only then
-        worse = float(r["speedup"]) < 1.0 and float(r["mean cos"]) < 1.0 - 1e-6
-        assert (r["vs fp32"] == "slower AND less accurate") == worse, r
+        # The label is decided on the exact speedup and the table prints it rounded, so a row printed
+        # at 1.00x may go either way (the cosine column is the value the label used).
+        said = r["vs fp32"] == "slower AND less accurate"
+        speedup, cos = float(r["speedup"]), float(r["mean cos"])
+        if speedup < 1.0 and cos < 1.0:
+            assert said, r
+        if speedup > 1.0 or cos >= 1.0:
+            assert not said, r
     assert float(rows["fp32"]["speedup"]) == 1.0 and float(rows["fp32"]["mean cos"]) == 1.0
     assert float(rows["auto"]["mean cos"]) >= 0.995 - 1e-6  # within the default --auto-budget
     for name in recipes():
