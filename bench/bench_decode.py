@@ -99,6 +99,8 @@ RECIPES: dict[str, Callable[[nn.Module], nn.Module]] = {
     "torch.ao-int8": _torch_ao,
     "fastq-w8a8": _fastq(fastq.Int8DynamicConfig()),
     "fastq-int8-wo": _fastq(fastq.Int8WeightOnlyConfig()),
+    "fastq-int4-wo": _fastq(fastq.Int4WeightOnlyConfig(group_size=128)),
+    "fastq-w4a8": _fastq(fastq.Int4DynamicConfig(group_size=128)),
 }
 
 
