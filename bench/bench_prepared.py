@@ -69,11 +69,16 @@ def _sparse(two_four: bool = False, **kwargs) -> nn.Module:
 
 def _kinds() -> dict:
     """name -> builder of a 64 x 64 prepared module."""
-    quant = fastq.nn.QuantLinear.from_float
+    quant, intx = fastq.nn.QuantLinear.from_float, fastq.nn.IntxLinear.from_float
     return {"w8a8": lambda: quant(nn.Linear(64, 64), fastq.Int8DynamicConfig()),
             "int8 weight-only": lambda: quant(nn.Linear(64, 64), fastq.Int8WeightOnlyConfig()),
             "sparse csr": lambda: _sparse(), "sparse int8": lambda: _sparse(int8=True),
-            "sparse 2:4": lambda: _sparse(two_four=True), "sparse ell": lambda: _sparse(format="ell")}
+            "sparse 2:4": lambda: _sparse(two_four=True), "sparse ell": lambda: _sparse(format="ell"),
+            "int4 weight-only": lambda: intx(nn.Linear(64, 64), fastq.Int4WeightOnlyConfig(group_size=32)),
+            "w4a8": lambda: intx(nn.Linear(64, 64), fastq.Int4DynamicConfig(group_size=32)),
+            "static w8a8": lambda: fastq.nn.StaticQuantLinear.from_float(nn.Linear(64, 64), torch.tensor([0.02])),
+            "codebook 4-bit": lambda: fastq.nn.SharedWeightLinear.from_float(
+                nn.Linear(64, 64), fastq.WeightSharingConfig(scope="layer", method="lloyd"))}
 
 
 def per_call_overhead(calls: int, rounds: int) -> list[dict]:

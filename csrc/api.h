@@ -343,7 +343,11 @@ enum class PlanOp : int32_t {
   sparse_24_linear = 4,
   sparse_bsr_linear = 5,
   sparse_ell_linear = 6,
-  count = 7,
+  int8_linear_static = 7,
+  intx_weight_only_linear = 8,
+  intx_linear_dynamic = 9,
+  codebook_linear = 10,
+  count = 11,
 };
 const char* plan_op_name(PlanOp op);
 
@@ -382,6 +386,19 @@ struct LinearPlan {
   const uint8_t* offsets = nullptr;
   const uint8_t* steps = nullptr;
   const int64_t* group_ptr = nullptr;
+  // static W8A8 (Int8StaticLinearArgs' activation side; the weight side is the int8 GEMM's)
+  const float* act_scale = nullptr;
+  const int32_t* act_zero_point = nullptr;  // asymmetric only
+  const float* act_smooth = nullptr;        // or nullptr
+  // intx (IntxLinearArgs' weight side) and codebook (CodebookLinearArgs'; `scale` above is its
+  // per-row scale): `codes` is the packed buffer of either
+  const uint8_t* codes = nullptr;
+  int bits = 0;
+  bool asymmetric = false;
+  int64_t groups = 1;
+  bool lut = false;
+  const float* codebook = nullptr;
+  int64_t cb_rows = 1, cb_groups = 1;
   int n_routes = 0;
   PlanRoute routes[kPlanMaxRoutes];
 };

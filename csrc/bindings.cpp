@@ -1,5 +1,5 @@
 // PYBIND11_MODULE(_C): one m.def per csrc/api.h function Python calls; the CPU linear drivers
-// (int8_linear_dynamic_cpu, the sparse *_cpu) are reached through LinearPlan, the prepared-layer
+// (int8, static, intx, sparse and codebook linears) are reached through LinearPlan, the prepared-layer
 // object (bind_plans). Tensors cross as integer addresses (torch's data_ptr()) plus sizes; every
 // call releases the GIL. fastq::Error becomes fastq._C.NativeError (a RuntimeError),
 // fastq::BufferError a ValueError. Only fastq/_native.py imports this module.
@@ -82,8 +82,8 @@ py::dict build_info() {
   return d;
 }
 
-// ---- argument structs of the CUDA linear ops (the CPU ones run through LinearPlan, but for
-// int8_linear_static, which has no plan yet) ----
+// ---- argument structs of the CUDA linear ops (the CPU ones run through LinearPlan) ----
+#ifdef FASTQ_WITH_CUDA
 fastq::Int8LinearArgs linear_args(uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale,
                                   int64_t scale_groups, uintptr_t bias, uintptr_t y, int y_dtype, int64_t m,
                                   int64_t n, int64_t k, bool act_symmetric, uintptr_t workspace,
@@ -107,7 +107,6 @@ fastq::Int8LinearArgs linear_args(uintptr_t x, int x_dtype, uintptr_t w_packed, 
   return a;
 }
 
-#ifdef FASTQ_WITH_CUDA
 fastq::SparseLinearArgs sparse_args(uintptr_t x, bool x_transposed, int64_t ld_xt, int64_t m, int64_t n, int64_t k,
                                     uintptr_t values, uintptr_t scale, uintptr_t cols, uintptr_t row_ptr,
                                     uintptr_t meta, int block_rows, int block_cols, uintptr_t bias, uintptr_t y,
@@ -182,6 +181,36 @@ void bind_plans(py::module_& m) {
              p.entries = total_steps;
              p.scale = ptr<const float>(scale);
            })
+      .def("set_static",
+           [](LinearPlan& p, uintptr_t act_scale, uintptr_t act_zero_point, uintptr_t act_smooth) {
+             FASTQ_CHECK(act_scale && (p.act_symmetric || act_zero_point),
+                         "set_static: null activation scale, or no zero point for asymmetric activations");
+             p.act_scale = ptr<const float>(act_scale);
+             p.act_zero_point = ptr<const int32_t>(act_zero_point);
+             p.act_smooth = ptr<const float>(act_smooth);
+           })
+      .def("set_intx",
+           [](LinearPlan& p, uintptr_t packed, int bits, bool asymmetric, int64_t groups) {
+             FASTQ_CHECK(packed && bits >= 2 && bits <= 8 && groups >= 1 && p.k % groups == 0,
+                         "set_intx: null buffer, bits outside 2..8 or groups not dividing k");
+             p.codes = ptr<const uint8_t>(packed);
+             p.bits = bits;
+             p.asymmetric = asymmetric;
+             p.groups = groups;
+           })
+      .def("set_codebook",
+           [](LinearPlan& p, uintptr_t codes, int bits, bool lut, uintptr_t codebook, int64_t cb_rows,
+              int64_t cb_groups, uintptr_t scale) {
+             FASTQ_CHECK(codes && codebook && cb_rows >= 1 && cb_groups >= 1 && p.k % cb_groups == 0,
+                         "set_codebook: null buffer or bad codebook shape");
+             p.codes = ptr<const uint8_t>(codes);
+             p.bits = bits;
+             p.lut = lut;
+             p.codebook = ptr<const float>(codebook);
+             p.cb_rows = cb_rows;
+             p.cb_groups = cb_groups;
+             p.scale = ptr<const float>(scale);
+           })
       .def("set_bias", [](LinearPlan& p, uintptr_t bias) { p.bias = ptr<const float>(bias); })
       .def("set_routes",
            [](LinearPlan& p, const std::vector<std::tuple<int64_t, int, int>>& routes) {
@@ -224,8 +253,9 @@ void bind_plans(py::module_& m) {
   m.def("set_parallel_backend", &fastq::set_parallel_backend);
 }
 
-// ---- sub-8-bit integer weights (intx family): (x, x_dtype, packed, bits, asymmetric, groups, bias,
-// y, y_dtype, m, n, k, workspace, workspace_bytes, num_threads | stream) ----
+#ifdef FASTQ_WITH_CUDA
+// ---- sub-8-bit integer weights (intx family, CUDA): (x, x_dtype, packed, bits, asymmetric, groups,
+// bias, y, y_dtype, m, n, k, workspace, workspace_bytes, stream) ----
 fastq::IntxLinearArgs intx_args(uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric,
                                 int64_t groups, uintptr_t bias, uintptr_t y, int y_dtype, int64_t m, int64_t n,
                                 int64_t k, uintptr_t workspace, int64_t workspace_bytes, int num_threads) {
@@ -247,13 +277,15 @@ fastq::IntxLinearArgs intx_args(uintptr_t x, int x_dtype, uintptr_t packed, int 
   a.num_threads = num_threads;
   return a;
 }
+#endif
 
 }  // namespace
 
 void fastq_bind_codebook(py::module_& m);  // codebook (weight sharing) section, at the end of this file
 void fastq_bind_intx(py::module_& m);  // sub-8-bit integer weights, at the end of this file
-// ---- static W8A8 linear (accuracy toolkit): linear_args(...) plus act_scale, act_zero_point,
-// act_smooth pointers; CUDA passes a stream instead of num_threads ----
+// ---- static W8A8 linear on CUDA (accuracy toolkit): linear_args(...) plus act_scale,
+// act_zero_point, act_smooth pointers ----
+#ifdef FASTQ_WITH_CUDA
 namespace {
 
 fastq::Int8StaticLinearArgs static_args(uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale,
@@ -272,20 +304,11 @@ fastq::Int8StaticLinearArgs static_args(uintptr_t x, int x_dtype, uintptr_t w_pa
 
 }  // namespace
 
-void fastq_bind_static_linear(py::module_& m) {
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-  m.def("int8_linear_static_workspace_bytes_cpu", &fastq::int8_linear_static_workspace_bytes_cpu);
-  m.def(
-      "int8_linear_static_cpu",
-      [](uintptr_t x, int x_dtype, uintptr_t w_packed, uintptr_t w_scale, uintptr_t bias, uintptr_t y, int y_dtype,
-         int64_t m_, int64_t n, int64_t k, bool act_symmetric, uintptr_t act_scale, uintptr_t act_zero_point,
-         uintptr_t act_smooth, uintptr_t workspace, int64_t workspace_bytes, int num_threads) {
-        fastq::int8_linear_static_cpu(static_args(x, x_dtype, w_packed, w_scale, bias, y, y_dtype, m_, n, k,
-                                                  act_symmetric, act_scale, act_zero_point, act_smooth, workspace,
-                                                  workspace_bytes, num_threads));
-      },
-      nogil);
+#endif
+
+void fastq_bind_static_linear([[maybe_unused]] py::module_& m) {
 #ifdef FASTQ_WITH_CUDA
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("int8_linear_static_workspace_bytes_cuda", &fastq::int8_linear_static_workspace_bytes_cuda);
   m.def(
       "int8_linear_static_cuda",
@@ -494,28 +517,9 @@ void fastq_bind_codebook(py::module_& m) {
 }
 
 // ---- sub-8-bit integer weights (intx family; csrc/cpu/intx.cpp, csrc/cuda/intx.cu) ----
-void fastq_bind_intx(py::module_& m) {
-  const auto nogil = py::call_guard<py::gil_scoped_release>();
-  m.def("intx_linear_workspace_bytes_cpu", &fastq::intx_linear_workspace_bytes_cpu);
-  m.def(
-      "intx_weight_only_linear_cpu",
-      [](uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric, int64_t groups, uintptr_t bias,
-         uintptr_t y, int y_dtype, int64_t mm, int64_t n, int64_t k, uintptr_t workspace, int64_t ws_bytes,
-         int num_threads) {
-        fastq::intx_weight_only_linear_cpu(intx_args(x, x_dtype, packed, bits, asymmetric, groups, bias, y, y_dtype,
-                                                     mm, n, k, workspace, ws_bytes, num_threads));
-      },
-      nogil);
-  m.def(
-      "intx_linear_dynamic_cpu",
-      [](uintptr_t x, int x_dtype, uintptr_t packed, int bits, bool asymmetric, int64_t groups, uintptr_t bias,
-         uintptr_t y, int y_dtype, int64_t mm, int64_t n, int64_t k, uintptr_t workspace, int64_t ws_bytes,
-         int num_threads) {
-        fastq::intx_linear_dynamic_cpu(intx_args(x, x_dtype, packed, bits, asymmetric, groups, bias, y, y_dtype, mm,
-                                                 n, k, workspace, ws_bytes, num_threads));
-      },
-      nogil);
+void fastq_bind_intx([[maybe_unused]] py::module_& m) {
 #ifdef FASTQ_WITH_CUDA
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("intx_linear_workspace_bytes_cuda", &fastq::intx_linear_workspace_bytes_cuda);
   m.def(
       "intx_weight_only_linear_cuda",

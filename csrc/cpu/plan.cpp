@@ -3,8 +3,9 @@
 //  - this is the one launcher of the CPU linear drivers: module plans and the ops' eager path both
 //    come here, so the two can only differ if their inputs differ;
 //  - it prepares exactly what fastq/ops/reference.py's sequence needs and nothing else: the sparse
-//    kernels get float32 x (widened exactly; transposed and zero-padded for m >= kTransposeMinM,
-//    zero-padded to the block width for bsr) and write float32 y, rounded once to y's dtype;
+//    and codebook kernels get float32 x (widened exactly; for sparse, transposed and zero-padded for
+//    m >= kTransposeMinM, zero-padded to the block width for bsr) and write float32 y, rounded once
+//    to y's dtype; the int8 and intx drivers take x and y in any float dtype themselves;
 //  - scratch comes from the calling thread's arena (common/arena.h), sized inside the call;
 //  - counters and the time spent here are kept for fastq.native_calls and the overhead benchmark.
 #include <algorithm>
@@ -75,9 +76,74 @@ void run_gemm(const LinearPlan& p, const PlanCall& c, int path) {
       int8_weight_only_linear_cpu(a);
     return;
   }
+  if (p.op == PlanOp::int8_linear_static) {
+    Int8StaticLinearArgs s;
+    s.lin = a;
+    s.act_scale = p.act_scale;
+    s.act_zero_point = p.act_zero_point;
+    s.act_smooth = p.act_smooth;
+    s.lin.workspace_bytes = int8_linear_static_workspace_bytes_cpu(c.m, p.n, p.k);
+    s.lin.workspace = scratch(static_cast<size_t>(s.lin.workspace_bytes));
+    int8_linear_static_cpu(s);
+    return;
+  }
   a.workspace_bytes = int8_linear_dynamic_workspace_bytes_cpu(c.m, p.n, p.k);
   a.workspace = scratch(static_cast<size_t>(a.workspace_bytes));
   int8_linear_dynamic_cpu(a);
+}
+
+void run_intx(const LinearPlan& p, const PlanCall& c) {
+  IntxLinearArgs a;
+  a.x = c.x;
+  a.x_dtype = c.x_dtype;
+  a.packed = p.codes;
+  a.bits = p.bits;
+  a.asymmetric = p.asymmetric;
+  a.groups = p.groups;
+  a.bias = p.bias;
+  a.y = c.y;
+  a.y_dtype = c.y_dtype;
+  a.m = c.m;
+  a.n = p.n;
+  a.k = p.k;
+  a.workspace_bytes = intx_linear_workspace_bytes_cpu(c.m, p.k, p.groups);
+  a.workspace = scratch(static_cast<size_t>(a.workspace_bytes));
+  a.num_threads = c.num_threads;
+  if (p.op == PlanOp::intx_linear_dynamic) intx_linear_dynamic_cpu(a);
+  else intx_weight_only_linear_cpu(a);
+}
+
+// Codebook: float32 x (widened exactly when it is not) and float32 y (rounded once to y's dtype),
+// the reference's sequence; lookup tables in scratch after them.
+void run_codebook(const LinearPlan& p, const PlanCall& c) {
+  const int64_t m = c.m, n = p.n, k = p.k;
+  const int64_t x_bytes = c.x_dtype != DType::f32 ? round_up(m * k * 4, 64) : 0;
+  const int64_t y_bytes = c.y_dtype != DType::f32 ? round_up(m * n * 4, 64) : 0;
+  const int64_t ws_bytes = codebook_linear_workspace_bytes_cpu(m, k, p.bits, p.lut, 0, c.num_threads);
+  char* s = static_cast<char*>(scratch(static_cast<size_t>(x_bytes + y_bytes + ws_bytes)));
+  CodebookLinearArgs a;
+  a.x = static_cast<const float*>(c.x);
+  if (x_bytes) {
+    widen_rows(c.x, c.x_dtype, m, k, reinterpret_cast<float*>(s), k);
+    a.x = reinterpret_cast<const float*>(s);
+  }
+  a.y = y_bytes ? reinterpret_cast<float*>(s + x_bytes) : static_cast<float*>(c.y);
+  a.m = m;
+  a.n = n;
+  a.k = k;
+  a.codes = p.codes;
+  a.bits = p.bits;
+  a.lut = p.lut;
+  a.codebook = p.codebook;
+  a.cb_rows = p.cb_rows;
+  a.cb_groups = p.cb_groups;
+  a.scale = p.scale;
+  a.bias = p.bias;
+  a.workspace = ws_bytes ? reinterpret_cast<float*>(s + x_bytes + y_bytes) : nullptr;
+  a.workspace_bytes = ws_bytes;
+  a.num_threads = c.num_threads;
+  codebook_linear_cpu(a);
+  if (y_bytes) narrow(a.y, c.y, c.y_dtype, m * n);
 }
 
 // The sparse family: x widened / transposed / padded into scratch, y through a float32 buffer
@@ -175,6 +241,10 @@ const char* plan_op_name(PlanOp op) {
     case PlanOp::sparse_24_linear: return "sparse_24_linear";
     case PlanOp::sparse_bsr_linear: return "sparse_bsr_linear";
     case PlanOp::sparse_ell_linear: return "sparse_ell_linear";
+    case PlanOp::int8_linear_static: return "int8_linear_static";
+    case PlanOp::intx_weight_only_linear: return "intx_weight_only_linear";
+    case PlanOp::intx_linear_dynamic: return "intx_linear_dynamic";
+    case PlanOp::codebook_linear: return "codebook_linear";
     default: return "unknown";
   }
 }
@@ -186,8 +256,15 @@ void linear_plan_run_cpu(const LinearPlan& p, const PlanCall& c) {
   {
     const PlanRoute route = route_for(p, c.m);
     const cpu::ScopedIsaCap cap(route.isa);
-    if (p.op == PlanOp::int8_linear_dynamic || p.op == PlanOp::int8_weight_only_linear) run_gemm(p, c, route.path);
-    else run_sparse(p, c);
+    switch (p.op) {
+      case PlanOp::int8_linear_dynamic:
+      case PlanOp::int8_weight_only_linear:
+      case PlanOp::int8_linear_static: run_gemm(p, c, route.path); break;
+      case PlanOp::intx_weight_only_linear:
+      case PlanOp::intx_linear_dynamic: run_intx(p, c); break;
+      case PlanOp::codebook_linear: run_codebook(p, c); break;
+      default: run_sparse(p, c); break;
+    }
   }
   release_large_scratch();
   g_calls[0][static_cast<int>(p.op)].fetch_add(1, std::memory_order_relaxed);

@@ -12,8 +12,8 @@ Invariants:
         weight: per stored entry a 4-bit gap to the previous entry (``gaps``, two per byte; a gap
         over 16 inserts filler entries with code 0, the fixed 0.0 entry) and a ``bits``-wide code
         (``codes``, packed little-endian within bytes); positions not stored are 0.
-  * forward: dense storage calls ``torch.ops.fastq.codebook_linear`` once on a [*, K] view (output
-    dtype = input dtype). Centroid training (``train_centroids_``) or sparse storage builds the
+  * forward: dense storage runs the layer's prepared plan in plain eager mode (``fastq.nn._prepared``),
+    else calls ``torch.ops.fastq.codebook_linear`` once on a [*, K] view (output dtype = input dtype). Centroid training (``train_centroids_``) or sparse storage builds the
     dense float weight with ``codebook_weight`` (differentiable: each entry's gradient is the sum of
     its members' gradients) and calls ``F.linear``.
   * a table's entry 0 is fixed at 0.0 when ``zero_entry`` (pruned weights stay exactly 0): its
@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastq.nn._base import Int8GemmModule, UnsupportedLayerError
+from fastq.nn._prepared import NO_PLAN, PreparedLayer
 from fastq.nn.conv import ConvGeometry
-from fastq.ops import call_op
+from fastq.ops import call_op, plans
 from fastq.ops._checks import LUT_BITS, codebook_packed_sizes
 from fastq.ops.reference import codebook_unpack, codebook_weight
 
@@ -80,11 +81,15 @@ def relative_decode(gaps: Tensor, codes: Tensor, entries: int, bits: int, n: int
     return pos, _unpack_bits(codes, bits, entries).to(torch.int64)
 
 
-class _CodebookLayer(nn.Module):
+class _CodebookLayer(PreparedLayer):
     """Shared state and methods of SharedWeightLinear and SharedWeightConv2d (an [N, K] GEMM)."""
+
+    # model.half() must not cast the float32 tables, scales and bias (the kernels read float32)
+    _KEEP_FLOAT32 = ("codebook", "scale", "bias")
 
     def _init_codebook(self, n: int, k: int, bias: bool, bits: int, codebook_rows: int, codebook_groups: int,
                        scale: bool, clusters: int, kind: str, zero_entry: bool, storage: str, entries: int) -> None:
+        self._init_plan()
         if bits not in (1, 2, 4, 8):
             raise ValueError(f"bits must be 1, 2, 4 or 8, got {bits!r}")
         if n <= 0 or k <= 0:
@@ -153,18 +158,24 @@ class _CodebookLayer(nn.Module):
         if self.weight_bytes() >= self.float_weight_bytes():
             raise UnsupportedLayerError(f"too small to gain from a codebook: {self.weight_bytes()} B stored vs "
                                         f"{self.float_weight_bytes()} B in fp32")
+        self.prepare()
 
     def _apply(self, fn, recurse=True):
-        # Dtype conversions (model.half()) must not cast the float32 codebook, scale and bias.
-        keep = {name: t for name, t in self._buffers.items() if name in ("codebook", "scale", "bias") and t is not None}
-        param = self._parameters.get("codebook")
-        super()._apply(fn, recurse)
-        for name, t in keep.items():
-            self._buffers[name] = t.to(self._buffers[name].device)
-        if param is not None and self._parameters["codebook"].dtype != torch.float32:
-            self._parameters["codebook"].data = self._parameters["codebook"].data.float()
+        super()._apply(fn, recurse)  # keeps the float32 buffers (_KEEP_FLOAT32), rebuilds the plan
+        param = self._parameters.get("codebook")  # a table being trained stays float32 too
+        if param is not None and param.dtype != torch.float32:
+            param.data = param.data.float()
         self._codes_cache = None
         return self
+
+    def _make_plan(self):
+        """The codebook_linear plan of dense codes; none while centroids train or for sparse storage
+        (both run F.linear on the decoded weight)."""
+        if self.storage != "dense" or self.training_centroids:
+            return NO_PLAN
+        plan = plans.codebook_linear(self.codes, self.codebook, self.scale, self.bias, self._n, self._k, self.bits,
+                                     self.lut, where=self._layer_name())
+        return NO_PLAN if plan is None else plan
 
     # ---- the GEMM -------------------------------------------------------------------------------
 
@@ -291,7 +302,7 @@ class SharedWeightLinear(_CodebookLayer):
         q._set_encoded(enc, packed, module.bias)
         return q
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _op_forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"{self._describe()}: input of shape {tuple(x.shape)} does not end in "
@@ -348,7 +359,11 @@ class SharedWeightConv2d(ConvGeometry, _CodebookLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        return self._conv(x, self._gemm, self._describe())
+        gemm = self._gemm if torch.compiler.is_compiling() else self._run  # the plan's fast path, eager only
+        return self._conv(x, gemm, self._describe())
+
+    def _op_forward(self, cols: Tensor) -> Tensor:
+        return self._gemm(cols)
 
     def init_kwargs(self) -> dict:
         """JSON-serialisable constructor arguments: ``SharedWeightConv2d(**m.init_kwargs())`` is an empty twin."""
@@ -393,10 +408,12 @@ def train_centroids_(model: nn.Module, enabled: bool = True) -> nn.Module:
             if m.zero_entry:
                 m.codebook.register_hook(_zero_entry_grad)
             m._codes_cache = m.int_codes().to(torch.int64)
+            m.prepare()  # no plan while the table trains (F.linear on the gathered weight)
         elif not enabled and m.training_centroids:
             table = m._parameters.pop("codebook").detach().clone()
             if m.zero_entry:
                 table[..., 0] = 0
             m.register_buffer("codebook", table)
             m._codes_cache = None
+            m.prepare()
     return model

@@ -5,8 +5,10 @@ Invariants:
     ISA-independent layout (codes, float32 group scales and zero points together; loading needs no
     repacking); IntxLinear adds ``bias`` (float32 [N] or absent). Shapes follow from ``init_kwargs``
     alone, so ``cls(**init_kwargs())`` builds an empty module that ``load_state_dict`` fills.
-  * ``forward`` checks ``x`` and makes one fastq op call (``intx_weight_only_linear``,
-    ``intx_linear_dynamic`` or ``intx_embedding``) on the buffers; linear outputs have x's dtype.
+  * IntxLinear is a prepared layer (``fastq.nn._prepared``): in plain eager mode its forward is its
+    plan (one native call), else one op call (``intx_weight_only_linear`` / ``intx_linear_dynamic``,
+    which check ``x``); IntxEmbedding's forward is one ``intx_embedding`` call. Linear outputs have
+    x's dtype; the float32 bias stays float32 under ``model.half()``.
   * A weight shared by several modules (a tied embedding and LM head) is quantized once per
     ``quantize_`` call and the modules hold the same ``weight_packed`` tensor; the later ones are
     built with ``tied=True`` (their weight bytes are counted at the first) and ``fastq.save`` /
@@ -22,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from fastq.nn._base import UnsupportedLayerError
-from fastq.ops import call_op
+from fastq.nn._prepared import NO_PLAN, PreparedLayer
+from fastq.ops import call_op, plans
 from fastq.ops._checks import FLOAT_DTYPES
 from fastq.ops.reference import INTX_BITS, intx_chunk_k, intx_dequantize, intx_packed_bytes, intx_slot_bits, intx_unpack_weight
 
@@ -108,15 +111,6 @@ class _IntxWeight(nn.Module):
         """(n, groups, bits, asymmetric): the op arguments describing ``weight_packed``."""
         return self._n, self.groups, self.bits, not self.symmetric
 
-    def _apply(self, fn, recurse=True):
-        # model.half() would cast the float32 bias (the ops require float32): conversions move it
-        # between devices only. The packed weight is uint8, so dtype casts leave it alone anyway.
-        bias = self._buffers.get("bias")
-        super()._apply(fn, recurse)
-        if bias is not None:
-            self._buffers["bias"] = bias.to(self._buffers["bias"].device)
-        return self
-
     # ---- introspection (summary, tests, save/load) ----------------------------------------------
 
     def granularity(self) -> str:
@@ -155,8 +149,11 @@ class _IntxWeight(nn.Module):
         return (0 if self.tied else 4 * self._n * self._k) + (4 * self._n if bias is not None else 0)
 
 
-class IntxLinear(_IntxWeight):
+class IntxLinear(_IntxWeight, PreparedLayer):
     """``y = x @ W.T + b`` with a ``bits``-bit integer weight (2..8), per group or per channel.
+
+    A prepared layer (``fastq.nn._prepared``): the float32 bias keeps its dtype under
+    ``model.half()``, and eager calls run the plan built from the validated buffers.
 
     Args:
         in_features: K.
@@ -174,11 +171,14 @@ class IntxLinear(_IntxWeight):
     Shapes: input [*, K] float32/float16/bfloat16 -> output [*, N] in the input's dtype.
     """
 
+    _KEEP_FLOAT32 = ("bias",)  # the ops read a float32 bias
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
                  group_size: Optional[int] = 128, symmetric: bool = True, mode: str = "weight_only",
                  tied: bool = False, clip: Optional[str] = None, fitted_from: Optional[int] = None,
                  gptq: bool = False) -> None:
         super().__init__()
+        self._init_plan()
         if mode not in LINEAR_MODES:
             raise ValueError(f"mode must be one of {LINEAR_MODES}, got {mode!r}")
         if mode == "dynamic" and bits > 4:
@@ -210,9 +210,19 @@ class IntxLinear(_IntxWeight):
         q.gptq = hessian is not None
         if module.bias is not None:
             q.bias = module.bias.detach().to(dtype=torch.float32).clone()
+        q.prepare()
         return q
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _op_name(self) -> str:
+        return "intx_linear_dynamic" if self.mode == "dynamic" else "intx_weight_only_linear"
+
+    def _make_plan(self):
+        n, groups, bits, asym = self._layout()
+        plan = plans.intx_linear(self._op_name(), self.weight_packed, self.bias, n, self._k, groups, bits, asym,
+                                 where=self._layer_name())
+        return NO_PLAN if plan is None else plan
+
+    def _op_forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dtype not in FLOAT_DTYPES:
             got = x.dtype if isinstance(x, Tensor) else type(x).__name__
             raise TypeError(f"{self._describe()}: input must be float32, float16 or bfloat16, got {got}")

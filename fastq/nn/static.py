@@ -6,8 +6,9 @@ Invariants:
     ``act_smooth`` (float32 [K] SmoothQuant divisors, only when ``smooth=True``). Their presence
     follows from the constructor arguments, so ``cls(**init_kwargs())`` is an empty twin that
     ``load_state_dict`` fills.
-  * The forward is one ``int8_linear_static`` op call (the activation quantization happens inside
-    the GEMM call; there is no run-time max pass); output dtype = input dtype.
+  * The forward is the module's plan in plain eager mode, else one ``int8_linear_static`` op call
+    (either way one native call: the activation quantization happens inside the GEMM call; there is
+    no run-time max pass); output dtype = input dtype.
   * Scales are float32 and stay float32 under ``model.half()`` / ``.to(bfloat16)``.
 """
 
@@ -22,13 +23,15 @@ from fastq.nn._base import W8A8, UnsupportedLayerError
 from fastq.nn._prepared import NO_PLAN
 from fastq.nn.conv import QuantConv2d
 from fastq.nn.linear import QuantLinear
-from fastq.ops import _checks, call_op
+from fastq.ops import call_op, plans
 
 W8A8_STATIC = "w8a8_static"
 
 
 class StaticActivations:
     """Mixin over an Int8GemmModule in w8a8 mode: calibrated activation parameters and the static GEMM."""
+
+    _KEEP_FLOAT32 = ("weight_scale", "bias", "act_scale", "act_smooth")
 
     def _init_static(self, act_symmetric: bool, smooth: bool) -> None:
         if not isinstance(smooth, bool):
@@ -64,24 +67,21 @@ class StaticActivations:
             self.act_zero_point = torch.full((1,), int(zp), dtype=torch.int32, device=device)
         if smooth is not None:
             self.act_smooth = s.to(device).clone()
+        self.prepare()  # validated and planned now, not at the first forward
 
     def _make_plan(self):
-        """No plan kind runs static W8A8 yet: the weight buffers are validated as W8A8's plan would
-        (before any kernel reads them), and the op path (int8_linear_static) serves every call."""
-        _checks.check_packed_weight_values(self._layer_name(), self.weight_packed, self.weight_scale, self._n,
-                                           self._k, cache=False)
-        return NO_PLAN
+        try:
+            plan = plans.int8_linear_static(self.weight_packed, self.weight_scale, self.bias, self._n, self._k,
+                                            self.act_scale, self.act_zero_point, self.act_smooth,
+                                            where=self._layer_name())
+        except ValueError as exc:  # name the module's buffers, not the op's arguments
+            raise ValueError(str(exc).replace("w_packed", "weight_packed").replace("w_scale", "weight_scale")) \
+                from None
+        return NO_PLAN if plan is None else plan
 
     def _gemm(self, x: Tensor) -> Tensor:
         return call_op("int8_linear_static", x, self.weight_packed, self.weight_scale, self.bias, self._n, self.act_scale,
                        self.act_zero_point, self.act_smooth, x.dtype)
-
-    def _apply(self, fn, recurse=True):
-        keep = {name: t for name, t in self._buffers.items() if name in ("act_scale", "act_smooth") and t is not None}
-        super()._apply(fn, recurse)
-        for name, t in keep.items():
-            self._buffers[name] = t.to(self._buffers[name].device)
-        return self
 
     def static_kwargs(self) -> dict:
         return {"act_symmetric": self.act_symmetric, "smooth": self.act_smooth is not None}

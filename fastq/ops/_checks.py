@@ -659,16 +659,22 @@ def check_static_values(op: str, act_scale: Tensor, act_zero_point: Optional[Ten
     for name, t, lo, hi in (("act_scale", act_scale, FLT_MIN, torch.finfo(torch.float32).max),
                             ("act_zero_point", act_zero_point, 0, 255),
                             ("act_smooth", act_smooth, FLT_MIN, torch.finfo(torch.float32).max)):
-        if t is None or getattr(t, "_fastq_range_ok", None) == t._version:
+        if t is None:
+            continue
+        try:
+            version = t._version
+        except RuntimeError:  # inference tensors have no version counter: checked every time
+            version = None
+        if version is not None and getattr(t, "_fastq_range_ok", None) == version:
             continue
         if not _in_range(t, lo, hi):
             raise ValueError(f"{op}: {name} must lie in [{lo:g}, {hi:g}] (finite, positive normal floats for scales); "
                              f"got values outside it (NaN/Inf/zero/negative?)")
-        try:
-            t._fastq_range_ok = t._version
-        except (AttributeError, RuntimeError):
-            pass
-
+        if version is not None:
+            try:
+                t._fastq_range_ok = version
+            except (AttributeError, RuntimeError):
+                pass
 
 
 # ---- sub-8-bit integer weights (intx family; layout: fastq/ops/reference.py) ---------------------

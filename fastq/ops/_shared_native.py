@@ -1,16 +1,15 @@
-"""Native implementations of the linear ops that have no prepared plan yet (codebook, static W8A8,
-sub-8-bit integer weights): one body per op for both devices, which ``fastq.ops.cpu`` and
-``fastq.ops.cuda`` register as their kernels where this build has ``_C.<op>_<device>``.
+"""CUDA implementations of the linear ops that run without a plan on CUDA (codebook, static W8A8,
+sub-8-bit integer weights), which ``fastq.ops.cuda`` registers where this build has
+``_C.<op>_cuda``. (On CPU these ops run through plans: ``fastq.ops.cpu``.)
 
 Invariants: each implementation validates with ``_checks`` first (the checks every path runs),
-answers empty inputs without a kernel, allocates outputs with torch on x's device, counts the run
-(``_native.record``) and passes raw pointers to ``_C``: CPU calls get ``torch.get_num_threads()``
-threads and a workspace reused per thread, CUDA calls x's device and current stream.
+answers empty inputs without a kernel, allocates outputs and workspaces with torch on x's device
+(the caching allocator), counts the run (``_native.record``) and passes raw pointers plus x's
+current stream to ``_C``.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import torch
@@ -24,33 +23,18 @@ OPS = ("codebook_linear", "int8_linear_static", "intx_weight_only_linear", "intx
 
 
 def _device_call(name: str, x: Tensor, *args) -> None:
-    """``_C.<name>_cpu(*args, threads)`` or ``_C.<name>_cuda(*args, stream)`` on x's device."""
-    if x.device.type == "cpu":
-        getattr(_native._C, f"{name}_cpu")(*args, _native.num_threads())
-    else:
-        with torch.cuda.device(x.device):
-            getattr(_native._C, f"{name}_cuda")(*args, _native.cuda_stream(x))
-
-
-_tls = threading.local()
-_MAX_CACHED_WORKSPACE = 64 << 20  # larger ones are allocated per call rather than held forever
+    """``_C.<name>_cuda(*args, stream)`` on x's device."""
+    with torch.cuda.device(x.device):
+        getattr(_native._C, f"{name}_cuda")(*args, _native.cuda_stream(x))
 
 
 def _workspace(device: torch.device, nbytes: int) -> Tensor:
-    """Scratch reused across calls on this thread (CPU): a fresh multi-MiB buffer per call would pay
-    for new pages every time. CUDA uses the caching allocator."""
-    if device.type != "cpu" or nbytes > _MAX_CACHED_WORKSPACE:
-        return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
-    buf = getattr(_tls, "cpu_workspace", None)
-    if buf is None or buf.numel() < nbytes:
-        buf = torch.empty(max(nbytes, 1), dtype=torch.uint8)
-        _tls.cpu_workspace = buf
-    return buf
+    return torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
 
 
 # ---- codebook (weight sharing) linear ------------------------------------------------------------
 # x is widened to float32 (exact for float16/bfloat16) and y rounded once to x's dtype, the
-# reference's sequence. CPU lookup tables live in the thread's reused workspace.
+# reference's sequence.
 
 def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
                     n: int, bits: int, lut: bool) -> Tensor:
@@ -69,21 +53,13 @@ def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional
                                      for t in (codebook, scale, bias, packed))
     args = (x2.data_ptr(), m, n, k, packed.data_ptr(), bits, lut, codebook.data_ptr(), codebook.shape[0],
             codebook.shape[1], _ptr(scale), _ptr(bias), y.data_ptr())
-    if x.device.type == "cpu":
-        threads = _native.num_threads()
-        ws_bytes = _native._C.codebook_linear_workspace_bytes_cpu(m, k, bits, lut, 0, threads)
-        ws = _workspace(x.device, ws_bytes) if ws_bytes else None
-        _native._C.codebook_linear_cpu(*args, _ptr(ws), ws_bytes, threads, 0)
-    else:
-        with torch.cuda.device(x.device):
-            _native._C.codebook_linear_cuda(*args, _native.cuda_stream(x))
+    _device_call("codebook_linear", x, *args)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 # ---- static W8A8 linear (accuracy toolkit) ----------------------------------------------------
-# One native call: CPU quantizes x with the calibrated scale straight into the GEMM's activation
-# format inside the GEMM's own parallel region (csrc/cpu/gemm_static.cpp); CUDA quantizes into the
-# workspace, then runs int8_linear_dynamic's GEMMs. The scale / zero point / smoothing tensors are
+# One native call: x is quantized with the calibrated scale into the workspace, then
+# int8_linear_dynamic's GEMMs run. The scale / zero point / smoothing tensors are
 # passed as device pointers: a call never reads them on the host.
 
 def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
@@ -101,8 +77,7 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
     k = x.shape[-1]
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
-    cpu = x.device.type == "cpu"
-    ws_bytes = getattr(_native._C, f"{op}_workspace_bytes_{'cpu' if cpu else 'cuda'}")(m, n, k)
+    ws_bytes = _native._C.int8_linear_static_workspace_bytes_cuda(m, n, k)
     workspace = _workspace(x.device, ws_bytes)
     zp = _contig(act_zero_point)
     _device_call(op, x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype], w_packed.contiguous().data_ptr(),
@@ -113,8 +88,8 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
 
 
 # ---- sub-8-bit integer weights (intx family) ------------------------------------------------------
-# The linears run natively on CPU and CUDA for every bits (2..8 weight-only, 2..4 dynamic): x of
-# shape [*, K] runs as [M, K]; the prepared activations live in the reused workspace (_workspace).
+# Every bits runs natively (2..8 weight-only, 2..4 dynamic): x of shape [*, K] runs as [M, K]; the
+# prepared activations live in the workspace.
 
 def _intx_run(name: str, x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
               asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
@@ -127,7 +102,7 @@ def _intx_run(name: str, x: Tensor, packed: Tensor, bias: Optional[Tensor], n: i
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     m = x2.shape[0]
-    ws_bytes = getattr(_native._C, f"intx_linear_workspace_bytes_{x.device.type}")(m, k, groups)
+    ws_bytes = _native._C.intx_linear_workspace_bytes_cuda(m, k, groups)
     workspace = _workspace(x.device, ws_bytes)
     _device_call(name, x, x2.data_ptr(), _native.DTYPE_CODES[x2.dtype], packed.contiguous().data_ptr(), bits,
                  asymmetric, groups, _ptr(_contig(bias)), y.data_ptr(), _native.DTYPE_CODES[out_dtype], m, n, k,

@@ -18,13 +18,13 @@ from torch import Tensor
 
 from fastq import _native
 from fastq.ops import _checks, plans, reference
-from fastq.ops import _shared_native
 from fastq.ops._device_ops import DeviceOps, _contig, _ptr
 
 # ops served by a LinearPlan (they need the plan binding); the others by their own _C function
 _PLAN_OPS = ("int8_linear_dynamic", "int8_linear_dynamic_out", "int8_weight_only_linear",
              "int8_weight_only_linear_out", "sparse_csr_linear", "sparse_int8_linear", "sparse_24_linear",
-             "sparse_bsr_linear", "sparse_ell_linear")
+             "sparse_bsr_linear", "sparse_ell_linear", "int8_linear_static", "intx_weight_only_linear",
+             "intx_linear_dynamic", "codebook_linear")
 _FUNCTIONS = {"quantize_int8": "quantize_int8_cpu", "quantize_int8_out": "quantize_int8_cpu",
               "dequantize_int8": "dequantize_int8_cpu", "dequantize_int8_out": "dequantize_int8_cpu",
               "int8_gemm": "int8_gemm_cpu"}
@@ -34,8 +34,6 @@ def available(op: str) -> bool:
     """Whether this build has a native CPU kernel for ``op``."""
     if op in _PLAN_OPS:
         return _native.has("LinearPlan")
-    if op in _shared_native.OPS:
-        return _native.has(f"{op}_cpu")
     return op in _FUNCTIONS and _native.has(_FUNCTIONS[op])
 
 
@@ -186,8 +184,46 @@ def sparse_ell_linear(x: Tensor, values: Tensor, offsets: Tensor, steps: Tensor,
                         (values, offsets, steps, group_ptr, scale, bias), (op, n, k)).run(x)
 
 
-# ---- ops without a plan: one body for both devices (fastq.ops._shared_native) -------------------
-codebook_linear = _shared_native.codebook_linear
-int8_linear_static = _shared_native.int8_linear_static
-intx_weight_only_linear = _shared_native.intx_weight_only_linear
-intx_linear_dynamic = _shared_native.intx_linear_dynamic
+# ---- static W8A8, sub-8-bit integer and codebook weights ----------------------------------------
+
+def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                       act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
+                       out_dtype: torch.dtype) -> Tensor:
+    op = "int8_linear_static"
+    _checks.check_static_linear(op, x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth)
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    k = x.shape[-1]
+    _checks.check_packed_weight_values(op, w_packed, w_scale, n, k)
+    _checks.check_static_values(op, act_scale, act_zero_point, act_smooth)
+    ts = tuple(_contig(t) for t in (w_packed, w_scale, bias, act_scale, act_zero_point, act_smooth))
+    return plans.reused(lambda: plans.int8_linear_static(*ts[:3], n, k, *ts[3:], validate=False), ts,
+                        (op, n, k)).run(x, out_dtype)
+
+
+def _intx(op: str, x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+          asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    k = _checks.check_intx_linear(op, x, packed, bias, n, groups, bits, asymmetric, op == "intx_linear_dynamic")
+    if out_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    packed, bias = packed.contiguous(), _contig(bias)
+    return plans.reused(lambda: plans.intx_linear(op, packed, bias, n, k, groups, bits, asymmetric, validate=False),
+                        (packed, bias), (op, n, k, groups, bits, asymmetric)).run(x, out_dtype)
+
+
+def intx_weight_only_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                            asymmetric: bool) -> Tensor:
+    return _intx("intx_weight_only_linear", x, packed, bias, n, groups, bits, asymmetric, x.dtype)
+
+
+def intx_linear_dynamic(x: Tensor, packed: Tensor, bias: Optional[Tensor], n: int, groups: int, bits: int,
+                        asymmetric: bool, out_dtype: torch.dtype) -> Tensor:
+    return _intx("intx_linear_dynamic", x, packed, bias, n, groups, bits, asymmetric, out_dtype)
+
+
+def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],
+                    n: int, bits: int, lut: bool) -> Tensor:
+    k = _checks.check_codebook_linear(x, packed, codebook, scale, bias, n, bits, lut)
+    ts = tuple(_contig(t) for t in (packed, codebook, scale, bias))
+    return plans.reused(lambda: plans.codebook_linear(*ts, n, k, bits, lut, validate=False), ts,
+                        ("codebook_linear", n, k, bits, lut)).run(x)

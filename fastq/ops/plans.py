@@ -409,3 +409,59 @@ def _sparse_cpu(op: str, n: int, k: int, tensors: tuple, bias: Optional[Tensor],
                      block_cols)
 
     return _cpu_plan(op, n, k, tensors, setup, bias)
+
+
+# ---- static W8A8, sub-8-bit integer and codebook weights ----------------------------------------
+# CPU only: on CUDA these ops run their launchers in fastq.ops._shared_native (no plan; the builders
+# still validate the buffers, so a module on CUDA fails at load just as on CPU).
+
+def int8_linear_static(w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, k: int, act_scale: Tensor,
+                       act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor], *,
+                       where: str = "int8_linear_static", validate: bool = True) -> Optional[Plan]:
+    """Plan of ``int8_linear_static`` (W8A8 with calibrated activation parameters)."""
+    op = "int8_linear_static"
+    if validate:
+        _named(where, _checks.check_static_linear, op, _proxy_x(k, w_packed), w_packed, w_scale, bias, n, act_scale,
+               act_zero_point, act_smooth)
+        _checks.check_packed_weight_values(where, w_packed, w_scale, n, k, cache=False)
+        _checks.check_static_values(where, act_scale, act_zero_point, act_smooth)
+        w_packed, w_scale, bias, act_scale, act_zero_point, act_smooth = _contiguous(
+            w_packed, w_scale, bias, act_scale, act_zero_point, act_smooth)
+    if w_packed.device.type != "cpu":
+        return None
+
+    def setup(p):
+        p.set_gemm(w_packed.data_ptr(), w_scale.data_ptr(), 1, act_zero_point is None)
+        p.set_static(act_scale.data_ptr(), _ptr(act_zero_point), _ptr(act_smooth))
+
+    return _cpu_plan(op, n, k, (w_packed, w_scale, act_scale, act_zero_point, act_smooth), setup, bias)
+
+
+def intx_linear(op: str, packed: Tensor, bias: Optional[Tensor], n: int, k: int, groups: int, bits: int,
+                asymmetric: bool, *, where: Optional[str] = None, validate: bool = True) -> Optional[Plan]:
+    """Plan of ``intx_weight_only_linear`` or ``intx_linear_dynamic`` (``op``) over a packed [n, k]
+    weight. Any packed byte is a valid code (the kernels mask codes), so only shapes are checked."""
+    if validate:
+        _named(where or op, _checks.check_intx_linear, op, _proxy_x(k, packed), packed, bias, n, groups, bits,
+               asymmetric, op == "intx_linear_dynamic")
+        packed, bias = _contiguous(packed, bias)
+    if packed.device.type != "cpu":
+        return None
+    return _cpu_plan(op, n, k, (packed,), lambda p: p.set_intx(packed.data_ptr(), bits, asymmetric, groups), bias)
+
+
+def codebook_linear(packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor], n: int, k: int,
+                    bits: int, lut: bool, *, where: str = "codebook_linear", validate: bool = True) -> Optional[Plan]:
+    """Plan of ``codebook_linear`` over dense packed codes (every code indexes a 2**bits-entry
+    codebook by construction, so only shapes are checked)."""
+    if validate:
+        _named(where, _checks.check_codebook_linear, _proxy_x(k, packed), packed, codebook, scale, bias, n, bits, lut)
+        packed, codebook, scale, bias = _contiguous(packed, codebook, scale, bias)
+    if packed.device.type != "cpu":
+        return None
+
+    def setup(p):
+        p.set_codebook(packed.data_ptr(), bits, lut, codebook.data_ptr(), codebook.shape[0], codebook.shape[1],
+                       _ptr(scale))
+
+    return _cpu_plan("codebook_linear", n, k, (packed, codebook, scale), setup, bias)

@@ -21,7 +21,8 @@ from torch import nn
 
 import fastq
 from fastq import _native
-from fastq.nn import QuantConv2d, QuantLinear, SparseConv2d, SparseLinear
+from fastq.nn import (IntxLinear, QuantConv2d, QuantLinear, SharedWeightConv2d, SharedWeightLinear, SparseConv2d,
+                      SparseLinear, StaticQuantConv2d, StaticQuantLinear)
 from fastq.nn._prepared import NO_PLAN
 from fastq.ops import plans
 
@@ -84,7 +85,37 @@ SPARSE = {  # name -> (pattern, from_float kwargs, expected format)
 }
 
 
+INTX = {  # K = 72: int4 groups of 24 (a multiple of the 8-input chunk), 8-bit per channel
+    "wo4": fastq.Int4WeightOnlyConfig(group_size=24),
+    "wo4_asym": fastq.IntxWeightOnlyConfig(bits=4, group_size=24, symmetric=False),
+    "wo8": fastq.IntxWeightOnlyConfig(bits=8, group_size=None),
+    "w4a8": fastq.Int4DynamicConfig(group_size=24),
+}
+CODEBOOK = {  # a layer-wide 2-bit table (lookup-table layout) and 4-bit tables per row (row layout)
+    "layer2": fastq.WeightSharingConfig(clusters=4, scope="layer", method="lloyd"),
+    "row4": fastq.WeightSharingConfig(clusters=16, scope="row", method="lloyd"),
+}
+
+
+def _static(kind: str, module: nn.Module) -> nn.Module:
+    scale = torch.tensor([0.03])
+    if kind.startswith("static_conv-"):
+        return StaticQuantConv2d.from_float(module, scale)
+    if kind == "static-sym":
+        return StaticQuantLinear.from_float(module, scale)
+    smooth = torch.rand(K, generator=_gen(9)) + 0.5  # "static-asym_smooth"
+    return StaticQuantLinear.from_float(module, scale, torch.tensor([100], dtype=torch.int32), smooth)
+
+
 def build(kind: str, seed: int = 0) -> nn.Module:
+    if kind.startswith("intx-"):
+        return IntxLinear.from_float(_linear(K, N, seed), INTX[kind[5:]])
+    if kind.startswith("static"):
+        return _static(kind, nn.Conv2d(8, N, 3, padding=1) if "conv" in kind else _linear(K, N, seed))
+    if kind.startswith("codebook-"):
+        return SharedWeightLinear.from_float(_linear(K, N, seed), CODEBOOK[kind[9:]])
+    if kind.startswith("codebook_conv-"):
+        return SharedWeightConv2d.from_float(nn.Conv2d(8, N, 3, padding=1), CODEBOOK[kind[14:]])
     if kind.startswith("linear-"):
         return QuantLinear.from_float(_linear(K, N, seed), QUANT[kind[7:]])
     if kind.startswith("conv-"):
@@ -101,7 +132,9 @@ def build(kind: str, seed: int = 0) -> nn.Module:
 
 
 KINDS = ([f"linear-{q}" for q in QUANT] + [f"conv-{q}" for q in ("w8a8", "wo")]
-         + [f"sparse-{s}" for s in SPARSE] + [f"sparse_conv-{s}" for s in ("csr", "ell_int8", "24")])
+         + [f"sparse-{s}" for s in SPARSE] + [f"sparse_conv-{s}" for s in ("csr", "ell_int8", "24")]
+         + [f"intx-{q}" for q in INTX] + ["static-sym", "static-asym_smooth", "static_conv-sym"]
+         + [f"codebook-{c}" for c in CODEBOOK] + ["codebook_conv-row4"])
 CUDA_PLAN_KINDS = ("linear-w8a8", "linear-w8a8_asym", "linear-wo", "linear-wo_g8", "sparse-csr", "sparse-24")
 
 
@@ -191,7 +224,8 @@ def test_concurrent_python_threads_get_single_thread_results():
 
 # ---- when plans are built ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["linear-w8a8", "sparse-csr", "sparse-ell_int8", "sparse_conv-24"])
+@pytest.mark.parametrize("kind", ["linear-w8a8", "sparse-csr", "sparse-ell_int8", "sparse_conv-24", "intx-w4a8",
+                                  "static-asym_smooth", "static_conv-sym", "codebook-layer2", "codebook_conv-row4"])
 def test_plan_built_on_load_and_copies(kind):
     mod = build(kind)
     x = _input(kind, 4, torch.float32, seed=1)
@@ -225,6 +259,38 @@ def test_plan_rebuilt_after_move_and_cast():
     assert meta._fastq_plan is NO_PLAN and meta(x.to("meta")).shape == y.shape
 
 
+@pytest.mark.parametrize("kind,kept", [("intx-wo4", ("bias",)), ("static-asym_smooth", ("act_scale", "act_smooth")),
+                                       ("codebook-row4", ("codebook", "bias"))])
+def test_half_keeps_float32_buffers_and_the_plan(kind, kept):
+    mod = build(kind)
+    x = _input(kind, 5, torch.float32, seed=2)
+    y = mod(x)
+    mod.half()
+    assert all(getattr(mod, name).dtype == torch.float32 for name in kept)
+    assert mod._fastq_plan not in (None, NO_PLAN), "the cast rebuilt the plan"
+    assert torch.equal(mod(x.half()), _op_path(mod, x.half()))
+    assert torch.equal(mod.float()(x), y)
+
+
+def test_centroid_training_runs_without_the_plan():
+    """While a codebook trains, the forward is F.linear on the gathered table (differentiable); the
+    plan comes back, over the trained table, when training stops."""
+    mod = build("codebook-row4")
+    x = _input("codebook-row4", 6, torch.float32, seed=3)
+    fastq.train_centroids_(mod)
+    assert mod._fastq_plan is NO_PLAN
+    with torch.no_grad():
+        mod.codebook.mul_(2.0)
+    y = mod(x)
+    y.sum().backward()
+    assert mod.codebook.grad is not None
+    fastq.train_centroids_(mod, False)
+    out = mod(x)
+    assert mod._fastq_plan not in (None, NO_PLAN)
+    torch.testing.assert_close(out, y.detach(), rtol=1e-5, atol=1e-5)  # float GEMM vs kernel order
+    assert torch.equal(out, _op_path(mod, x))
+
+
 def test_replacing_a_buffer_rebuilds_and_validates():
     lin = _pruned(_linear(K, N, 1), "unstructured", 1)
     sp = SparseLinear.from_float(lin)
@@ -240,7 +306,8 @@ def test_replacing_a_buffer_rebuilds_and_validates():
 
 
 def test_modules_built_and_loaded_under_inference_mode():
-    for kind in ("linear-w8a8", "sparse-csr", "sparse-int8", "sparse-ell", "sparse-bsr", "sparse-24"):
+    for kind in ("linear-w8a8", "sparse-csr", "sparse-int8", "sparse-ell", "sparse-bsr", "sparse-24", "intx-wo4",
+                 "static-sym", "codebook-row4"):
         with torch.inference_mode():
             mod = build(kind)
             x = _input(kind, 5, torch.float32, seed=6)
@@ -289,6 +356,10 @@ BAD_BUFFERS = [  # (kind, buffer, edit, message)
     ("linear-w8a8", "weight_packed", lambda t: t[5].add_(1), "weight_packed"),
     ("linear-w8a8", "weight_scale", lambda t: t[2].fill_(float("nan")), "weight_scale"),
     ("linear-wo_g8", "weight_scale", lambda t: t[0, 1].fill_(float("inf")), "weight_scale"),
+    ("static-sym", "act_scale", lambda t: t.fill_(float("nan")), "act_scale"),
+    ("static-asym_smooth", "act_zero_point", lambda t: t.fill_(300), "act_zero_point"),
+    ("static-asym_smooth", "act_smooth", lambda t: t[3].fill_(0.0), "act_smooth"),
+    ("static_conv-sym", "weight_scale", lambda t: t[1].fill_(float("inf")), "weight_scale"),
 ]
 
 
