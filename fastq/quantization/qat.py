@@ -148,7 +148,8 @@ class QATScheme:
     def build(self, module: nn.Module, twin: nn.Module) -> nn.Module:
         handler = handler_for(twin, self.config)
         if handler is None:
-            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for {type(twin).__name__}")
+            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for "
+                                        f"{type(twin).__name__}")
         return handler(twin, self.config)
 
 
@@ -300,7 +301,8 @@ class IntxWeightScheme(QATScheme):
 
         twin = module._twin()
         if handler_for(twin, self.config) is None:
-            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for {type(twin).__name__} "
+            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for "
+                                        f"{type(twin).__name__} "
                                         "(sub-8-bit weight configs take nn.Linear)")
         w = _weight2d(module).detach().float()
         n, k = w.shape
@@ -356,7 +358,8 @@ class IntxWeightScheme(QATScheme):
         rtn = dataclasses.replace(self.config, clip=None)
         handler = handler_for(twin, rtn)
         if handler is None:
-            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for {type(twin).__name__}")
+            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for "
+                                        f"{type(twin).__name__}")
         q = handler(twin, rtn)
         if self.lsq or self.clip is not None:
             g = self._groups(_weight2d(module).detach().float())
@@ -364,8 +367,8 @@ class IntxWeightScheme(QATScheme):
             scale = scale.detach().clamp_min(FLT_MIN)
             z = torch.full_like(scale, float(1 << (self.bits - 1))) if zero is None else zero
             codes = _codes(g, scale, z, self.bits, self.symmetric).reshape(g.shape[0], -1).to(torch.uint8)
-            q.weight_packed = torch.ops.fastq.intx_pack_weight(codes, scale.contiguous(),
-                                                               None if zero is None else zero.to(torch.uint8), self.bits)
+            zero_u8 = None if zero is None else zero.to(torch.uint8)
+            q.weight_packed = torch.ops.fastq.intx_pack_weight(codes, scale.contiguous(), zero_u8, self.bits)
             q.clip = self.clip
         return q
 

@@ -210,7 +210,8 @@ INTX_CONFIGS = {
     "int2_sym_g16": fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=16),
     "int2_asym_channel": fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=None, symmetric=False),
     "int2_asym_g16": fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=16, symmetric=False),
-    "int3_asym_g16_clip": fastq.quantization.IntxWeightOnlyConfig(bits=3, group_size=16, symmetric=False, clip="weight"),
+    "int3_asym_g16_clip": fastq.quantization.IntxWeightOnlyConfig(bits=3, group_size=16, symmetric=False,
+                                                                  clip="weight"),
     "w4a8_sym_g16": fastq.quantization.Int4DynamicConfig(group_size=16),
     "w4a8_asym_channel_clip": fastq.quantization.Int4DynamicConfig(group_size=None, symmetric=False, clip="weight"),
 }
