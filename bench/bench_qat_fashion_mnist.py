@@ -1,4 +1,4 @@
-"""QAT vs post-training quantization on Fashion-MNIST, fastq and torch.ao side by side.
+"""QAT vs post-training quantization on Fashion-MNIST, fastq and torch.ao side by side, int8 to int2.
 
 Run:  PYTHONPATH=. python bench/bench_qat_fashion_mnist.py [--epochs 3] [--qat-epochs 1] [--json out.json]
 
@@ -6,14 +6,24 @@ Data: the Debian package dataset-fashion-mnist (idx files in /usr/share/datasets
 ``apt-get install -y dataset-fashion-mnist``), 60k train / 10k test images.
 Network: conv(1->32, 3x3) ReLU maxpool, conv(32->64, 3x3) ReLU maxpool, fc(3136->128) ReLU, fc(128->10),
 with torch.ao QuantStub/DeQuantStub at the ends (identity for float and fastq).
-Protocol: train fp32 (Adam, ``--epochs``); from those weights
-- fastq PTQ: static W8A8 (calibrated on 2,000 training images) and dynamic per-token W8A8;
-- fastq QAT: ``prepare_qat_`` with the same static config (calibrated first), ``--qat-epochs`` of
-  fine-tuning (Adam, lr 1e-4), ``convert_``;
-- torch.ao eager mode (x86 engine, its default qconfigs): PTQ (prepare, calibrate on the same 2,000
-  images, convert) and QAT (fuse conv+relu / linear+relu, prepare_qat, the same fine-tune, convert);
-all scored on the 10k test images. int8 is the lowest-bit config fastq has today; an int4 config
-plugs into the same QAT loop through ``fastq.quantization.register_qat``.
+Protocol: train fp32 (Adam lr 1e-3, ``--epochs``); from those weights, every QAT run fine-tunes
+``--qat-epochs`` (Adam, ``--qat-lr``, the same batch order), and everything is scored on the 10k
+test images. The same fine-tune without quantization is a row of its own (the QAT rows train that
+much longer than fp32: compare QAT with it, PTQ with fp32).
+- fastq int8: PTQ static W8A8 (calibrated on 2,000 training images) and dynamic per-token W8A8;
+  QAT with the same static config (calibrated first);
+- fastq sub-8-bit weights (IntxWeightOnlyConfig family, float activations): int4 in groups
+  (Int4WeightOnlyConfig(group_size=128), fitted to 112 on fc1 where 128 does not divide K=3136),
+  int4 per channel, int2 asymmetric in groups of 32: PTQ (``quantize_``), and QAT (``prepare_qat_``,
+  fine-tune, ``convert_``: real int4/int2 kernels) with scales from the weights and with LSQ scales. These configs take nn.Linear
+  only: conv1/conv2 (4.4% of the weights) stay float, fc1/fc2 (95.6%) are quantized;
+- torch.ao eager mode, int8 (x86 engine, its default qconfigs): PTQ (prepare, calibrate on the same
+  2,000 images, convert) and QAT (fuse conv+relu / linear+relu, prepare_qat, fine-tune, convert);
+- torch.ao at 4 bits: FakeQuantize weights per channel, symmetric, restricted to [-8, 7] (the grid of
+  fastq's symmetric int4: step amax / 7.5), (a) on every conv and linear with 8-bit activations
+  (quint8 [0, 255]), (b) on fc1/fc2 only, weight-only (fastq's layer coverage). torch.ao has no
+  4-bit CPU kernels, so its 4-bit models are scored fake-quantized (observers frozen, float math).
+  PTQ = prepare_qat, observe the 2,000 calibration images, freeze; QAT = the same fine-tune.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import gzip
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -104,27 +115,68 @@ def ao_fused(model, qat: bool):
     return fuse(m, [["conv1", "relu1"], ["conv2", "relu2"], ["fc1", "relu3"]])
 
 
+def ao_4bit(model, linears_only: bool):
+    """torch.ao fake-quantized model with 4-bit per-channel symmetric weights ([-8, 7]); 8-bit
+    activations on every layer, or (linears_only) fc1/fc2 only, weight-only. Observers on."""
+    aoq = torch.ao.quantization
+    weight = aoq.FakeQuantize.with_args(observer=aoq.MovingAveragePerChannelMinMaxObserver, quant_min=-8, quant_max=7,
+                                        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+    act = aoq.FakeQuantize.with_args(observer=aoq.MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                     dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    m = ao_fused(model, qat=True)
+    if linears_only:
+        qconfig = aoq.QConfig(activation=nn.Identity, weight=weight)
+        m.fc1.qconfig = m.fc2.qconfig = qconfig
+    else:
+        m.qconfig = aoq.QConfig(activation=act, weight=weight)
+    return aoq.prepare_qat(m, inplace=True)
+
+
+def ao_freeze(model):
+    """Stop the fake quantizers' observers (scales fixed) and switch to eval."""
+    model.apply(torch.ao.quantization.disable_observer)
+    return model.eval()
+
+
+def coverage(model) -> dict:
+    """Which layers fastq quantized (with their format) and which it left float (with the reason)."""
+    s = fastq.summary(model)
+    return {"quantized": {l.name: f"{l.type} {l.detail}" for l in s.layers if l.quantized},
+            "float": {l.name: l.note or "" for l in s.layers if not l.quantized and l.type in ("Conv2d", "Linear")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--qat-epochs", type=float, default=1)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    t_start = time.perf_counter()
+    warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated")
     torch.set_num_threads(2)
     torch.manual_seed(0)
     train_set, test_set = dataset("train"), dataset("test")
     calib = [train_set[0][i:i + 250] for i in range(0, 2000, 250)]
     rows = []
+    qat_epochs = f"{args.qat_epochs:g} epoch"
 
-    def report(method: str, model, secs=None):
+    def report(method: str, model, secs=None, **extra):
         acc = accuracy(model, test_set)
-        rows.append({"method": method, "test_acc": acc, "train_s": secs})
+        rows.append({"method": method, "test_acc": acc, "train_s": secs, **extra})
         print(f"  {method}: {acc:.2f}%" + (f" ({secs:.0f} s of training)" if secs else ""), flush=True)
+
+    def finetune(model) -> float:
+        return train(model, train_set, args.qat_epochs, args.qat_lr, seed=1)
 
     fp32 = Net()
     secs = train(fp32, train_set, args.epochs, 1e-3)
     report(f"fp32 ({args.epochs:g} epochs)", fp32, secs)
+    control = copy.deepcopy(fp32)  # QAT rows train this much longer than fp32: the same fine-tune, unquantized
+    secs = finetune(control)
+    report(f"fp32 + the same fine-tune ({qat_epochs}, no quantization)", control, secs)
 
+    # ---- int8: fastq and torch.ao ----
     cfg = fastq.Int8StaticConfig(observer="minmax")
     ptq = copy.deepcopy(fp32)
     fastq.calibrate(ptq, calib, cfg, progress=False)
@@ -134,11 +186,10 @@ def main() -> None:
     qat = copy.deepcopy(fp32)
     fastq.calibrate(qat, calib, cfg, progress=False)
     fastq.prepare_qat_(qat, cfg)
-    secs = train(qat, train_set, args.qat_epochs, 1e-4, seed=1)
+    secs = finetune(qat)
     qat_acc_fake = accuracy(qat, test_set)
     fastq.convert_(qat)
-    report(f"fastq QAT static W8A8 ({args.qat_epochs:g} epoch)", qat, secs)
-    rows[-1]["qat_forward_acc"] = qat_acc_fake
+    report(f"fastq QAT static W8A8 ({qat_epochs})", qat, secs, qat_forward_acc=qat_acc_fake)
 
     torch.backends.quantized.engine = "x86"
     ao_ptq = ao_fused(fp32, qat=False).eval()
@@ -152,16 +203,52 @@ def main() -> None:
     ao_qat = ao_fused(fp32, qat=True)
     ao_qat.qconfig = torch.ao.quantization.get_default_qat_qconfig("x86")
     torch.ao.quantization.prepare_qat(ao_qat, inplace=True)
-    secs = train(ao_qat, train_set, args.qat_epochs, 1e-4, seed=1)
-    report(f"torch.ao QAT int8 (x86, {args.qat_epochs:g} epoch)", torch.ao.quantization.convert(ao_qat.eval()), secs)
+    secs = finetune(ao_qat)
+    report(f"torch.ao QAT int8 (x86, {qat_epochs})", torch.ao.quantization.convert(ao_qat.eval()), secs)
 
-    print("\n| method | test accuracy (%) | training time (s) |")
-    print("|---|--:|--:|")
+    # ---- sub-8-bit weights: fastq (real kernels) ----
+    intx = [("int4 weight-only g128 (fc1: 112)", fastq.quantization.Int4WeightOnlyConfig(group_size=128)),
+            ("int4 weight-only per channel", fastq.quantization.Int4WeightOnlyConfig(group_size=None)),
+            ("int2 weight-only g32 asym", fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=32,
+                                                                                  symmetric=False))]
+    for name, icfg in intx:
+        ptq = fastq.quantize_(copy.deepcopy(fp32), icfg)
+        report(f"fastq PTQ {name}", ptq, layers=coverage(ptq))
+        for lsq in (False, True):
+            qat = copy.deepcopy(fp32)
+            fastq.prepare_qat_(qat, icfg, lsq=lsq)
+            secs = finetune(qat)
+            fastq.convert_(qat)
+            report(f"fastq QAT {name}{' LSQ' if lsq else ''} ({qat_epochs})", qat, secs, layers=coverage(qat))
+
+    # ---- torch.ao at 4 bits (fake-quantized: no int4 CPU kernels) ----
+    for linears_only, name in ((False, "W4 per channel [-8, 7] + A8, all layers"),
+                               (True, "W4 per channel [-8, 7] weight-only, fc1/fc2")):
+        ao = ao_4bit(fp32, linears_only).eval()
+        with torch.no_grad():
+            for b in calib:
+                ao(b)
+        report(f"torch.ao PTQ {name} (fake-quantized)", ao_freeze(ao))
+        ao = ao_4bit(fp32, linears_only)
+        secs = finetune(ao)
+        report(f"torch.ao QAT {name} ({qat_epochs}, fake-quantized)", ao_freeze(ao), secs)
+
+    wall = time.perf_counter() - t_start
+    print("\n| method | test accuracy (%) | vs fp32 | vs fp32 + fine-tune | training time (s) |")
+    print("|---|--:|--:|--:|--:|")
     for r in rows:
         secs = "-" if r["train_s"] is None else f"{r['train_s']:.0f}"
-        print(f"| {r['method']} | {r['test_acc']:.2f} | {secs} |")
+        print(f"| {r['method']} | {r['test_acc']:.2f} | {r['test_acc'] - rows[0]['test_acc']:+.2f} | "
+              f"{r['test_acc'] - rows[1]['test_acc']:+.2f} | {secs} |")
+    print(f"\nwall time {wall:.0f} s ({torch.get_num_threads()} threads)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        settings = {"fp32_epochs": args.epochs, "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr,
+                    "qat_steps": int(args.qat_epochs * len(train_set[0]) / 128), "batch": 128,
+                    "calibration_images": 2000, "test_images": len(test_set[0]),
+                    "threads": torch.get_num_threads(), "wall_s": round(wall, 1), "torch": torch.__version__,
+                    "torch_ao_4bit": "fake-quantized (no int4 CPU kernels in torch.ao)",
+                    "fastq_sub8bit_layers": "nn.Linear only (fc1, fc2); conv1/conv2 float"}
+        Path(args.json).write_text(json.dumps({"settings": settings, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

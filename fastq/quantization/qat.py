@@ -11,6 +11,15 @@ Invariants:
     fake quantizers round with the same formulas as the kernels (round half to even of
     ``x * (1 / scale)``, clamp, optional zero point). Clipped values get no gradient; learnable
     (LSQ) scales get LSQ's gradient, scaled by ``1 / sqrt(numel * q_max)``.
+  * Sub-8-bit weights (IntxWeightOnlyConfig, Int4WeightOnlyConfig, Int4DynamicConfig) fake-quantize
+    with ``intx_quantize``'s own grid functions (``_qparams`` / ``_codes``: ``w / scale``, a
+    division, round half to even, clamp, zero point), so the STE value equals the real module's
+    dequantized weight. These configs take nn.Linear only: Conv2d layers stay float with a note.
+    ``clip`` is searched once, at ``prepare_qat_``, per group on the initial weights; the ratio is
+    then fixed (buffer ``weight_clip_ratio``) and scales follow the trained weights times it (a
+    re-search every step would cost 21 quantizations per layer and make the grid jump).
+    ``gptq=True`` is refused: its codes come from a one-shot Hessian solve, not from rounding, so
+    no straight-through gradient describes them.
   * The hook for other configs is ``register_qat(ConfigType, SchemeClass)``: a ``QATScheme``
     subclass supplies ``fake_weight`` (and ``fake_act`` when activations are quantized); its
     ``build`` defaults to the config's registered ``quantize_`` handler, so the exact forward and
@@ -19,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Iterable, Optional, Union
 
@@ -32,7 +42,8 @@ from fastq.ops import PER_ROW, quantize_int8
 from fastq.ops._checks import FLT_MIN
 from fastq.quantization.api import SKIP_ATTR, _check_skip, _skipped_by_name, handler_for
 from fastq.quantization.calibrate import CalibrationError, get_calibration
-from fastq.quantization.configs import Int8DynamicConfig, Int8WeightOnlyConfig
+from fastq.quantization.configs import (Int4DynamicConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
+                                        Int8WeightOnlyConfig, IntxWeightOnlyConfig)
 
 _SCHEMES: dict = {}  # config type -> QATScheme subclass
 
@@ -82,6 +93,30 @@ def fake_quant(x: Tensor, scale: Tensor, zero_point: Optional[Tensor], qmin: int
     return q * scale
 
 
+def fake_act_per_token(x: Tensor, symmetric: bool) -> Tensor:
+    """Dynamic per-token int8 activations as ``quantize_int8(x, PER_ROW, symmetric)`` rounds them
+    (scales from each row, not learned): [-127, 127], or [0, 255] with a zero point."""
+    _, scale, zp = quantize_int8(x.detach(), PER_ROW, symmetric)
+    if symmetric:
+        return fake_quant(x, scale, None, -127, 127)
+    return fake_quant(x, scale, zp.float(), 0, 255)
+
+
+def fake_intx(w3: Tensor, scale: Tensor, zero: Optional[Tensor], bits: int) -> Tensor:
+    """Groups ``w3`` [N, G, gs] through ``intx_quantize``'s grid with STE rounding; ``scale`` and
+    ``zero`` (float, integral values) are [N, G]. Symmetric (``zero`` None):
+    ``clamp(round(w / s), -2^(b-1), 2^(b-1) - 1) * s``; asymmetric:
+    ``(clamp(round(w / s) + z, 0, 2^b - 1) - z) * s``. A division, as ``intx_quantize`` does (not a
+    multiply by ``1 / s``): the values equal ``intx_dequantize`` of its codes bit for bit."""
+    s = scale.unsqueeze(-1)
+    q = round_ste(w3 / s)
+    if zero is None:
+        half = 1 << (bits - 1)
+        return torch.clamp(q, -half, half - 1) * s
+    z = zero.unsqueeze(-1)
+    return (torch.clamp(q + z, 0, (1 << bits) - 1) - z) * s
+
+
 def _lsq(scale: Tensor, numel: int, qmax: int) -> Tensor:
     return _GradScale.apply(scale.clamp_min(FLT_MIN), 1.0 / math.sqrt(max(numel, 1) * qmax))
 
@@ -113,7 +148,8 @@ class QATScheme:
     def build(self, module: nn.Module, twin: nn.Module) -> nn.Module:
         handler = handler_for(twin, self.config)
         if handler is None:
-            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for {type(twin).__name__}")
+            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for "
+                                        f"{type(twin).__name__}")
         return handler(twin, self.config)
 
 
@@ -170,10 +206,7 @@ class Int8DynamicScheme(Int8WeightScheme):
     """W8A8 with per-token activation scales computed from each row (not learned)."""
 
     def fake_act(self, module: nn.Module, x: Tensor) -> Tensor:
-        _, scale, zp = quantize_int8(x.detach(), PER_ROW, self.config.act_symmetric)
-        if self.config.act_symmetric:
-            return fake_quant(x, scale, None, -127, 127)
-        return fake_quant(x, scale, zp.float(), 0, 255)
+        return fake_act_per_token(x, self.config.act_symmetric)
 
 
 class Int8StaticScheme(Int8WeightScheme):
@@ -241,6 +274,113 @@ class Int8StaticScheme(Int8WeightScheme):
         return self._learned_weights(module, q)
 
 
+class IntxWeightScheme(QATScheme):
+    """``bits``-bit weights (2..8) per group of the layer's group size (``fit_group_size`` applied as
+    ``quantize_`` does) or per channel, symmetric or with zero points, rounded as ``intx_quantize``.
+
+    Without LSQ the scale (and zero point) follow the current weights: ``_qparams`` at the fixed clip
+    ratio ``weight_clip_ratio`` [N, G] (ones without ``clip``). With LSQ the scale is the Parameter
+    ``weight_scale_lsq`` [N, G], initialised there; asymmetric zero points are then
+    ``clamp(round(-r * min(min w, 0) / s), 0, 2^b - 1)`` from the current weights (no gradient), which
+    is ``intx_quantize``'s zero point at initialisation. ``build`` packs the codes of that same grid.
+    """
+
+    def __init__(self, config, lsq: bool = False) -> None:
+        super().__init__(config, lsq)
+        if config.gptq:
+            raise ValueError(f"prepare_qat_: {type(config).__name__}(gptq=True) cannot be trained: GPTQ chooses codes "
+                             "with a one-shot Hessian solve that no straight-through gradient follows; pass gptq=False "
+                             "(QAT learns the rounding itself)")
+        self.bits, self.symmetric = config.bits, config.symmetric
+        self.group_size: Optional[int] = None  # this layer's, set by setup
+        self.clip: Optional[str] = None  # the clip mode the ratio was searched with
+
+    def setup(self, module: nn.Module) -> None:
+        from fastq.nn.intx import _group_for
+        from fastq.quantization.intx import _qparams, _search, input_stats
+
+        twin = module._twin()
+        if handler_for(twin, self.config) is None:
+            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for "
+                                        f"{type(twin).__name__} "
+                                        "(sub-8-bit weight configs take nn.Linear)")
+        w = _weight2d(module).detach().float()
+        n, k = w.shape
+        self.group_size, _ = _group_for(k, self.config)
+        gs = k if self.group_size is None else self.group_size
+        if k % gs:
+            raise UnsupportedLayerError(f"group_size {gs} does not divide K={k}")
+        if not bool(torch.isfinite(w).all()):
+            raise UnsupportedLayerError("the weight holds NaN or Inf values")
+        g = w.reshape(n, k // gs, gs)
+        ratio = torch.ones(n, k // gs, device=w.device)
+        self.clip = self.config.clip
+        stats = input_stats(module)
+        if self.clip == "output" and stats is None:
+            self.clip = "weight"  # no observed inputs for this layer: the weight error alone (as quantize_)
+        if self.clip is not None:
+            weight = None if self.clip == "weight" else stats.detach().float().to(w.device).reshape(k // gs, gs)
+            ratio = _search(g, self.bits, self.symmetric, weight)
+        module.register_buffer("weight_clip_ratio", ratio)
+        if self.lsq:
+            scale, _ = _qparams(g, self.bits, self.symmetric, ratio)
+            module.weight_scale_lsq = nn.Parameter(scale.clone())
+
+    def _groups(self, w: Tensor) -> Tensor:
+        n, k = w.shape
+        return w.reshape(n, -1, k if self.group_size is None else self.group_size)
+
+    def _grid(self, module: nn.Module, g: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """(scale [N, G], zero point [N, G] as float, or None when symmetric) for groups g [N, G, gs]."""
+        from fastq.quantization.intx import _qparams
+
+        ratio = module.weight_clip_ratio
+        if not self.lsq:
+            scale, zero = _qparams(g.detach().float(), self.bits, self.symmetric, ratio)
+            return scale, None if self.symmetric else zero
+        top = (1 << self.bits) - 1
+        scale = _lsq(module.weight_scale_lsq, g.numel(), (top - 1) // 2 if self.symmetric else top)
+        if self.symmetric:
+            return scale, None
+        lo = g.detach().float().amin(dim=-1).clamp_max(0) * ratio
+        return scale, torch.clamp(torch.round(-lo / scale.detach()), 0, top)
+
+    def fake_weight(self, module: nn.Module, w: Tensor) -> Tensor:
+        g = self._groups(w)
+        scale, zero = self._grid(module, g)
+        return fake_intx(g, scale, zero, self.bits).reshape(w.shape)
+
+    def build(self, module: nn.Module, twin: nn.Module) -> nn.Module:
+        """The config's IntxLinear (built without clipping), re-packed from this scheme's grid when
+        clipping or LSQ make it differ from round to nearest at amax."""
+        from fastq.quantization.intx import _codes
+
+        rtn = dataclasses.replace(self.config, clip=None)
+        handler = handler_for(twin, rtn)
+        if handler is None:
+            raise UnsupportedLayerError(f"{type(self.config).__name__} has no quantize_ handler for "
+                                        f"{type(twin).__name__}")
+        q = handler(twin, rtn)
+        if self.lsq or self.clip is not None:
+            g = self._groups(_weight2d(module).detach().float())
+            scale, zero = self._grid(module, g)
+            scale = scale.detach().clamp_min(FLT_MIN)
+            z = torch.full_like(scale, float(1 << (self.bits - 1))) if zero is None else zero
+            codes = _codes(g, scale, z, self.bits, self.symmetric).reshape(g.shape[0], -1).to(torch.uint8)
+            zero_u8 = None if zero is None else zero.to(torch.uint8)
+            q.weight_packed = torch.ops.fastq.intx_pack_weight(codes, scale.contiguous(), zero_u8, self.bits)
+            q.clip = self.clip
+        return q
+
+
+class IntxDynamicScheme(IntxWeightScheme):
+    """W4A8 (Int4DynamicConfig): intx weights as IntxWeightScheme, per-token symmetric int8
+    activations as the kernel quantizes them (``quantize_int8(x, PER_ROW, True)``)."""
+
+    def fake_act(self, module: nn.Module, x: Tensor) -> Tensor:
+        return fake_act_per_token(x, True)
+
+
 def register_qat(config_type: type, scheme: type) -> None:
     """Make ``prepare_qat_`` accept ``config_type`` configs, trained with ``scheme`` (a QATScheme subclass
     constructed as ``scheme(config, lsq)``)."""
@@ -253,6 +393,9 @@ def register_qat(config_type: type, scheme: type) -> None:
 
 register_qat(Int8DynamicConfig, Int8DynamicScheme)
 register_qat(Int8WeightOnlyConfig, Int8WeightOnlyScheme)
+register_qat(IntxWeightOnlyConfig, IntxWeightScheme)
+register_qat(Int4WeightOnlyConfig, IntxWeightScheme)
+register_qat(Int4DynamicConfig, IntxDynamicScheme)
 
 
 def _register_static() -> None:
@@ -354,7 +497,9 @@ def prepare_qat_(model: nn.Module, config, *, lsq: bool = False,
         model: a float model (calibrate it first for ``Int8StaticConfig`` to start from calibrated
             activation ranges; otherwise static layers observe their inputs in training forwards).
         config: any config with a registered scheme: Int8DynamicConfig, Int8WeightOnlyConfig,
-            Int8StaticConfig (and those that ``register_qat``).
+            Int8StaticConfig, IntxWeightOnlyConfig, Int4WeightOnlyConfig, Int4DynamicConfig (and
+            those that ``register_qat``). The sub-8-bit configs take nn.Linear only (Conv2d layers
+            stay float with a note); their ``clip`` ratio is searched once, here, and kept fixed.
         lsq: learn the quantization scales (LSQ): weight scales per channel / group, and the static
             activation scale.
         filter_fn, skip: as in ``quantize_``: layers to keep float.
@@ -363,7 +508,8 @@ def prepare_qat_(model: nn.Module, config, *, lsq: bool = False,
         ``model`` (the same object). Train it as usual, then ``convert_(model)``.
 
     Raises:
-        TypeError: a config without a QAT scheme; ValueError: no layer could be prepared.
+        TypeError: a config without a QAT scheme; ValueError: no layer could be prepared, or a
+            sub-8-bit config with ``gptq=True``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat_ expects an nn.Module, got {type(model).__name__}")
@@ -373,6 +519,7 @@ def prepare_qat_(model: nn.Module, config, *, lsq: bool = False,
                         f"{sorted(c.__name__ for c in _SCHEMES)} (others plug in with register_qat)")
     if not isinstance(lsq, bool):
         raise TypeError(f"lsq must be a bool, got {lsq!r}")
+    scheme_cls(config, lsq)  # a scheme refuses configs it cannot train here, before any layer is touched
     names = {n for n, _ in model.named_modules()}
     skip_names, skip_types = _check_skip(skip, names)
     replacements = {}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fastq
-from fastq.nn import QuantConv2d, QuantLinear, StaticQuantConv2d, StaticQuantLinear
+from fastq.nn import QuantConv2d, QuantLinear, StaticQuantConv2d, StaticQuantLinear, UnsupportedLayerError
 from fastq.quantization import CalibrationError, register_handler, register_qat
 from fastq.quantization.qat import QATConv2d, QATLinear, QATScheme, fake_quant, round_ste
 
@@ -200,3 +200,141 @@ def test_filter_and_tiny_layers_stay_float():
     assert type(model[0]) is nn.Linear and isinstance(model[2], QATLinear)
     assert type(model[3]) is nn.Linear  # too small to gain from int8: left float with a note
     assert "too small" in dict(fastq.summary(model).notes)["3"]
+
+
+# ---- sub-8-bit weights (IntxWeightOnlyConfig, Int4WeightOnlyConfig, Int4DynamicConfig) ------------
+# The CNN's linears have K = 512 and 48: groups of 16 suit both int4 (chunk 8) and int2 (chunk 16).
+INTX_CONFIGS = {
+    "int4_sym_g16": fastq.quantization.Int4WeightOnlyConfig(group_size=16),
+    "int4_asym_channel": fastq.quantization.Int4WeightOnlyConfig(group_size=None, symmetric=False),
+    "int2_sym_g16": fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=16),
+    "int2_asym_channel": fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=None, symmetric=False),
+    "int2_asym_g16": fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=16, symmetric=False),
+    "int3_asym_g16_clip": fastq.quantization.IntxWeightOnlyConfig(bits=3, group_size=16, symmetric=False,
+                                                                  clip="weight"),
+    "w4a8_sym_g16": fastq.quantization.Int4DynamicConfig(group_size=16),
+    "w4a8_asym_channel_clip": fastq.quantization.Int4DynamicConfig(group_size=None, symmetric=False, clip="weight"),
+}
+
+
+@pytest.mark.parametrize("lsq", [False, True], ids=["amax", "lsq"])
+@pytest.mark.parametrize("name", list(INTX_CONFIGS))
+def test_intx_convert_is_bit_exact_with_the_qat_forward(name, lsq):
+    from fastq.nn.intx import IntxLinear
+
+    cfg, model, data = INTX_CONFIGS[name], _cnn(), _data()
+    fastq.prepare_qat_(model, cfg, lsq=lsq)
+    assert type(model[0]) is nn.Conv2d and type(model[2]) is nn.Conv2d  # intx configs take nn.Linear only
+    assert "no quantize_ handler for Conv2d" in dict(fastq.summary(model).notes)["0"]
+    assert isinstance(model[5], QATLinear) and isinstance(model[7], QATLinear)
+    w0 = model[5].weight.detach().clone()
+    s0 = model[5].weight_scale_lsq.detach().clone() if lsq else None
+    _train(model, data)
+    assert not torch.equal(model[5].weight, w0)  # gradients reached the float weights
+    if lsq:
+        assert not torch.equal(model[5].weight_scale_lsq.detach(), s0)  # ... and the learned scales
+    model.eval()
+    x = _data(1, seed=9)[0][0]
+    with torch.no_grad():
+        y_qat = model(x)
+        fake = model[5].qat_scheme.fake_weight(model[5], model[5].weight)
+    fastq.convert_(model)
+    assert isinstance(model[5], IntxLinear) and isinstance(model[7], IntxLinear)
+    assert model[5].bits == cfg.bits and model[5].symmetric == cfg.symmetric and model[5].mode == cfg.mode
+    assert torch.equal(model(x), y_qat)
+    assert torch.equal(model[5].dequantized_weight(), fake)  # the STE graph's weight is the packed one
+
+
+@pytest.mark.parametrize("name", list(INTX_CONFIGS))
+def test_intx_fake_weight_rounds_as_intx_quantize(name):
+    """Before any step the QAT model is quantize_'s model: same forward, and the STE weight equals the
+    dequantized intx_quantize codes bit for bit (intx_quantize divides by the scale; a multiply by
+    1 / scale would move some codes)."""
+    cfg, model = INTX_CONFIGS[name], _cnn()
+    ref = fastq.quantize_(copy.deepcopy(model), cfg)
+    fastq.prepare_qat_(model, cfg)
+    x = _data(1, seed=3)[0][0]
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), ref(x))
+        for i in (5, 7):
+            fake = model[i].qat_scheme.fake_weight(model[i], model[i].weight)
+            assert torch.equal(fake, ref[i].dequantized_weight())
+
+
+def test_intx_clip_output_uses_the_observed_inputs_and_stays_fixed():
+    cfg = fastq.quantization.Int4WeightOnlyConfig(group_size=16, clip="output")
+    model, data = _cnn(), _data()
+    with fastq.quantization.observe_inputs(model):
+        for x, _ in data:
+            model(x)
+    ref = fastq.quantize_(copy.deepcopy(model), cfg)
+    fastq.prepare_qat_(model, cfg)
+    assert model[5].qat_scheme.clip == "output" and bool((model[5].weight_clip_ratio < 1).any())
+    with torch.no_grad():
+        assert torch.equal(model.eval()(data[0][0]), ref(data[0][0]))
+    ratio = model[5].weight_clip_ratio.clone()
+    _train(model, data, steps=2)
+    assert torch.equal(model[5].weight_clip_ratio, ratio)  # searched at prepare_qat_ only
+
+
+def test_intx_clipped_weights_get_no_gradient():
+    """Symmetric int4 per channel: codes -8..7 with step amax / 7.5, so a row's largest positive
+    weight rounds to 8 and clips: it (and only what clips) gets a zero gradient; x gets the STE's."""
+    from fastq.quantization.intx import intx_quantize
+
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 8)
+    model = nn.Sequential(lin)
+    fastq.prepare_qat_(model, fastq.quantization.Int4WeightOnlyConfig(group_size=None))
+    x = torch.randn(4, 32, requires_grad=True)
+    model(x).sum().backward()
+    codes, scale, _ = intx_quantize(lin.weight.detach(), 4, None, True)
+    v = torch.round(lin.weight.detach() / scale)
+    clipped = (v > 7) | (v < -8)
+    assert bool(clipped.any()) and not bool(clipped.all())
+    assert torch.equal(model[0].weight.grad[clipped], torch.zeros(int(clipped.sum())))
+    torch.testing.assert_close(model[0].weight.grad[~clipped], x.detach().sum(0).expand(8, 32)[~clipped])
+    deq = (codes.float() - 8) * scale
+    torch.testing.assert_close(x.grad, deq.sum(0).expand(4, 32), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("lsq", [False, True], ids=["amax", "lsq"])
+@pytest.mark.parametrize("cfg", [fastq.quantization.Int4WeightOnlyConfig(group_size=16),
+                                 fastq.quantization.IntxWeightOnlyConfig(bits=2, group_size=16, symmetric=False)],
+                         ids=["int4", "int2"])
+def test_intx_training_lowers_the_loss(cfg, lsq):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    x = torch.randn(64, 64)
+    y = torch.randn(64, 64) * 0.1
+    fastq.prepare_qat_(model, cfg, lsq=lsq)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.mse_loss(model(x), y)  # the value is the intx kernel's output
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_intx_bad_input():
+    with pytest.raises(ValueError, match=r"gptq=True\) cannot be trained"):
+        fastq.prepare_qat_(_cnn(), fastq.quantization.Int4WeightOnlyConfig(gptq=True))
+    with pytest.raises(TypeError, match="no QAT scheme for IntxEmbeddingConfig"):
+        fastq.prepare_qat_(_cnn(), fastq.quantization.IntxEmbeddingConfig())
+    convs = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3))
+    with pytest.raises(ValueError, match="no layer of the model can be trained for Int4WeightOnlyConfig"):
+        fastq.prepare_qat_(convs, fastq.quantization.Int4WeightOnlyConfig())
+    assert "no quantize_ handler for Conv2d" in dict(fastq.summary(convs).notes)["0"]
+    model = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 32), nn.Linear(12, 4))
+    fastq.prepare_qat_(model, fastq.quantization.Int4WeightOnlyConfig(group_size=32, fit_group_size=False))
+    notes = dict(fastq.summary(model).notes)
+    assert type(model[0]) is nn.Linear and "does not divide K=48" in notes["0"]  # left float, with the reason
+    assert isinstance(model[2], QATLinear)
+    assert type(model[3]) is nn.Linear and "does not divide K=12" in notes["3"]
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("nan")
+    with pytest.raises(UnsupportedLayerError, match="NaN or Inf"):  # a diverged step: said, not packed
+        model(torch.randn(2, 48))
