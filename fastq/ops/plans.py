@@ -412,7 +412,7 @@ def _sparse_cpu(op: str, n: int, k: int, tensors: tuple, bias: Optional[Tensor],
 
 
 # ---- static W8A8, sub-8-bit integer and codebook weights ----------------------------------------
-# CPU only: on CUDA these ops run their launchers in fastq.ops._shared_native (no plan; the builders
+# CPU only: on CUDA these ops validate and launch per call in fastq.ops.cuda (no plan; the builders
 # still validate the buffers, so a module on CUDA fails at load just as on CPU).
 
 def int8_linear_static(w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int, k: int, act_scale: Tensor,
