@@ -651,6 +651,18 @@ def check_static_linear(op: str, x: Tensor, w_packed: Tensor, w_scale: Tensor, b
         _check_same_device(f"{op}: {name}", t, x, "x")
 
 
+def check_static_call(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
+                      act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
+                      out_dtype: torch.dtype) -> None:
+    """Every check of an int8_linear_static call on real tensors: shapes, out_dtype, the activation
+    parameters' values (check_static_values)."""
+    op = "int8_linear_static"
+    check_static_linear(op, x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth)
+    if out_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+    check_static_values(op, act_scale, act_zero_point, act_smooth)
+
+
 def check_static_values(op: str, act_scale: Tensor, act_zero_point: Optional[Tensor],
                         act_smooth: Optional[Tensor]) -> None:
     """Values native code trusts: scale and smoothing divisors finite normal floats (so their

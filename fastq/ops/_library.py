@@ -435,11 +435,7 @@ def _int8_linear_static_fake(x, w_packed, w_scale, bias, n, act_scale, act_zero_
 def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optional[Tensor], n: int,
                        act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
                        out_dtype: torch.dtype) -> Tensor:
-    _checks.check_static_linear("int8_linear_static", x, w_packed, w_scale, bias, n, act_scale, act_zero_point,
-                                act_smooth)
-    if out_dtype not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"int8_linear_static: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-    _checks.check_static_values("int8_linear_static", act_scale, act_zero_point, act_smooth)
+    _checks.check_static_call(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth, out_dtype)
     return reference.int8_linear_static(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth,
                                         out_dtype)
 

@@ -277,10 +277,8 @@ def int8_linear_static(x: Tensor, w_packed: Tensor, w_scale: Tensor, bias: Optio
                        act_scale: Tensor, act_zero_point: Optional[Tensor], act_smooth: Optional[Tensor],
                        out_dtype: torch.dtype) -> Tensor:
     op = "int8_linear_static"
-    _checks.check_static_linear(op, x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth)
-    if out_dtype not in _checks.FLOAT_DTYPES:
-        raise TypeError(f"{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-    _checks.check_static_values(op, act_scale, act_zero_point, act_smooth)
+    _checks.check_static_call(x, w_packed, w_scale, bias, n, act_scale, act_zero_point, act_smooth, out_dtype)
+    _checks.check_packed_weight_values(op, w_packed, w_scale, n, x.shape[-1])
     y = torch.empty(tuple(x.shape[:-1]) + (n,), dtype=out_dtype, device=x.device)
     if y.numel() == 0:
         return y

@@ -5,19 +5,10 @@ import copy
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 import fastq
 from fastq.train import CHECKPOINT_FILE, TrainConfig, train_
-
-
-@pytest.fixture(scope="module")
-def digits():
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    return [(x[i:i + 100], y[i:i + 100]) for i in range(0, 1400, 100)], (x[1400:], y[1400:])
 
 
 def mlp(dropout=0.0):
