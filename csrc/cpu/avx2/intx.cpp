@@ -185,6 +185,6 @@ void intx_dyn_s8_2x64__avx2(const IntxTask& t, int64_t m0, int mr, int64_t nb0, 
 
 }  // namespace
 
-const IntxKernels intx_kernels_avx2 = {kMR, kNB, intx_wo_f32_2x64__avx2, intx_dyn_s8_2x64__avx2};
+const IntxKernels intx_kernels_avx2 = {kMR, kNB, intx_wo_f32_2x64__avx2, intx_dyn_s8_2x64__avx2, 0, nullptr};
 
 }  // namespace fastq::cpu
