@@ -2,12 +2,12 @@
 // validation, activation preparation, threading; the arithmetic is the active ISA's micro-kernels
 // (kernels.h: IntxKernels). Compiled with no ISA flags. Invariants:
 //  - never allocates: prepared activations live in the caller's workspace, laid out as
-//    [x as float32 or int8: m * k * 4 bytes][per-group sums: m * groups * 4][per-row scales: m * 4],
-//    each part 64-byte aligned;
+//    [x as float32 or int8: m * k * 4 bytes][per-group sums: m * groups * 4][per-row scales: m * 4]
+//    [weight-only pair tables, m <= kPairTablesMaxM: m * k * 32], each part 64-byte aligned;
 //  - dynamic activations are quantized exactly as quantize_int8 (symmetric, per row: the same
 //    micro-kernels and scale math, cpu/quant_scale.h), so results are bit-exact with the reference;
 //  - threads split the 16-row weight blocks first (each unit of blocks is streamed once), rows only
-//    when there are fewer units than threads; several ranges per thread (see run) so that a worker
+//    when there are fewer units than threads; one pool task per unit (see run), so that a worker
 //    that joins late still takes its share.
 #include <algorithm>
 #include <cstring>

@@ -1,9 +1,12 @@
 // AVX-512 (F/BW/DQ/VL + VNNI) intx micro-kernels (layout and arithmetic: csrc/api.h,
-// IntxLinearArgs). A tile is up to 4 activation rows x 4 weight blocks of 16 rows; one zmm lane per
-// output column, so no horizontal reductions. Codes are expanded in registers, never stored.
-//  - weight-only: for each k of a 64-byte chunk, (v >> shift) & mask gives the 16 rows' codes as
-//    int32 lanes -> float -> FMA with the broadcast activation; per group
-//    y += s * (acc - z * sum x) (float32, FMA: the order is free).
+// IntxLinearArgs). A tile is up to 4 activation rows x 4 weight blocks of 16 rows (8 blocks for 1-2
+// rows); one zmm lane per output column, so no horizontal reductions. Codes are expanded in
+// registers, never stored.
+//  - weight-only: for each k of a 64-byte chunk, v >> shift puts the 16 rows' codes in the low bits
+//    of their int32 lanes; a vpermps table (2/4-bit slots) or and + convert (8-bit) makes them
+//    floats, then one FMA with the broadcast activation per row; per group y += s * acc, or
+//    y += s * (acc - z * sum x) where z is not in the table (float32, FMA: the order is free).
+//    2-bit slots at m <= 32 use pair tables instead (wo_pair_tile): two k per lookup.
 //  - dynamic: (v >> S p) & mask per byte is the u8 operand of vpdpbusd for k-quad p, the broadcast
 //    4 int8 activations the s8 one (products < 2^11, exact); per group the reference's epilogue
 //    with separate float multiply and add (bit-exact).
