@@ -9,6 +9,7 @@ when absolute numbers drift. Nothing here asserts on speed.
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import Callable, Iterable
 
@@ -45,8 +46,12 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, rounds: int = 20, 
         inner: calls per sample; the sample is their mean (use > 1 for calls of a few microseconds).
 
     Returns:
-        name -> ``rounds`` samples of seconds per call. The starting candidate rotates each round,
-        so none always runs right after a particular other one.
+        name -> ``rounds`` samples of seconds per call. Each round runs the candidates in a fresh
+        order (a seeded shuffle: the same orders in every run), so none always runs first or right
+        after a particular other one. A rotation of one fixed order, used before, kept each
+        candidate's predecessor fixed, and the predecessor matters: in bench/bench_intx_linear.py
+        fastq int4 always ran right after fp32 ``F.linear`` (8 ms in which fastq's idle pool worker
+        falls asleep), so it alone paid the worker's wake-up in every round.
     """
     if rounds < 1 or inner < 1 or warmup < 0:
         raise ValueError(f"rounds and inner must be >= 1 and warmup >= 0, got {rounds}, {inner}, {warmup}")
@@ -55,9 +60,11 @@ def time_round_robin(fns: dict[str, Callable[[], object]], *, rounds: int = 20, 
         for _ in range(warmup):
             fns[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for j in range(len(names)):
-            name = names[(r + j) % len(names)]
+    order = list(names)
+    rng = random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
             fn = fns[name]
             t0 = time.perf_counter()
             for _ in range(inner):

@@ -256,6 +256,12 @@ struct IntxTask {
   // weight-only: x as float32 rows (k apart) and their per-group sums [m, groups]
   const float* xf = nullptr;
   const float* xsum = nullptr;
+  // weight-only, 2-bit slots, m <= IntxKernels::wo_pair_max_m: pair tables, lut_ld floats per row
+  // (else nullptr). Chunk c (= g * chunks + ch) and nibble e (bits [4e, 4e + 4) of every row's lane,
+  // the codes of the chunk's k = ka = 8 (e % 2) + e / 2 and ka + 4) own the 16 floats at
+  // 128 c + 16 e: T[i] = x[ka] f(i & 3) + x[ka + 4] f(i >> 2), f(c) = c - z (symmetric) or c.
+  const float* lut = nullptr;
+  int64_t lut_ld = 0;
   // dynamic: int8 rows (k apart), their per-group sums [m, groups] and per-row scales
   const int8_t* xq = nullptr;
   const int32_t* qsum = nullptr;
@@ -272,6 +278,10 @@ using IntxTileFn = void (*)(const IntxTask& t, int64_t m0, int mr, int64_t nb0, 
 struct IntxKernels {
   int max_mr, max_nb;
   IntxTileFn weight_only, dynamic;
+  // Weight-only 2-bit slots use pair tables (IntxTask::lut) for m <= wo_pair_max_m (0: never);
+  // wo_pair_tables builds one row's (k a multiple of 16, out 64-byte aligned, 8 k floats).
+  int wo_pair_max_m;
+  void (*wo_pair_tables)(const float* x, int64_t k, float zero, float* out);
 };
 
 extern const IntxKernels intx_kernels_scalar;

@@ -10,8 +10,9 @@ import torch
 from fastq.ops import _library, reference
 
 EPS32 = torch.finfo(torch.float32).eps
-# (bits, asymmetric) pairs covering every slot width (2, 4, 8 bits) and both zero-point kinds.
-FORMATS = [(4, False), (4, True), (2, False), (2, True), (3, True), (8, False), (5, True)]
+# (bits, asymmetric) pairs covering every slot width (2, 4, 8 bits) and both zero-point kinds; 3-bit
+# symmetric has a zero point (4) other than half its slot's range (8), which tables fold in.
+FORMATS = [(4, False), (4, True), (2, False), (2, True), (3, False), (3, True), (8, False), (5, True)]
 DYNAMIC_FORMATS = [f for f in FORMATS if f[0] <= 4]
 
 

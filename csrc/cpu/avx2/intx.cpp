@@ -65,11 +65,18 @@ inline __m256 bias8(const IntxTask& t, int64_t n0) {
 }
 
 // H = 2 * NB halves of 8 rows; half h is block h / 2, bytes 32 (h % 2) of each chunk.
+// 2-bit slots by table: vpermps (permutevar8x32) reads the low 3 bits of each lane, the code and
+// one bit of the slot above it, so an 8-entry table repeating c - z (symmetric) or c replaces the
+// and + convert. 4-bit codes would need two tables and a blend: they keep and + convert.
 template <int S, int MR, int NB>
 void wo_tile(const IntxTask& t, int64_t m0, int64_t nb0) {
   constexpr int CK = 4 * (8 / S), H = 2 * NB;
+  constexpr bool kTable = S == 2;
   const int64_t G = t.groups, gs = t.chunks * CK, ldx = t.k;
+  const bool correct = t.asym || !kTable;  // z * sum x still to subtract
   const __m256i mask = _mm256_set1_epi32((1 << S) - 1);
+  const float tz = t.asym ? 0.0f : static_cast<float>(t.sym_zero);
+  const __m256 table = _mm256_setr_ps(-tz, 1 - tz, 2 - tz, 3 - tz, -tz, 1 - tz, 2 - tz, 3 - tz);
   alignas(32) float yacc[MR][H][8];
   std::memset(yacc, 0, sizeof(yacc));
   for (int64_t g = 0; g < G; ++g) {
@@ -88,18 +95,23 @@ void wo_tile(const IntxTask& t, int64_t m0, int64_t nb0) {
         FASTQ_UNROLL for (int h = 0; h < H; ++h) {
           const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec[h / 2] + ch * 64 + 32 * (h % 2)));
           __m256i c = sh ? _mm256_srli_epi32(v, sh) : v;
-          if (sh + S < 32) c = _mm256_and_si256(c, mask);
-          const __m256 wf = _mm256_cvtepi32_ps(c);
+          __m256 wf;
+          if constexpr (kTable) {
+            wf = _mm256_permutevar8x32_ps(table, c);
+          } else {
+            if (sh + S < 32) c = _mm256_and_si256(c, mask);
+            wf = _mm256_cvtepi32_ps(c);
+          }
           FASTQ_UNROLL for (int r = 0; r < MR; ++r) acc[r][h] = _mm256_fmadd_ps(wf, xb[r], acc[r][h]);
         }
       }
     }
     FASTQ_UNROLL for (int h = 0; h < H; ++h) {
       const __m256 s = _mm256_loadu_ps(reinterpret_cast<const float*>(rec[h / 2] + t.code_bytes) + 8 * (h % 2));
-      const __m256 z = _mm256_cvtepi32_ps(zero_points(t, rec[h / 2], h % 2));
+      const __m256 z = correct ? _mm256_cvtepi32_ps(zero_points(t, rec[h / 2], h % 2)) : _mm256_setzero_ps();
       FASTQ_UNROLL for (int r = 0; r < MR; ++r) {
-        const __m256 corr = _mm256_fnmadd_ps(z, _mm256_set1_ps(t.xsum[(m0 + r) * G + g]), acc[r][h]);
-        _mm256_store_ps(yacc[r][h], _mm256_fmadd_ps(corr, s, _mm256_load_ps(yacc[r][h])));
+        const __m256 a = correct ? _mm256_fnmadd_ps(z, _mm256_set1_ps(t.xsum[(m0 + r) * G + g]), acc[r][h]) : acc[r][h];
+        _mm256_store_ps(yacc[r][h], _mm256_fmadd_ps(a, s, _mm256_load_ps(yacc[r][h])));
       }
     }
   }
@@ -185,6 +197,6 @@ void intx_dyn_s8_2x64__avx2(const IntxTask& t, int64_t m0, int mr, int64_t nb0, 
 
 }  // namespace
 
-const IntxKernels intx_kernels_avx2 = {kMR, kNB, intx_wo_f32_2x64__avx2, intx_dyn_s8_2x64__avx2};
+const IntxKernels intx_kernels_avx2 = {kMR, kNB, intx_wo_f32_2x64__avx2, intx_dyn_s8_2x64__avx2, 0, nullptr};
 
 }  // namespace fastq::cpu

@@ -62,6 +62,6 @@ void tile(const IntxTask& t, int64_t m0, int mr, int64_t nb0, int64_t nb1) {
 
 }  // namespace
 
-const IntxKernels intx_kernels_scalar = {4, 1, tile<false>, tile<true>};
+const IntxKernels intx_kernels_scalar = {4, 1, tile<false>, tile<true>, 0, nullptr};
 
 }  // namespace fastq::cpu
