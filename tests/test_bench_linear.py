@@ -33,7 +33,7 @@ def bench():
 @pytest.fixture
 def small_mlp(bench, monkeypatch):
     monkeypatch.setattr(bench, "E2E_BLOCKS", 2)
-    monkeypatch.setattr(bench, "E2E_TOKENS", 9)
+    monkeypatch.setattr(bench, "E2E_TOKENS", (1, 9))
     monkeypatch.setattr(bench, "E2E_DIM", 64)
     monkeypatch.setattr(bench, "E2E_HIDDEN", 96)
 
@@ -130,6 +130,8 @@ def test_tiny_run_reports_tables_and_json(bench, small_mlp, monkeypatch):
     blob = json.loads(json.dumps(bench.to_json(result)))
     assert blob["rows"][0]["median_s"]["fastq-w8a8"] > 0
     assert set(blob["accuracy"]["64x48"]) >= set(REQUIRED)
+    assert set(blob["e2e"]) == {"1", "9"} and blob["e2e"]["9"]["median_s"]["fastq-w8a8"] > 0
+    assert "at 1 tokens" in text and "at 9 tokens" in text and "vs best int8 peer" in text
 
 
 def test_broken_peers_are_reported_not_fatal(bench, monkeypatch):
