@@ -544,8 +544,11 @@ class QATLinear(QATModule, nn.Linear):
 
 
 class QATConv2d(QATModule, ConvGeometry, nn.Conv2d):
-    """nn.Conv2d (groups=1) trained through the config's quantization; the STE graph runs the
-    convolution as the kernels do, one GEMM over im2col patches (``ConvGeometry``)."""
+    """nn.Conv2d (groups=1) trained through the config's quantization. The STE graph runs the
+    convolution as the kernels do, one GEMM over im2col patches (``ConvGeometry``), when the scheme
+    quantizes activations (their scales are per im2col row); for weight-only schemes it is
+    nn.Conv2d's own convolution of the fake weight: the same gradients without building the patch
+    matrix (F.unfold was the bulk of a step's time), since only its gradients are used."""
 
     def _twin(self) -> nn.Conv2d:
         twin = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
@@ -557,6 +560,8 @@ class QATConv2d(QATModule, ConvGeometry, nn.Conv2d):
         def ste() -> Tensor:
             s = self.qat_scheme
             w = s.fake_weight(self, _weight2d(self))
+            if type(s).fake_act is QATScheme.fake_act:  # weight-only: fake_act is the identity
+                return self._conv_forward(x, w.reshape(self.weight.shape), self.bias)
             return ConvGeometry._conv(self, x, lambda cols: F.linear(s.fake_act(self, cols), w, self.bias),
                                       f"QATConv2d({self.extra_repr()})")
 

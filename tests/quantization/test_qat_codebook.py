@@ -240,3 +240,26 @@ def test_group_scope_and_bad_input():
         model[0].weight[0, 0] = float("nan")
     with pytest.raises(UnsupportedLayerError, match="NaN or Inf"):
         model(torch.randn(2, 16))
+
+
+@pytest.mark.parametrize("name", ["binary", "kmeans_layer4"])
+def test_conv_gradients_equal_the_im2col_gemm(name):
+    """Weight-only schemes run the STE graph as nn.Conv2d's own convolution of the fake weight; its
+    gradients equal those of the im2col GEMM the kernels compute (ConvGeometry), padding_mode included."""
+    from fastq.nn.conv import ConvGeometry
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 33, 3, stride=2, padding=2, dilation=2, padding_mode="reflect")
+    model = fastq.prepare_qat_(nn.Sequential(conv), CONFIGS[name])
+    q = model[0]
+    x = torch.randn(2, 5, 11, 9, requires_grad=True)
+    g = torch.randn(2, 33, 6, 5)
+    (q(x) * g).sum().backward()
+    trained = _trained_tensor(q)
+    grads = (x.grad.clone(), trained.grad.clone())
+    x.grad, trained.grad = None, None
+    w = q.qat_scheme.fake_weight(q, q.weight.reshape(33, -1))
+    y = ConvGeometry._conv(q, x, lambda cols: nn.functional.linear(cols, w, q.bias), "ref")
+    (y * g).sum().backward()
+    torch.testing.assert_close(grads[0], x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], trained.grad, rtol=1e-5, atol=1e-5)
