@@ -127,11 +127,12 @@ class _CodebookLayer(PreparedLayer):
                 "kind": self.kind, "zero_entry": self.zero_entry, "storage": self.storage, "entries": self.entries}
 
     @staticmethod
-    def _encode(w: Tensor, mask: Optional[Tensor], config) -> tuple:
-        """(Encoded, constructor kwargs) of a float weight [N, K] under a codebook config."""
+    def _encode(w: Tensor, mask: Optional[Tensor], config, encoded=None) -> tuple:
+        """(Encoded, packed sparse storage or None, constructor kwargs) of a float weight [N, K] under a
+        codebook config; ``encoded``: an encoding made already (QAT's trained centroids), taken as is."""
         from fastq.quantization.codebook import encode  # no import cycle
 
-        enc = encode(config, w, mask)
+        enc = encode(config, w, mask) if encoded is None else encoded
         storage = getattr(config, "storage", "dense")
         entries = 0
         packed = None
@@ -191,8 +192,7 @@ class _CodebookLayer(PreparedLayer):
     def dequantized_weight(self) -> Tensor:
         """float32 [N, K], differentiable in ``codebook`` while its centroids train."""
         codes = self._codes_cache if self._codes_cache is not None else self.int_codes()
-        w = codebook_weight(codes, self.codebook)
-        return w * self.scale[:, None] if self.scale is not None else w
+        return codebook_weight(codes, self.codebook, self.scale)
 
     def _gemm(self, x: Tensor) -> Tensor:
         """[*, K] -> [*, N] in x's dtype."""
@@ -287,9 +287,10 @@ class SharedWeightLinear(_CodebookLayer):
                             scale, clusters, kind, zero_entry, storage, entries)
 
     @classmethod
-    def from_float(cls, module: nn.Linear, config) -> "SharedWeightLinear":
+    def from_float(cls, module: nn.Linear, config, encoded=None) -> "SharedWeightLinear":
         """Encode an ``nn.Linear`` (pruned or not) under a codebook config (``WeightSharingConfig``,
-        ``BinaryConfig``, ``TernaryConfig``, ``PowerOfTwoConfig``).
+        ``BinaryConfig``, ``TernaryConfig``, ``PowerOfTwoConfig``); ``encoded`` (an ``Encoded`` of its
+        weight, e.g. QAT's fixed codes and trained centroids) skips the encoder.
 
         Raises:
             UnsupportedLayerError: NaN/Inf weights, fewer weights per table than clusters, a group
@@ -297,7 +298,7 @@ class SharedWeightLinear(_CodebookLayer):
         """
         if not isinstance(module, nn.Linear):
             raise TypeError(f"SharedWeightLinear.from_float expects an nn.Linear, got {type(module).__name__}")
-        enc, packed, kwargs = cls._encode(module.weight, module._buffers.get("weight_mask"), config)
+        enc, packed, kwargs = cls._encode(module.weight, module._buffers.get("weight_mask"), config, encoded)
         q = cls(module.in_features, module.out_features, module.bias is not None, **kwargs)
         q._set_encoded(enc, packed, module.bias)
         return q
@@ -338,8 +339,9 @@ class SharedWeightConv2d(ConvGeometry, _CodebookLayer):
                             kind, zero_entry, storage, entries)
 
     @classmethod
-    def from_float(cls, module: nn.Conv2d, config) -> "SharedWeightConv2d":
-        """Encode an ``nn.Conv2d`` (groups=1; pruned or not) under a codebook config.
+    def from_float(cls, module: nn.Conv2d, config, encoded=None) -> "SharedWeightConv2d":
+        """Encode an ``nn.Conv2d`` (groups=1; pruned or not) under a codebook config (``encoded`` as in
+        ``SharedWeightLinear.from_float``, of the [O, C*kh*kw] weight).
 
         Raises:
             UnsupportedLayerError: grouped convolution, or as ``SharedWeightLinear.from_float``.
@@ -351,7 +353,7 @@ class SharedWeightConv2d(ConvGeometry, _CodebookLayer):
         mask = module._buffers.get("weight_mask")
         o = module.out_channels
         enc, packed, kwargs = cls._encode(module.weight.reshape(o, -1), None if mask is None else mask.reshape(o, -1),
-                                          config)
+                                          config, encoded)
         q = cls(module.in_channels, o, module.kernel_size, module.stride, module.padding, module.dilation,
                 module.bias is not None, module.padding_mode, **kwargs)
         q._set_encoded(enc, packed, module.bias)

@@ -603,23 +603,23 @@ def codebook_unpack(packed: Tensor, n: int, k: int, bits: int, lut: bool) -> Ten
     return ((byte >> shifts) & mask).reshape(n, k_pad)[:, :k].to(torch.uint8)
 
 
-def codebook_weight(codes: Tensor, codebook: Tensor) -> Tensor:
-    """float32 [N, K]: ``codebook[r(n), k // gs, codes[n, k]]`` (no scale), differentiable in
-    ``codebook``: the gradient of an entry is the sum of its members' gradients (Deep Compression's
-    centroid update)."""
+def codebook_weight(codes: Tensor, codebook: Tensor, scale: Optional[Tensor] = None) -> Tensor:
+    """float32 [N, K]: ``codebook[r(n), k // gs, codes[n, k]]``, times ``scale[n]`` when given;
+    differentiable in ``codebook``: the gradient of an entry is the sum of its members' gradients
+    (Deep Compression's centroid update)."""
     n, k = codes.shape
     r, g, c = codebook.shape
     idx = codes.to(torch.int64).reshape(n, g, k // g)
     table = codebook.expand(n, g, c) if r == 1 else codebook
-    return torch.gather(table, 2, idx).reshape(n, k)
+    w = torch.gather(table, 2, idx).reshape(n, k)
+    return w * scale[:, None] if scale is not None else w
 
 
 def codebook_dequantize(packed: Tensor, codebook: Tensor, scale: Optional[Tensor], n: int, k: int, bits: int,
                         lut: bool) -> Tensor:
     """The float32 [N, K] weight a packed codebook layer multiplies by: ``codebook_weight`` of the
-    unpacked codes, times ``scale[n]`` when given."""
-    w = codebook_weight(codebook_unpack(packed, n, k, bits, lut), codebook)
-    return w * scale[:, None] if scale is not None else w
+    unpacked codes (times ``scale[n]`` when given)."""
+    return codebook_weight(codebook_unpack(packed, n, k, bits, lut), codebook, scale)
 
 
 def codebook_linear(x: Tensor, packed: Tensor, codebook: Tensor, scale: Optional[Tensor], bias: Optional[Tensor],

@@ -20,6 +20,26 @@ Invariants:
     re-search every step would cost 21 quantizations per layer and make the grid jump).
     ``gptq=True`` is refused: its codes come from a one-shot Hessian solve, not from rounding, so
     no straight-through gradient describes them.
+  * Codebook configs (fastq.quantization.codebook; nn.Linear and nn.Conv2d, as quantize_) never
+    re-implement their encoder: the STE graph's weight is ``codebook_weight`` of ``encode``'s own
+    codes, tables and scales, so it equals the converted module's ``dequantized_weight`` bit for bit.
+    - BinaryConfig / TernaryConfig / PowerOfTwoConfig re-encode the current float weight at every
+      forward (sign and alpha = mean |W|; TWN's threshold and alpha; the per-row power-of-two range):
+      the definitions hold at every step, and nothing extra is stored. The gradient is the plain
+      straight-through one (dL/dW = dL/dW_q, BinaryConnect / TWN), not the derivative of alpha or
+      the threshold: those are statistics of the whole row that the encoder recomputes anyway.
+    - WeightSharingConfig clusters once, at ``prepare_qat_`` (the same k-means, scope, init, seed
+      and fixed 0.0 entry for pruned weights as quantize_), then keeps the assignment (buffer
+      ``weight_codes`` uint8 [N, K]) and trains the shared values (Parameter ``weight_codebook``
+      [R, G, 2**bits]): the gradient of a centroid is the sum of its members' gradients (Deep
+      Compression's fine-tuning, as ``train_centroids_``). Re-clustering at every step would cost
+      a k-means per layer per step (seconds for exact per-row tables) and let codes jump between
+      steps; a fixed assignment is what the config's encoding means. The float ``weight`` is not
+      used after prepare_qat_ (it gets no gradient); a fixed 0.0 entry stays exactly 0 (it is
+      rebuilt as 0, so no optimizer or weight decay moves it).
+    - ``lsq=True`` is refused (ValueError): none of them has a free scale to learn (binary /
+      ternary: mean |W| by definition; power of two: a power of two per row; weight sharing: the
+      centroids themselves are trained).
   * The hook for other configs is ``register_qat(ConfigType, SchemeClass)``: a ``QATScheme``
     subclass supplies ``fake_weight`` (and ``fake_act`` when activations are quantized); its
     ``build`` defaults to the config's registered ``quantize_`` handler, so the exact forward and
@@ -381,6 +401,73 @@ class IntxDynamicScheme(IntxWeightScheme):
         return fake_act_per_token(x, True)
 
 
+def _refuse_lsq(config, lsq: bool) -> None:
+    if lsq:
+        raise ValueError(f"prepare_qat_: lsq=True is not supported for {type(config).__name__}: it has no free scale "
+                         "to learn (binary / ternary: mean |W| per row by definition; power of two: a power of two per "
+                         "row; weight sharing trains its centroids without it); pass lsq=False")
+
+
+class CodebookScaleScheme(QATScheme):
+    """BinaryConfig, TernaryConfig, PowerOfTwoConfig: each forward encodes the current weight with the
+    config's encoder (``codebook.encode``: per-row sign / TWN threshold / power-of-two range and scale);
+    value ``codebook_weight(codes, table, scale)``, gradient straight through to the float weight.
+    ``build`` is the quantize_ handler on the same weight: the same encoding."""
+
+    def __init__(self, config, lsq: bool = False) -> None:
+        _refuse_lsq(config, lsq)
+        super().__init__(config, lsq)
+
+    def fake_weight(self, module: nn.Module, w: Tensor) -> Tensor:
+        from fastq.ops.reference import codebook_weight
+        from fastq.quantization.codebook import encode
+
+        enc = encode(self.config, w)
+        # _ExactForward, not w + (q - w).detach(): that sum may round away from q in the last bit
+        return _ExactForward.apply(w, codebook_weight(enc.codes, enc.codebook, enc.scale).to(w.device))
+
+
+class WeightSharingScheme(QATScheme):
+    """WeightSharingConfig: k-means once at setup (``codebook.encode``, the layer's pruning mask
+    included), then fixed codes (``weight_codes``) and trained centroids (``weight_codebook``); see the
+    module docstring. ``build`` packs those codes and centroids into the config's SharedWeight module."""
+
+    def __init__(self, config, lsq: bool = False) -> None:
+        _refuse_lsq(config, lsq)
+        super().__init__(config, lsq)
+        self.layout = None  # the setup Encoded without its tensors: bits, clusters, kind, zero_entry
+
+    def setup(self, module: nn.Module) -> None:
+        from fastq.quantization.codebook import encode
+
+        w = _weight2d(module)
+        mask = module._buffers.get("weight_mask")
+        enc = encode(self.config, w, None if mask is None else mask.reshape(w.shape[0], -1))
+        self.layout = enc._replace(codes=None, codebook=None)
+        module.register_buffer("weight_codes", enc.codes.to(w.device))
+        module.weight_codebook = nn.Parameter(enc.codebook.to(w.device))
+
+    def _table(self, module: nn.Module) -> Tensor:
+        """The trained centroids, entry 0 rebuilt as exactly 0.0 when it is the pruned weights' entry
+        (so it gets no gradient and no optimizer can move it)."""
+        t = module.weight_codebook
+        if not self.layout.zero_entry:
+            return t
+        return torch.cat([torch.zeros_like(t[..., :1]), t[..., 1:]], dim=-1)
+
+    def fake_weight(self, module: nn.Module, w: Tensor) -> Tensor:
+        from fastq.ops.reference import codebook_weight
+
+        return codebook_weight(module.weight_codes, self._table(module))
+
+    def build(self, module: nn.Module, twin: nn.Module) -> nn.Module:
+        from fastq.nn.codebook import SharedWeightConv2d, SharedWeightLinear
+
+        enc = self.layout._replace(codes=module.weight_codes.cpu(), codebook=self._table(module).detach().float().cpu())
+        cls = SharedWeightLinear if isinstance(twin, nn.Linear) else SharedWeightConv2d
+        return cls.from_float(twin, self.config, encoded=enc)
+
+
 def register_qat(config_type: type, scheme: type) -> None:
     """Make ``prepare_qat_`` accept ``config_type`` configs, trained with ``scheme`` (a QATScheme subclass
     constructed as ``scheme(config, lsq)``)."""
@@ -398,13 +485,17 @@ register_qat(Int4WeightOnlyConfig, IntxWeightScheme)
 register_qat(Int4DynamicConfig, IntxDynamicScheme)
 
 
-def _register_static() -> None:
+def _register_late() -> None:
+    from fastq.quantization.codebook import BinaryConfig, PowerOfTwoConfig, TernaryConfig, WeightSharingConfig
     from fastq.quantization.static import Int8StaticConfig
 
     register_qat(Int8StaticConfig, Int8StaticScheme)
+    for config_type in (BinaryConfig, TernaryConfig, PowerOfTwoConfig):
+        register_qat(config_type, CodebookScaleScheme)
+    register_qat(WeightSharingConfig, WeightSharingScheme)
 
 
-_register_static()
+_register_late()
 
 
 # ---- QAT modules --------------------------------------------------------------------------------
@@ -453,8 +544,11 @@ class QATLinear(QATModule, nn.Linear):
 
 
 class QATConv2d(QATModule, ConvGeometry, nn.Conv2d):
-    """nn.Conv2d (groups=1) trained through the config's quantization; the STE graph runs the
-    convolution as the kernels do, one GEMM over im2col patches (``ConvGeometry``)."""
+    """nn.Conv2d (groups=1) trained through the config's quantization. The STE graph runs the
+    convolution as the kernels do, one GEMM over im2col patches (``ConvGeometry``), when the scheme
+    quantizes activations (their scales are per im2col row); for weight-only schemes it is
+    nn.Conv2d's own convolution of the fake weight: the same gradients without building the patch
+    matrix (F.unfold was the bulk of a step's time), since only its gradients are used."""
 
     def _twin(self) -> nn.Conv2d:
         twin = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
@@ -466,6 +560,8 @@ class QATConv2d(QATModule, ConvGeometry, nn.Conv2d):
         def ste() -> Tensor:
             s = self.qat_scheme
             w = s.fake_weight(self, _weight2d(self))
+            if type(s).fake_act is QATScheme.fake_act:  # weight-only: fake_act is the identity
+                return self._conv_forward(x, w.reshape(self.weight.shape), self.bias)
             return ConvGeometry._conv(self, x, lambda cols: F.linear(s.fake_act(self, cols), w, self.bias),
                                       f"QATConv2d({self.extra_repr()})")
 
@@ -497,19 +593,22 @@ def prepare_qat_(model: nn.Module, config, *, lsq: bool = False,
         model: a float model (calibrate it first for ``Int8StaticConfig`` to start from calibrated
             activation ranges; otherwise static layers observe their inputs in training forwards).
         config: any config with a registered scheme: Int8DynamicConfig, Int8WeightOnlyConfig,
-            Int8StaticConfig, IntxWeightOnlyConfig, Int4WeightOnlyConfig, Int4DynamicConfig (and
-            those that ``register_qat``). The sub-8-bit configs take nn.Linear only (Conv2d layers
-            stay float with a note); their ``clip`` ratio is searched once, here, and kept fixed.
+            Int8StaticConfig, IntxWeightOnlyConfig, Int4WeightOnlyConfig, Int4DynamicConfig,
+            BinaryConfig, TernaryConfig, PowerOfTwoConfig, WeightSharingConfig (and those that
+            ``register_qat``). The intx configs take nn.Linear only (Conv2d layers stay float with a
+            note); their ``clip`` ratio is searched once, here, and kept fixed. The codebook configs
+            take nn.Linear and nn.Conv2d; WeightSharingConfig clusters here, once, and then trains
+            the centroids with the codes fixed.
         lsq: learn the quantization scales (LSQ): weight scales per channel / group, and the static
-            activation scale.
+            activation scale (int8 and intx configs; the codebook configs refuse it).
         filter_fn, skip: as in ``quantize_``: layers to keep float.
 
     Returns:
         ``model`` (the same object). Train it as usual, then ``convert_(model)``.
 
     Raises:
-        TypeError: a config without a QAT scheme; ValueError: no layer could be prepared, or a
-            sub-8-bit config with ``gptq=True``.
+        TypeError: a config without a QAT scheme; ValueError: no layer could be prepared, a
+            sub-8-bit config with ``gptq=True``, or ``lsq=True`` with a codebook config.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat_ expects an nn.Module, got {type(model).__name__}")
