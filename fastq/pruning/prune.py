@@ -229,17 +229,6 @@ def nm_keep(scores: Tensor, n: int, m: int) -> Tensor:
     return keep
 
 
-def compute_masks(
-    layers: Sequence[Tuple[str, nn.Module]],
-    model: nn.Module,
-    config: PruneConfig,
-    batch: Any = None,
-    loss_fn: Optional[Callable] = None,
-) -> List[Tensor]:
-    """Keep-masks (bool, weight's shape) for ``layers``; changes nothing."""
-    return [keep for keep, _ in compute_pruning(layers, model, config, batch, loss_fn)]
-
-
 def compute_pruning(
     layers: Sequence[Tuple[str, nn.Module]],
     model: nn.Module,
