@@ -279,7 +279,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--criterion", default="magnitude", choices=("magnitude", "wanda", "sparsegpt"),
                     help="one-shot criterion for 'unstructured 50%%' and '2:4': wanda and sparsegpt first record input "
                          "statistics on --calib training sentences (never the held-out ones)")
-    ap.add_argument("--calib", type=int, default=256, help="calibration sentences for wanda / sparsegpt")
+    ap.add_argument("--calib", type=int, default=256,
+                    help="calibration sentences for wanda / sparsegpt, drawn from the Lee training sentences")
     ap.add_argument("--sequential", action="store_true",
                     help="wanda / sparsegpt: prune the encoder one transformer layer at a time, recording each "
                          "layer's inputs on the model with the earlier layers already pruned (as the SparseGPT "
@@ -324,7 +325,9 @@ def main(argv=None) -> dict:
           f"native: {fastq.native_available()}, ISA {fastq.cpu_isa()}", flush=True)
 
     calib_rng = random.Random(2)
-    calib_sentences = calib_rng.sample(train, min(args.calib, len(train)))
+    # calibration from the news training sentences only (the held-out text is news too; the Wikipedia extra
+    # text measured worse: 0.9193 vs 0.9304 before fine-tuning with sparsegpt --sequential)
+    calib_sentences = calib_rng.sample(train[:n_lee], min(args.calib, n_lee))
     calib = [tok(calib_sentences[i:i + args.batch], padding=True, truncation=True, max_length=args.max_length,
                  return_tensors="pt") for i in range(0, len(calib_sentences), args.batch)]
 
@@ -430,7 +433,7 @@ def main(argv=None) -> dict:
                          "extra_text": args.extra_text, "hidden_weight": args.hidden_weight, "gradual": args.gradual,
                          "threads": args.threads, "train_threads": args.train_threads,
                          "train_embeddings": args.train_embeddings,
-                         "criterion": args.criterion, "calib_sentences": len(calib_sentences),
+                         "criterion": args.criterion, "calib_sentences": len(calib_sentences), "calib_source": "lee_train",
                          "sequential": args.sequential,
                          "rounds": rounds, "eval_sentences": len(held), "train_sentences": len(train),
                          "timing_batch": list(timing_batch["input_ids"].shape), "timing_tokens": tokens,
