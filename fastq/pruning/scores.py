@@ -6,8 +6,9 @@ groups, channels) are p-norms of the element scores over the group, p = ``GROUP_
 (L1 for magnitude / taylor / random, L2 for "l2"). The threshold criterion is not a score: it
 fixes the mask directly (``threshold_mask``). The activation-aware criteria read the input
 statistics ``fastq.quantization.observe_inputs`` left on a layer (``input_statistics`` checks them):
-"wanda" is an element score here, "sparsegpt" is an algorithm (``fastq.pruning.sparsegpt``). ``compute_gradients`` runs one forward/backward
-and restores every ``.grad`` and buffer it touched, so scoring has no side effects on the model.
+"wanda" is an element score here, "sparsegpt" is an algorithm (``fastq.pruning.sparsegpt``).
+``compute_gradients`` runs one forward/backward and restores every ``.grad`` and buffer it
+touched, so scoring has no side effects on the model.
 """
 
 from __future__ import annotations
