@@ -17,8 +17,11 @@ from typing import Optional, Union
 
 from fastq.pruning.schedule import CubicSchedule, OneShot
 
-CRITERIA = ("magnitude", "l2", "threshold", "random", "taylor")
+CRITERIA = ("magnitude", "l2", "threshold", "random", "taylor", "wanda", "sparsegpt")
 SCOPES = ("layer", "global")
+# Activation-aware criteria: they read the input statistics fastq.quantization.observe_inputs records,
+# rank weights within each output row, and support the element patterns only.
+ACTIVATION_CRITERIA = ("wanda", "sparsegpt")
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,16 @@ class PruneConfig:
             "channels" (whole output rows; ``prune_channels_`` shrinks layers physically).
         criterion: importance score, see ``fastq.pruning.scores``: "magnitude" (L1), "l2",
             "threshold" (|w| < threshold pruned, unstructured only), "random" (seeded) or
-            "taylor" (|w * grad|, needs batch + loss_fn).
+            "taylor" (|w * grad|, needs batch + loss_fn); or, activation-aware, for nn.Linear
+            layers whose inputs were recorded by running calibration batches inside
+            ``fastq.quantization.observe_inputs(model)`` (``hessian=True`` for sparsegpt):
+            "wanda" (|w_ij| * sqrt(mean x_j^2), Sun et al. 2023) or "sparsegpt" (Frantar &
+            Alistarh 2023: the mask chosen block by block by w^2 / [H^-1]_jj^2 and each pruned
+            weight's error spread over the not-yet-pruned columns through the inverse input
+            Hessian, as GPTQ does for rounding). Unlike every other criterion, **sparsegpt also
+            changes the kept weights** (it reconstructs the layer output X W^T). Both rank within
+            each output row (unstructured: every row reaches the sparsity) or N:M group, take
+            pattern "unstructured" or "N:M" and scope "layer"; sparsegpt is one-shot only.
         scope: "layer" (each layer reaches the sparsity) or "global" (one ranking, so one
             threshold, across all chosen layers; not for N:M).
         threshold: the cut for criterion "threshold" (>= 0).
@@ -135,6 +147,19 @@ class PruneConfig:
             return
         if self.threshold is not None:
             raise ValueError(f"threshold= is only used by criterion 'threshold' (criterion is {self.criterion!r})")
+        if self.criterion in ACTIVATION_CRITERIA:
+            if pat.kind not in ("unstructured", "nm"):
+                raise ValueError(
+                    f"criterion {self.criterion!r} prunes single weights: use pattern 'unstructured' or an N:M "
+                    f"pattern such as '2:4', got {pat.name!r}"
+                )
+            if self.scope != "layer":
+                raise ValueError(
+                    f"criterion {self.criterion!r} compares weights within each output row (its scores are "
+                    f"not comparable across layers); use scope='layer'"
+                )
+            if self.criterion == "sparsegpt" and not isinstance(self.schedule, OneShot):
+                raise ValueError("criterion 'sparsegpt' reconstructs the layer once; use schedule=OneShot()")
 
         if pat.kind == "nm":
             implied = 1.0 - pat.n / pat.m

@@ -9,6 +9,9 @@ Invariants:
   sort (lower scores first, then earlier layer, then lower flat index);
 - groups already fully pruned by an earlier call score -inf, so re-pruning (gradual schedules)
   never revives them unless the target sparsity went down;
+- activation-aware criteria ("wanda", "sparsegpt") rank within each output row: for unstructured
+  sparsity every row prunes exactly round(sparsity * K); "sparsegpt" also returns new weights for
+  the kept positions, written by ``prune_`` after every layer has been computed;
 - a layer left with no kept group raises ValueError naming it, before any module is changed.
 """
 
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from fastq.pruning import scores as S
-from fastq.pruning.config import Pattern, PruneConfig
+from fastq.pruning.config import ACTIVATION_CRITERIA, Pattern, PruneConfig
 from fastq.pruning.masks import MASK, attach_mask_
 
 PRUNABLE = (nn.Linear, nn.Conv2d)
@@ -137,8 +140,11 @@ def group_scores(
     config: PruneConfig,
     grads: Dict[nn.Module, Tensor],
     generator: Optional[torch.Generator],
+    stats: Optional[Dict[nn.Module, Tensor]] = None,
 ) -> List[Tensor]:
     """Per module: float32 scores, [G] per group (or [G, M] elements for N:M).
+
+    ``grads`` (criterion "taylor") and ``stats`` (mean squared inputs, "wanda") map modules to tensors.
 
     Groups (elements, for N:M) that an earlier prune_ left fully masked score -inf.
     """
@@ -146,12 +152,12 @@ def group_scores(
     out = []
     for m in modules:
         w2 = weight_2d(m)
-        s = S.element_scores(config.criterion, w2, grads.get(m, None) if grads else None, generator)
+        s = S.element_scores(config.criterion, w2, grads.get(m, None) if grads else None, generator,
+                             stats.get(m, None) if stats else None)
         s = to_groups(s.reshape(w2.shape), pat)
-        mask = m._buffers.get(MASK, None)
-        alive = None
-        if mask is not None and mask.shape == m.weight.shape:
-            alive = to_groups(mask.reshape(w2.shape), pat)
+        alive = _alive(m)
+        if alive is not None:
+            alive = to_groups(alive, pat)
         if pat.kind == "nm":
             if alive is not None:
                 s = s.masked_fill(~alive, float("-inf"))
@@ -223,14 +229,17 @@ def nm_keep(scores: Tensor, n: int, m: int) -> Tensor:
     return keep
 
 
-def compute_masks(
+def compute_pruning(
     layers: Sequence[Tuple[str, nn.Module]],
     model: nn.Module,
     config: PruneConfig,
     batch: Any = None,
     loss_fn: Optional[Callable] = None,
-) -> List[Tensor]:
-    """Keep-masks (bool, weight's shape) for ``layers``; changes nothing."""
+) -> List[Tuple[Tensor, Optional[Tensor]]]:
+    """Per layer ``(keep-mask, new weight or None)``, both with the weight's shape; changes nothing.
+
+    The new weight is given only by criterion "sparsegpt" (float32, zero where the mask is False).
+    """
     pat = config.pattern_spec
     names = [n for n, _ in layers]
     modules = [m for _, m in layers]
@@ -247,17 +256,56 @@ def compute_masks(
                     f"layer {name!r}: threshold {config.threshold} would prune all its weights "
                     f"(max |w| = {float(m.weight.detach().abs().max()):g})"
                 )
-            masks.append(keep)
+            masks.append((keep, None))
         return masks
+    stats = {}
+    if config.criterion in ACTIVATION_CRITERIA:
+        for name, m in layers:
+            stats[m] = S.input_statistics(name, m, config.criterion)
+            k = weight_2d(m).shape[1]
+            if pat.kind == "unstructured" and round(config.final_sparsity * k) >= k:
+                raise ValueError(
+                    f"layer {name!r}: sparsity {config.final_sparsity} would prune all {k} weights of each row; "
+                    f"lower the sparsity or exclude the layer with filter_fn"
+                )
+    if config.criterion == "sparsegpt":
+        from fastq.pruning.sparsegpt import sparsegpt_prune
+
+        out = []
+        for name, m in layers:
+            alive = _alive(m)
+            try:
+                keep, w = sparsegpt_prune(weight_2d(m), stats[m], pat, config.final_sparsity or 0.0, alive)
+            except ValueError as e:
+                raise ValueError(f"layer {name!r}: {e}") from None
+            out.append((keep.reshape(m.weight.shape), w.reshape(m.weight.shape)))
+        return out
     grads = S.compute_gradients(model, modules, batch, loss_fn) if config.criterion == "taylor" else {}
     gen = torch.Generator().manual_seed(config.seed) if config.criterion == "random" else None
-    scores = group_scores(modules, config, grads, gen)
+    scores = group_scores(modules, config, grads, gen, stats)
     if pat.kind == "nm":
         keeps = [nm_keep(s, pat.n, pat.m) for s in scores]
+    elif config.criterion in ACTIVATION_CRITERIA:  # Wanda's comparison group: each output row
+        keeps = [_row_keep(s.reshape(weight_2d(m).shape), config.final_sparsity) for s, m in zip(scores, modules)]
     else:
         unit = "output channels" if pat.kind == "channels" else ("blocks" if pat.kind == "block" else "weights")
         keeps = select_groups(names, scores, config.final_sparsity, config.scope, unit)
-    return [from_groups(k, pat, tuple(weight_2d(m).shape)).reshape(m.weight.shape) for k, m in zip(keeps, modules)]
+    return [(from_groups(k, pat, tuple(weight_2d(m).shape)).reshape(m.weight.shape), None)
+            for k, m in zip(keeps, modules)]
+
+
+def _alive(module: nn.Module) -> Optional[Tensor]:
+    """The module's existing keep-mask as [out, K], or None when it is not pruned."""
+    mask = module._buffers.get(MASK, None)
+    if mask is None or mask.shape != module.weight.shape:
+        return None
+    return mask.reshape(weight_2d(module).shape)
+
+
+def _row_keep(scores: Tensor, sparsity: float) -> Tensor:
+    """[out, K] scores -> keep-mask pruning exactly round(sparsity * K) of each row (ties: lower index)."""
+    k = scores.shape[1]
+    return nm_keep(scores, k - round(sparsity * k), k)
 
 
 def prune_(
@@ -281,15 +329,19 @@ def prune_(
         A PruneReport with the sparsity reached per layer.
 
     Raises:
-        ValueError: pattern not dividing a layer, a layer pruned to nothing, missing gradients
-            inputs. All checks run before any module is modified.
+        ValueError: pattern not dividing a layer, a layer pruned to nothing, missing gradient
+            inputs ("taylor") or input statistics ("wanda", "sparsegpt"), a bad input Hessian.
+            All checks run before any module is modified.
     """
     if not isinstance(config, PruneConfig):
         raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}")
     layers = select_layers(model, filter_fn)
-    masks = compute_masks(layers, model, config, batch, loss_fn)
+    results = compute_pruning(layers, model, config, batch, loss_fn)
     reports = []
-    for (name, m), keep in zip(layers, masks):
+    for (name, m), (keep, weight) in zip(layers, results):
+        if weight is not None:  # sparsegpt: the kept weights were updated too
+            with torch.no_grad():
+                m.weight.copy_(weight)
         attach_mask_(m, keep, config.pattern)
         reports.append(LayerReport(name, tuple(m.weight.shape), m.weight.numel(), int((~keep).sum())))
     return PruneReport(config.pattern, tuple(reports))

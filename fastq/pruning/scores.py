@@ -4,8 +4,11 @@ Invariants: an element scorer returns a float32 tensor with the weight's shape, 
 higher score means more important; no scorer modifies a weight. Group scores (blocks, N:M
 groups, channels) are p-norms of the element scores over the group, p = ``GROUP_NORM[criterion]``
 (L1 for magnitude / taylor / random, L2 for "l2"). The threshold criterion is not a score: it
-fixes the mask directly (``threshold_mask``). ``compute_gradients`` runs one forward/backward
-and restores every ``.grad`` and buffer it touched, so scoring has no side effects on the model.
+fixes the mask directly (``threshold_mask``). The activation-aware criteria read the input
+statistics ``fastq.quantization.observe_inputs`` left on a layer (``input_statistics`` checks them):
+"wanda" is an element score here, "sparsegpt" is an algorithm (``fastq.pruning.sparsegpt``).
+``compute_gradients`` runs one forward/backward and restores every ``.grad`` and buffer it
+touched, so scoring has no side effects on the model.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-GROUP_NORM = {"magnitude": 1, "l2": 2, "random": 1, "taylor": 1}
+GROUP_NORM = {"magnitude": 1, "l2": 2, "random": 1, "taylor": 1, "wanda": 1}
 
 
 def magnitude(weight: Tensor) -> Tensor:
@@ -40,6 +43,52 @@ def taylor(weight: Tensor, grad: Tensor) -> Tensor:
     return (weight.detach().float() * grad.detach().float()).abs()
 
 
+def wanda(weight: Tensor, input_sq_mean: Tensor) -> Tensor:
+    """Wanda (Sun et al. 2023): |w_ij| * sqrt(mean x_j^2), the weight times its input's RMS.
+
+    Args:
+        weight: [out, K].
+        input_sq_mean: float [K], mean of x_j^2 over calibration inputs.
+
+    Returns:
+        float32 [out, K].
+    """
+    return weight.detach().abs().float() * input_sq_mean.detach().float().to(weight.device).sqrt()
+
+
+def input_statistics(name: str, module: nn.Module, criterion: str) -> Tensor:
+    """The calibration statistic ``criterion`` needs, checked: mean x^2 [K] for "wanda", the mean
+    x x^T [K, K] for "sparsegpt" (as recorded by ``fastq.quantization.observe_inputs``).
+
+    Raises:
+        ValueError: not recorded (naming the layer and how to record it), wrong shape, NaN/Inf or
+            negative values.
+    """
+    from fastq.quantization.intx import input_hessian, input_stats
+
+    k = module.weight[0].numel()
+    hessian = criterion == "sparsegpt"
+    stat = input_hessian(module) if hessian else input_stats(module)
+    if stat is None:
+        how = "observe_inputs(model, hessian=True)" if hessian else "observe_inputs(model)"
+        raise ValueError(
+            f"layer {name!r}: criterion {criterion!r} needs its input statistics; run calibration batches "
+            f"inside `with fastq.quantization.{how}:` before prune_ (it records nn.Linear layers only; "
+            f"exclude other layers with filter_fn)"
+        )
+    want = (k, k) if hessian else (k,)
+    if tuple(stat.shape) != want:
+        raise ValueError(
+            f"layer {name!r}: recorded input statistics have shape {list(stat.shape)}, the layer needs "
+            f"{list(want)}; record them again on this model with observe_inputs"
+        )
+    if not bool(torch.isfinite(stat).all()):
+        raise ValueError(f"layer {name!r}: recorded input statistics hold NaN or Inf (non-finite calibration inputs)")
+    if not hessian and bool((stat < 0).any()):
+        raise ValueError(f"layer {name!r}: recorded mean squared inputs are negative; record them with observe_inputs")
+    return stat
+
+
 def threshold_mask(weight: Tensor, threshold: float) -> Tensor:
     """Keep-mask (bool, weight's shape): True where |w| >= threshold, i.e. |w| < t is pruned."""
     return weight.detach().abs() >= threshold
@@ -50,8 +99,9 @@ def element_scores(
     weight: Tensor,
     grad: Optional[Tensor] = None,
     generator: Optional[torch.Generator] = None,
+    input_sq_mean: Optional[Tensor] = None,
 ) -> Tensor:
-    """Dispatch to the element scorer named by ``criterion`` (not "threshold")."""
+    """Dispatch to the element scorer named by ``criterion`` (not "threshold" or "sparsegpt")."""
     if criterion == "magnitude":
         return magnitude(weight)
     if criterion == "l2":
@@ -62,6 +112,10 @@ def element_scores(
         return random(weight, generator)
     if criterion == "taylor":
         return taylor(weight, grad)
+    if criterion == "wanda":
+        if input_sq_mean is None:
+            raise ValueError("wanda scores need the layer's mean squared inputs (fastq.quantization.observe_inputs)")
+        return wanda(weight, input_sq_mean)
     raise ValueError(f"no element score for criterion {criterion!r}")
 
 

@@ -126,6 +126,45 @@ def intx_quantize(w: Tensor, bits: int, group_size: Optional[int], symmetric: bo
     return codes, scale, None if symmetric else zero
 
 
+def hessian_inverse_factor(w: Tensor, hessian: Tensor, damp: float = 0.01) -> tuple[Tensor, Tensor]:
+    """The shared start of GPTQ and SparseGPT: the weight to update and the upper Cholesky factor of
+    the dampened inverse Hessian, through which both spread a column's error over later columns.
+
+    Args:
+        w: float weight [N, K].
+        hessian: float [K, K], mean x x^T of the layer's calibration inputs.
+        damp: added to the diagonal, times its mean (1% in both papers).
+
+    Returns:
+        ``(W, U)``: W float32 [N, K], a copy of ``w`` with the columns of never-active inputs
+        (H_jj = 0, their weights cannot matter) zeroed; U float32 [K, K] upper triangular with
+        U^T U = (H + damp * mean(diag H) * I)^-1, where dead inputs get H_jj = 1.
+
+    Raises:
+        ValueError: the Hessian is not [K, K], holds NaN/Inf, or is not positive definite even
+            after dampening.
+    """
+    k = w.shape[1]
+    if hessian.dim() != 2 or tuple(hessian.shape) != (k, k):
+        raise ValueError(f"the input Hessian has shape {list(hessian.shape)}, the weight [N, K] = {list(w.shape)} "
+                         f"needs [{k}, {k}]: record it on this layer with observe_inputs(model, hessian=True)")
+    H = hessian.detach().float().to(w.device).clone()
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError("the input Hessian holds NaN or Inf: the calibration inputs were not finite")
+    W = w.detach().float().clone()
+    dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(k, device=w.device)
+    L, info = torch.linalg.cholesky_ex(H)
+    if int(info) == 0:
+        L, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    if int(info) != 0:
+        raise ValueError(f"the dampened input Hessian is not positive definite (damp={damp}); "
+                         f"raise damp or record more calibration inputs")
+    return W, L
+
+
 def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, group_size: int, symmetric: bool, clip: Optional[str] = None,
                   clip_weight: Optional[Tensor] = None, damp: float = 0.01,
                   block: int = 128) -> tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -137,13 +176,7 @@ def gptq_quantize(w: Tensor, hessian: Tensor, bits: int, group_size: int, symmet
     inputs (``observe_inputs(model, hessian=True)``), dampened by ``damp`` times its mean diagonal."""
     n, k = w.shape
     groups = k // group_size
-    W = w.detach().float().clone()
-    H = hessian.detach().float().to(w.device).clone()
-    dead = torch.diag(H) == 0  # inputs never active: their weights cannot matter
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(k, device=w.device)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    W, hinv = hessian_inverse_factor(w, hessian, damp)
     codes = torch.empty(n, k, dtype=torch.uint8, device=w.device)
     scale = torch.empty(n, groups, dtype=torch.float32, device=w.device)
     zero = torch.empty(n, groups, dtype=torch.float32, device=w.device)
