@@ -54,7 +54,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"AMX: {_native.amx_status()}; tiles from M >= {_native.amx_min_m('int8')} (int8), "
               f">= {_native.amx_min_m('bf16')} (bf16 weight-only, bfloat16 x)")
         if _native.has("parallel_backend"):  # prepared layers: threads and the bf16 weight-only path
-            pool = "OpenMP regions (FASTQ_THREADS=openmp)" if _native._C.parallel_backend() else "fastq pool"
+            pool = "OpenMP regions" if _native._C.parallel_backend() else "fastq pool (FASTQ_THREADS=pool)"
             bf16 = "yes" if _native._C.wo_bf16_available() else "no"
             print(f"CPU threading: {pool}; AVX512-BF16 weight-only path: {bf16}")
     else:

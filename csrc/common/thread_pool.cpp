@@ -177,9 +177,14 @@ int pool_workers() { return g_pool ? g_pool->workers.load() : 0; }
 
 namespace {
 std::atomic<int>& backend() {
+  // OpenMP regions by default: torch loads the same libgomp, so after a torch op its workers are
+  // still spinning and take the region at once, while the pool's worker would compete with them
+  // for a CPU (quiet 2-vCPU Zen 4: the 6 x (768->3072->768) MLP at 128 tokens 11.9 ms with OpenMP,
+  // 21.2 ms with the pool; README "Threads"). FASTQ_THREADS=pool selects the pool, which holds up
+  // better when other processes oversubscribe the CPUs (a region's barrier then waits a slice).
   static std::atomic<int> b{[] {
     const char* env = std::getenv("FASTQ_THREADS");
-    return env && std::string(env) == "openmp" ? static_cast<int>(kParallelOpenMP) : static_cast<int>(kParallelPool);
+    return env && std::string(env) == "pool" ? static_cast<int>(kParallelPool) : static_cast<int>(kParallelOpenMP);
   }()};
   return b;
 }

@@ -27,8 +27,8 @@ void run_tasks(int64_t tasks, int threads, TaskFn fn, void* ctx);
 // Workers currently alive (for tests and `fastq doctor`).
 int pool_workers();
 
-// Which runtime parallel_for uses: the pool (default) or an OpenMP region (FASTQ_THREADS=openmp at
-// start-up, or set_parallel_backend; for benchmarks comparing the two).
+// Which runtime parallel_for uses: an OpenMP region (default) or the pool (FASTQ_THREADS=pool at
+// start-up, or set_parallel_backend; see thread_pool.cpp for why OpenMP is the default).
 enum ParallelBackend : int { kParallelPool = 0, kParallelOpenMP = 1 };
 int parallel_backend();
 void set_parallel_backend(int backend);

@@ -5,11 +5,13 @@ schedules, and data parallelism over ``torchrun`` (``fastq.train.distributed``).
     history = fastq.train_(model, batches, lambda m, b: loss(m, b), steps=500, lr=3e-4,
                            schedule="cosine", warmup_steps=50, max_grad_norm=1.0,
                            evaluate=val_metric, eval_every=50, patience=3, checkpoint_dir="ckpt")
+    fastq.train.shutdown_distributed()    # after the last collective: barrier, destroy the group
 """
 
-from fastq.train.distributed import init_distributed, is_main, shard_batch, world
+from fastq.train.distributed import init_distributed, is_main, shard_batch, shutdown_distributed, world
 from fastq.train.schedules import SCHEDULES, lr_factor
 from fastq.train.trainer import CHECKPOINT_FILE, Cycle, TrainConfig, TrainHistory, default_forward, train_
 
 __all__ = ["CHECKPOINT_FILE", "Cycle", "SCHEDULES", "TrainConfig", "TrainHistory", "default_forward",
-           "init_distributed", "is_main", "lr_factor", "shard_batch", "train_", "world"]
+           "init_distributed", "is_main", "lr_factor", "shard_batch", "shutdown_distributed", "train_",
+           "world"]

@@ -11,10 +11,14 @@ Invariants:
     model in ``DistributedDataParallel``): loss functions keep calling the user's own module (its
     attributes, submodules and ``is`` checks work), fastq's pruning-mask hooks run unchanged, and a
     parameter that got no gradient on one rank still joins the collective (as zeros).
+  * A group ``init_distributed`` creates is destroyed before the interpreter shuts down (explicitly by
+    ``shutdown_distributed`` or by an ``atexit`` hook): gloo's worker threads that outlive the
+    interpreter abort the process ("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -23,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["allreduce_gradients_", "broadcast_module_", "init_distributed", "is_main", "shard_batch", "world"]
+__all__ = ["allreduce_gradients_", "broadcast_module_", "init_distributed", "is_main", "shard_batch",
+           "shutdown_distributed", "world"]
 
 _BUCKET_BYTES = 25 << 20
 
@@ -47,7 +52,25 @@ def init_distributed(backend: Optional[str] = None) -> tuple[int, int]:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
+    atexit.register(_destroy_group)  # runs while the interpreter is still whole
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then destroy the process group; a no-op when none is initialized.
+
+    Call it at the end of a training script, after the last collective: a rank that exits while a
+    peer still talks to it makes the peer fail.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _destroy_group() -> None:
+    # No barrier here: at exit after an error the peers may never arrive.
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

@@ -102,24 +102,39 @@ def test_bad_buffers_name_the_buffer():
         plans.sparse_csr_linear(torch.randn(64)[::2], cols, row_ptr, None, 2, 32)
 
 
-def test_the_pool_runs_nested_and_concurrent_calls():
+@pytest.mark.parametrize("backend", ["pool", "openmp"])
+def test_both_thread_backends_run_nested_and_concurrent_calls(backend):
     """A kernel call made while another thread's call runs (or from inside a task) runs inline:
-    results equal, no deadlock."""
+    results equal, no deadlock, under fastq's pool (FASTQ_THREADS=pool) and OpenMP regions (default)."""
     import threading
 
-    packed, scale, bias = _w8a8(n=512, k=512, seed=4)
-    plan = plans.int8_linear_dynamic(packed, scale, bias, 512, 512, True)
-    x = torch.randn(64, 512)
-    expected = plan.run(x)
-    results = []
-    workers = [threading.Thread(target=lambda: results.append(all(torch.equal(plan.run(x), expected)
-                                                                  for _ in range(30)))) for _ in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    assert results == [True] * 4
-    assert _native._C.pool_workers() >= 1
+    pool, openmp = 0, 1  # csrc/common/thread_pool.h ParallelBackend
+    before = _native._C.parallel_backend()
+    _native._C.set_parallel_backend(pool if backend == "pool" else openmp)
+    try:
+        packed, scale, bias = _w8a8(n=512, k=512, seed=4)
+        plan = plans.int8_linear_dynamic(packed, scale, bias, 512, 512, True)
+        x = torch.randn(64, 512)
+        expected = plan.run(x)
+        with torch.no_grad():
+            single = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                assert torch.equal(plan.run(x), expected), "the row split must not change the result"
+            finally:
+                torch.set_num_threads(single)
+        results = []
+        workers = [threading.Thread(target=lambda: results.append(all(torch.equal(plan.run(x), expected)
+                                                                      for _ in range(30)))) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert results == [True] * 4
+        if backend == "pool" and torch.get_num_threads() > 1:
+            assert _native._C.pool_workers() >= 1, "the pool must have started a worker"
+    finally:
+        _native._C.set_parallel_backend(before)
 
 
 def test_the_op_path_reuses_its_plan_until_a_weight_changes():

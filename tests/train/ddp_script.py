@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import fastq
-from fastq.train import init_distributed, is_main
+from fastq.train import init_distributed, is_main, shutdown_distributed
 
 
 def global_batches(size: int = 63) -> list:
@@ -40,6 +40,7 @@ def main(out: str) -> None:
     model = train(global_batches())
     if is_main():
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

@@ -66,3 +66,24 @@ def test_two_processes_train_the_model_one_process_trains(tmp_path):
     for k in one:
         assert torch.allclose(one[k], two[k], rtol=0, atol=1e-6), (k, float((one[k] - two[k]).abs().max()))
     assert max(float((one[k] - half[k]).abs().max()) for k in one) > 1e-3
+
+
+def test_a_script_that_never_shuts_down_still_destroys_its_group_at_exit(tmp_path):
+    """Without ``shutdown_distributed`` the group must still be gone before the interpreter shuts down
+    (gloo threads outliving it abort the process); a hook registered before ``init_distributed`` runs
+    after fastq's (atexit is last-in, first-out) and records what it saw."""
+    script = tmp_path / "forgets.py"
+    script.write_text(
+        "import atexit, os, sys\n"
+        "import torch.distributed as dist\n"
+        "from fastq.train import init_distributed\n"
+        "seen = sys.argv[1] + os.environ['RANK']\n"
+        "atexit.register(lambda: open(seen, 'w').write(str(dist.is_initialized())))\n"
+        "init_distributed('gloo')\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(fastq.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(tmp_path / "rank")], env=env, capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["False", "False"]
