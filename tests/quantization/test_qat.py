@@ -13,6 +13,7 @@ import fastq
 from fastq.nn import QuantConv2d, QuantLinear, StaticQuantConv2d, StaticQuantLinear, UnsupportedLayerError
 from fastq.quantization import CalibrationError, register_handler, register_qat
 from fastq.quantization.qat import QATConv2d, QATLinear, QATScheme, fake_quant, round_ste
+from _qat_util import regression_losses, train_losses
 
 CONFIGS = {
     "dynamic_sym": fastq.Int8DynamicConfig(),
@@ -35,17 +36,7 @@ def _data(n=3, seed=0):
 
 
 def _train(model, data, steps=3, lr=0.05):
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for i in range(steps):
-        x, y = data[i % len(data)]
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    return train_losses(model, data, nn.functional.cross_entropy, steps, torch.optim.SGD(model.parameters(), lr=lr))
 
 
 @pytest.mark.parametrize("lsq", [False, True], ids=["amax", "lsq"])
@@ -305,17 +296,8 @@ def test_intx_clipped_weights_get_no_gradient():
 def test_intx_training_lowers_the_loss(cfg, lsq):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
-    x = torch.randn(64, 64)
-    y = torch.randn(64, 64) * 0.1
     fastq.prepare_qat_(model, cfg, lsq=lsq)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = nn.functional.mse_loss(model(x), y)  # the value is the intx kernel's output
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = regression_losses(model)  # the values are the intx kernel's outputs
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -13,6 +13,7 @@ import fastq
 from fastq.nn import UnsupportedLayerError
 from fastq.nn.codebook import SharedWeightConv2d, SharedWeightLinear
 from fastq.quantization.qat import QATConv2d, QATLinear
+from _qat_util import regression_losses, train_losses
 
 CONFIGS = {
     "binary": fastq.BinaryConfig(),
@@ -47,17 +48,7 @@ def _data(n=3, seed=0, m=6):
 
 
 def _train(model, data, steps=4, lr=1e-2):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for i in range(steps):
-        x, y = data[i % len(data)]
-        loss = nn.functional.mse_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    return train_losses(model, data, nn.functional.mse_loss, steps, torch.optim.Adam(model.parameters(), lr=lr))
 
 
 def _trained_tensor(m):
@@ -141,17 +132,8 @@ def test_centroid_gradient_is_the_sum_of_its_members_gradients():
 def test_training_lowers_the_loss(name):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
-    x = torch.randn(64, 64)
-    y = torch.randn(64, 64) * 0.1
     fastq.prepare_qat_(model, CONFIGS[name])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss = nn.functional.mse_loss(model(x), y)  # the value is the codebook kernel's output
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = regression_losses(model)  # the values are the codebook kernel's outputs
     assert losses[-1] < 0.7 * losses[0]
 
 
