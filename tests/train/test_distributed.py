@@ -11,6 +11,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,30 @@ def test_shard_batch_bad_input():
         shard_batch({"text": "abc"}, 0, 2)
 
 
+# A rank of torch's gloo run sometimes dies of std::terminate ("terminate called without an active
+# exception", SIGABRT) with no Python exception: seen 2 times in full CI runs on 2 loaded vCPUs, never in
+# 34 runs of this script alone; the script calls nothing native of fastq (plain nn.Linear, synchronous
+# collectives). Such a run is retried once, with Python's fault handler on so that the log shows where
+# the dying rank was; any other failure, or the same one twice, fails the test.
+_GLOO_ABORT = "terminate called without an active exception"
+
+
+def _torchrun(script: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    env["PYTHONPATH"] = str(Path(fastq.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    for attempt in range(2):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if proc.returncode == 0 or _GLOO_ABORT not in proc.stderr or attempt == 1:
+            return proc
+        where = proc.stderr[proc.stderr.find("Fatal Python error"):][:2000]
+        warnings.warn(f"torchrun: a rank aborted ({_GLOO_ABORT}); retrying once. Fault handler:\n{where}")
+    return proc
+
+
 def test_two_processes_train_the_model_one_process_trains(tmp_path):
     out = tmp_path / "two.safetensors"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(fastq.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    proc = _torchrun(SCRIPT, str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = load_file(str(out))
     script = _script()
@@ -80,10 +98,6 @@ def test_a_script_that_never_shuts_down_still_destroys_its_group_at_exit(tmp_pat
         "seen = sys.argv[1] + os.environ['RANK']\n"
         "atexit.register(lambda: open(seen, 'w').write(str(dist.is_initialized())))\n"
         "init_distributed('gloo')\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(fastq.__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path / "rank")], env=env, capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)
+    proc = _torchrun(script, str(tmp_path / "rank"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["False", "False"]
