@@ -8,7 +8,8 @@ on 2 threads):
   layer role (``group_by="type"``), TPE, quality = mean cosine of the sentence embeddings to fp32's
   over the 64 bundled sentences, timed input = one batch of 32 of them; wall time of every phase;
 - the answer, re-checked independently afterwards: fp32, the chosen recipe and plain W8A8
-  everywhere (``quantize_(Int8DynamicConfig())``, the best single recipe of ``fastq demo``) timed
+  everywhere (``quantize_(Int8DynamicConfig())``, the best single recipe of ``fastq demo``; also
+  with ``fuse_activations=False``, which shows what the GELU fusion contributes) timed
   round-robin in one run (median of ``--rounds``), and the cosine on held-out sentences the search
   never saw (gensim's Lee news corpus, when installed);
 - the chosen recipe is written next to the JSON (``--recipe``), so ``fastq compress --recipe`` can
@@ -69,9 +70,11 @@ def main(argv=None) -> dict:
     result, failure, out = search(args, fp32, evaluate, batch, "fastq search: all-MiniLM-L6-v2")
     rows, held = [], held_out(256)
     if failure is None:
-        w8a8 = load_minilm()[0]
+        w8a8, unfused = load_minilm()[0], load_minilm()[0]
         fastq.quantize_(w8a8, fastq.Int8DynamicConfig())
-        models = {"fp32": fp32, "search": result.model, "w8a8 everywhere": w8a8}
+        fastq.quantize_(unfused, fastq.Int8DynamicConfig(), fuse_activations=False)
+        models = {"fp32": fp32, "search": result.model, "w8a8 everywhere": w8a8,
+                  "w8a8 everywhere, GELU not fused": unfused}
         with torch.inference_mode():
             samples = time_round_robin({k: (lambda m=m: m(**batch)) for k, m in models.items()}, rounds=args.rounds,
                                        warmup=2)

@@ -20,6 +20,7 @@ from fastq.pruning import PruneConfig, prune_, prune_channels_  # noqa: E402
 from fastq.nn import SparseConv2d, SparseLinear  # noqa: E402
 from fastq.quantization import Int8DynamicConfig, Int8WeightOnlyConfig, quantize_, summary  # noqa: E402
 from fastq.sparsify import sparsify_  # noqa: E402
+from fastq.nn import fuse_activations_  # noqa: E402
 from fastq.quantization import (Int4DynamicConfig, Int4WeightOnlyConfig, IntxEmbeddingConfig,  # noqa: E402
                                 IntxWeightOnlyConfig)
 
@@ -46,6 +47,7 @@ __all__ = [
     "dequantize_int8",
     "distill",
     "distill_",
+    "fuse_activations_",
     "detected_cpu_isa",
     "kernel_for",
     "load",

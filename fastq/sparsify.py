@@ -12,13 +12,14 @@ from typing import Callable, Optional
 
 from torch import nn
 
+from fastq.nn.activation import fuse_activations_
 from fastq.nn.sparse import STORAGE_FORMATS, SparseLinear
 from fastq.nn.sparse_conv import SparseConv2d
 
 
 def sparsify_(model: nn.Module, int8: bool = False,
               filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
-              format: Optional[str] = None) -> nn.Module:
+              format: Optional[str] = None, fuse_activations: bool = True) -> nn.Module:
     """Replace every masked ``nn.Linear`` / ``nn.Conv2d`` (groups=1) of ``model`` by a ``SparseLinear`` /
     ``SparseConv2d`` (in place).
 
@@ -29,6 +30,7 @@ def sparsify_(model: nn.Module, int8: bool = False,
         filter_fn: ``filter_fn(module, fqn) -> bool`` chooses which masked layers to swap.
         format: "csr" or "ell" stores every swapped layer that way (with int8: "int8" /
             "ell_int8"); None (default) chooses per layer (``fastq.nn.sparse.choose_format``).
+        fuse_activations: then ``fastq.fuse_activations_(model)`` (as ``quantize_`` does).
 
     Returns:
         ``model`` itself. The format of each layer follows its ``fastq_prune_pattern``
@@ -56,4 +58,6 @@ def sparsify_(model: nn.Module, int8: bool = False,
             setattr(parent, child, cls.from_float(layer, int8=int8, format=format))
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"sparsify_: layer {fqn!r}: {exc}") from exc
+    if fuse_activations:
+        fuse_activations_(model)
     return model

@@ -3,7 +3,8 @@
 Save/load contract (``fastq.save``/``fastq.load`` rely on it): every class in ``MODULE_TYPES`` has
 ``init_kwargs() -> dict`` of JSON-serialisable constructor arguments, and ``cls(**init_kwargs)``
 builds an empty module whose buffers have the saved shapes and dtypes, so ``load_state_dict`` fills
-it. Each also has ``weight_bytes()`` and ``float_weight_bytes()`` (used by ``fastq.summary``).
+it. Each that stores a weight also has ``weight_bytes()`` and ``float_weight_bytes()`` (used by
+``fastq.summary``; ``FusedActivation`` stores nothing).
 """
 
 from fastq.nn._base import MODES, UnsupportedLayerError, quantize_weight
@@ -40,3 +41,9 @@ from fastq.nn.intx import IntxEmbedding, IntxLinear  # noqa: E402
 MODULE_TYPES.update({"IntxLinear": IntxLinear, "IntxEmbedding": IntxEmbedding})
 
 __all__ += ["IntxEmbedding", "IntxLinear"]
+
+# ---- activations fused into the layer before them ----
+from fastq.nn.activation import FusedActivation, fuse_activations_  # noqa: E402
+
+MODULE_TYPES.update({"FusedActivation": FusedActivation})
+__all__ += ["FusedActivation", "fuse_activations_"]

@@ -18,8 +18,9 @@ Invariants:
     (the kernels read float32 scales and values); only their device follows;
   * a deep copy or pickle carries no plan (the copy builds its own from its own tensors).
 Subclasses implement ``_make_plan() -> plan | NO_PLAN`` (validating: raise ValueError) and
-``_op_forward(x)`` (the op path of [*, K] -> [*, N]); ``forward`` is that product, and modules with
-more around it (convolutions) call ``_run`` for it.
+``_op_forward(x)`` (the op path of [*, K] -> [*, N]); ``forward`` is that product (followed by the
+activation ``fuse_activations_`` may have fused into it), and modules with more around it
+(convolutions) call ``_run`` for it.
 """
 
 from __future__ import annotations
@@ -32,10 +33,20 @@ NO_PLAN = False  # validated, but served by the op path
 
 class PreparedLayer(nn.Module):
     _KEEP_FLOAT32: tuple = ()
+    activation = None  # or a kind of fastq.nn.activation.KINDS, set by fuse_activations_
 
     def _init_plan(self) -> None:
         self.__dict__["_fastq_plan"] = None
         self.__dict__["_fastq_name"] = None
+
+    def _init_activation(self, activation) -> None:
+        """Constructor argument of the linear layers: the activation fused into them, or None."""
+        if activation is not None:
+            self.activation = check_kind(activation)
+
+    def _activation_kwargs(self) -> dict:
+        """Their ``init_kwargs`` entry (only when fused, so unfused recipes stay as they were)."""
+        return {} if self.activation is None else {"activation": self.activation}
 
     def _make_plan(self):
         raise NotImplementedError
@@ -71,10 +82,13 @@ class PreparedLayer(nn.Module):
             return None
 
     def forward(self, x: Tensor) -> Tensor:
-        """[*, K] -> [*, N]: the plan in plain eager mode, else the op path (compile, export, ...)."""
+        """[*, K] -> [*, N]: the plan in plain eager mode, else the op path (compile, export, ...);
+        then the fused activation, if any."""
         if torch.compiler.is_compiling():  # first: the plan's fast path must never be traced
-            return self._op_forward(x)
-        return self._run(x)
+            y = self._op_forward(x)
+        else:
+            y = self._run(x)
+        return y if self.activation is None else apply_activation(self.activation, y)
 
     def _run(self, x: Tensor) -> Tensor:
         """The module's [*, K] -> [*, N] product: the plan's fast path, else the op path."""
@@ -133,3 +147,7 @@ class PreparedLayer(nn.Module):
         state = self.__dict__.copy()
         state["_fastq_plan"] = None
         return state
+
+
+# At the end: fastq.nn.activation imports PreparedLayer from here.
+from fastq.nn.activation import apply_activation, check_kind  # noqa: E402

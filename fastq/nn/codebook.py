@@ -280,11 +280,13 @@ class SharedWeightLinear(_CodebookLayer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4, codebook_rows: int = 1,
                  codebook_groups: int = 1, scale: bool = False, clusters: int = 16, kind: str = "kmeans",
-                 zero_entry: bool = False, storage: str = "dense", entries: int = 0) -> None:
+                 zero_entry: bool = False, storage: str = "dense", entries: int = 0,
+                 activation: Optional[str] = None) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_codebook(self.out_features, self.in_features, bool(bias), bits, codebook_rows, codebook_groups,
                             scale, clusters, kind, zero_entry, storage, entries)
+        self._init_activation(activation)
 
     @classmethod
     def from_float(cls, module: nn.Linear, config, encoded=None) -> "SharedWeightLinear":
@@ -315,7 +317,8 @@ class SharedWeightLinear(_CodebookLayer):
 
     def init_kwargs(self) -> dict:
         """JSON-serialisable constructor arguments: ``SharedWeightLinear(**m.init_kwargs())`` is an empty twin."""
-        return {"in_features": self.in_features, "out_features": self.out_features, **self._codebook_kwargs()}
+        return {"in_features": self.in_features, "out_features": self.out_features, **self._codebook_kwargs(),
+                **self._activation_kwargs()}
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

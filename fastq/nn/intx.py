@@ -176,9 +176,10 @@ class IntxLinear(_IntxWeight, PreparedLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 4,
                  group_size: Optional[int] = 128, symmetric: bool = True, mode: str = "weight_only",
                  tied: bool = False, clip: Optional[str] = None, fitted_from: Optional[int] = None,
-                 gptq: bool = False) -> None:
+                 gptq: bool = False, activation: Optional[str] = None) -> None:
         super().__init__()
         self._init_plan()
+        self._init_activation(activation)
         if mode not in LINEAR_MODES:
             raise ValueError(f"mode must be one of {LINEAR_MODES}, got {mode!r}")
         if mode == "dynamic" and bits > 4:
@@ -237,7 +238,8 @@ class IntxLinear(_IntxWeight, PreparedLayer):
         """JSON-serialisable constructor arguments: ``IntxLinear(**m.init_kwargs())`` is an empty twin."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "mode": self.mode,
-                "tied": self.tied, "clip": self.clip, "fitted_from": self.fitted_from, "gptq": self.gptq}
+                "tied": self.tied, "clip": self.clip, "fitted_from": self.fitted_from, "gptq": self.gptq,
+                **self._activation_kwargs()}
 
     def _describe(self) -> str:
         return f"IntxLinear({self.extra_repr()})"

@@ -26,15 +26,18 @@ class QuantLinear(Int8GemmModule):
         act_symmetric: w8a8 only: symmetric int8 activations (True) or asymmetric uint8 with a
             per-token zero point (False; better for one-sided inputs such as GELU outputs).
         group_size: int8_weight_only only: None (per channel) or a positive divisor of K.
+        activation: an activation applied to the output (``fastq.nn.activation.KINDS``; set by
+            ``fuse_activations_``), or None.
 
     Shapes: input [*, K] float32/float16/bfloat16 -> output [*, N] in the input's dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = W8A8,
-                 act_symmetric: bool = True, group_size: Optional[int] = None) -> None:
+                 act_symmetric: bool = True, group_size: Optional[int] = None, activation: Optional[str] = None) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self._init_gemm(self.out_features, self.in_features, bool(bias), mode, act_symmetric, group_size)
+        self._init_activation(activation)
 
     @classmethod
     def from_float(cls, module: nn.Linear, config) -> "QuantLinear":
@@ -61,7 +64,8 @@ class QuantLinear(Int8GemmModule):
     def init_kwargs(self) -> dict:
         """JSON-serialisable constructor arguments: ``QuantLinear(**m.init_kwargs())`` is an empty twin."""
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "mode": self.mode, "act_symmetric": self.act_symmetric, "group_size": self.group_size}
+                "mode": self.mode, "act_symmetric": self.act_symmetric, "group_size": self.group_size,
+                **self._activation_kwargs()}
 
     def extra_repr(self) -> str:
         s = (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -128,9 +128,11 @@ class SparseLinear(PreparedLayer):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, format: str = "csr",
-                 entries: int = 0, kept: int = 0, block_rows: int = 1, block_cols: int = 1) -> None:
+                 entries: int = 0, kept: int = 0, block_rows: int = 1, block_cols: int = 1,
+                 activation: Optional[str] = None) -> None:
         super().__init__()
         self._init_plan()
+        self._init_activation(activation)
         if format not in FORMATS:
             raise ValueError(f"SparseLinear: format must be one of {FORMATS}, got {format!r}")
         if in_features <= 0 or out_features <= 0 or entries < 0:
@@ -278,7 +280,7 @@ class SparseLinear(PreparedLayer):
     def init_kwargs(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
                 "format": self.format, "entries": self.entries, "kept": self.kept,
-                "block_rows": self.block_rows, "block_cols": self.block_cols}
+                "block_rows": self.block_rows, "block_cols": self.block_cols, **self._activation_kwargs()}
 
     def weight_bytes(self) -> int:
         """Bytes this layer stores: every compressed-format buffer and the bias."""

@@ -105,8 +105,9 @@ class StaticQuantLinear(StaticActivations, QuantLinear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, act_symmetric: bool = True,
-                 smooth: bool = False) -> None:
-        super().__init__(in_features, out_features, bias, mode=W8A8, act_symmetric=act_symmetric)
+                 smooth: bool = False, activation: Optional[str] = None) -> None:
+        super().__init__(in_features, out_features, bias, mode=W8A8, act_symmetric=act_symmetric,
+                         activation=activation)
         self._init_static(act_symmetric, smooth)
 
     @classmethod
@@ -122,7 +123,7 @@ class StaticQuantLinear(StaticActivations, QuantLinear):
 
     def init_kwargs(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                **self.static_kwargs()}
+                **self.static_kwargs(), **self._activation_kwargs()}
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fastq.nn import QuantConv2d, QuantLinear, UnsupportedLayerError
+from fastq.nn.activation import fuse_activations_
 from fastq.nn.intx import IntxEmbedding, IntxLinear, tied_linear_handler
 from fastq.ops._checks import FLOAT_DTYPES, W8A8_MAX_K
 from fastq.quantization.configs import (Int4DynamicConfig, Int4WeightOnlyConfig, Int8DynamicConfig,
@@ -183,7 +184,7 @@ def _skipped_by_name(name: str, skip_names: tuple) -> bool:
 
 @torch.no_grad()
 def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
-              skip: Iterable[Union[str, type]] = ()) -> nn.Module:
+              skip: Iterable[Union[str, type]] = (), fuse_activations: bool = True) -> nn.Module:
     """Quantize ``model``'s layers in place according to ``config``.
 
     Args:
@@ -194,6 +195,9 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
         skip: module names (a name also skips everything under it, e.g. ``"encoder.layer.0"``) and/or
             module types to keep float. A name that matches no module is an error (a typo would
             otherwise quantize the layer you meant to protect).
+        fuse_activations: then fuse each activation (GELU, ReLU, SiLU) into the fastq linear that
+            feeds it, where that leaves the parent module's output bitwise the same
+            (``fastq.fuse_activations_``; it runs each candidate parent once on a small random input).
 
     Returns:
         ``model`` (the same object). If ``model`` itself is a layer with a handler, it cannot be
@@ -252,4 +256,6 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
         for child_name, child in list(parent._modules.items()):  # not named_children: it dedups
             if id(child) in replacements:
                 setattr(parent, child_name, replacements[id(child)])
+    if fuse_activations:
+        fuse_activations_(model)
     return model

@@ -151,6 +151,8 @@ def _layer_info(name: str, m: nn.Module, seen: set) -> Optional[LayerInfo]:
         detail = getattr(m, "mode", "")
         if hasattr(m, "granularity"):
             detail += f" {m.granularity()}"
+        if getattr(m, "activation", None):
+            detail += f" +{m.activation}"
         elements = 0 if getattr(m, "tied", False) else math.prod(shape)
         cb_bits = 32 * elements / m.codebook_ratio() if hasattr(m, "codebook_ratio") and elements else 0.0
         return LayerInfo(name, type(m).__name__, shape, int(getattr(m, "bits", 8)), int(m.weight_bytes()),
