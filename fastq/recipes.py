@@ -17,11 +17,12 @@ __all__ = ["RECIPES", "Recipe", "count_fastq_modules", "recipes"]
 
 
 def count_fastq_modules(model: nn.Module) -> int:
-    """Number of fastq.nn modules (swapped-in compressed layers) inside ``model``."""
-    from fastq.nn import MODULE_TYPES
+    """Number of fastq.nn modules (swapped-in compressed layers) inside ``model``; the
+    ``FusedActivation`` placeholders of fused activations are not layers."""
+    from fastq.nn import MODULE_TYPES, FusedActivation
 
     kinds = tuple(MODULE_TYPES.values())
-    return sum(isinstance(m, kinds) for m in model.modules())
+    return sum(isinstance(m, kinds) and not isinstance(m, FusedActivation) for m in model.modules())
 
 
 def _has(*names: str) -> Callable[[], bool]:

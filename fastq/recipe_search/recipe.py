@@ -4,7 +4,8 @@ Invariants:
   * The file names every transformed layer with the transformation's name and full spec (so it does
     not depend on what is registered where it is applied), the channel-pruned pairs, and for each
     layer left float the reason; ``apply_`` on the same float model rebuilds exactly the modules
-    the search measured (every transformation is deterministic given the weights).
+    the search measured (every transformation is deterministic given the weights), then fuses
+    activations into them as ``quantize_`` does (``fastq.fuse_activations_``: no output bit changes).
   * ``apply_`` checks every name and builds every replacement before it swaps anything: a recipe
     that does not fit the model raises ValueError naming the layer and leaves the model untouched.
   * Layers left float carry the reason in ``SKIP_ATTR``, so ``fastq.summary`` prints it.
@@ -20,7 +21,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-from fastq.nn import UnsupportedLayerError
+from fastq.nn import UnsupportedLayerError, fuse_activations_
 from fastq.quantization import SKIP_ATTR
 from fastq.recipe_search.space import ChannelPrune, LayerContext, from_spec
 
@@ -141,6 +142,7 @@ class LayerRecipe:
         for name, reason in self.notes.items():
             if name not in self.layers:
                 setattr(model.get_submodule(name), SKIP_ATTR, reason)
+        fuse_activations_(model)  # as quantize_ does: changes no output bit
         return model
 
 

@@ -238,3 +238,17 @@ def test_summary_names_the_fused_activation():
     rows = {r.name: r for r in fastq.summary(model).layers}
     assert set(rows) == {"0", "2"}, "the fused activation stores nothing: no row"
     assert rows["0"].detail.endswith("+gelu") and "+" not in rows["2"].detail
+
+
+def test_search_recipes_fuse_and_layer_counts_skip_the_placeholder():
+    from fastq.recipe_search import LayerRecipe
+    from fastq.recipes import count_fastq_modules
+
+    spec = {"transform": "w8a8", "spec": {"kind": "quantize", "config": "Int8DynamicConfig", "args": {}}}
+    model = LayerRecipe(layers={"0": spec, "2": spec}).apply_(_mlp(nn.GELU(), k=64))
+    assert model[0].activation == "gelu" and isinstance(model[1], FusedActivation)
+    assert count_fastq_modules(model) == 2
+    plain = fastq.quantize_(_mlp(nn.GELU(), k=64), fastq.Int8DynamicConfig(), fuse_activations=False)
+    x = _x(6, 64)
+    with torch.inference_mode():
+        assert torch.equal(model(x), plain(x))
