@@ -1,8 +1,9 @@
 """Activations fused into the fastq linear layer that feeds them (``fuse_activations_``).
 
-Why: on CPU an elementwise activation costs less than the fresh [M, N] tensor it allocates per call
-(page faults on first touch). MiniLM's erf-GELU at 704 x 1536 on 2 threads: 1.29 ms per call out of
-place inside the model, 0.33 ms applied in place on the layer's own output.
+Why: on CPU an elementwise activation can cost less than the fresh [M, N] tensor it allocates per
+call (page faults on first touch). MiniLM's erf-GELU at 704 x 1536 on 2 threads, in one profiled
+process: 1.29 ms per call out of place, 0.33 ms in place on the layer's own output; whole-model
+gains measured 0.5-2.4% (bench/bench_search_minilm.py, "GELU not fused" row).
 
 Invariants:
   * a fused pair computes bit for bit what the unfused pair computed: the layer applies the same

@@ -100,6 +100,7 @@ class StaticQuantLinear(StaticActivations, QuantLinear):
             zero point (False; for one-sided inputs such as GELU/ReLU outputs).
         smooth: the module divides its input by per-channel SmoothQuant factors (``act_smooth``)
             inside the kernel's quantization step.
+        activation: as ``QuantLinear``'s (set by ``fuse_activations_``).
 
     Shapes: input [*, K] float32/float16/bfloat16 -> output [*, N] in the input's dtype.
     """
