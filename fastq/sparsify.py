@@ -41,6 +41,8 @@ def sparsify_(model: nn.Module, int8: bool = False,
     if isinstance(model, (nn.Linear, nn.Conv2d)):
         raise TypeError(f"sparsify_ swaps submodules in place; wrap a bare {type(model).__name__} in a container "
                         "or call SparseLinear/SparseConv2d.from_float(layer)")
+    if not isinstance(fuse_activations, bool):
+        raise TypeError(f"sparsify_: fuse_activations must be a bool, got {type(fuse_activations).__name__}")
     if format is not None and format not in STORAGE_FORMATS:
         raise ValueError(f"sparsify_: format must be one of {STORAGE_FORMATS} or None (automatic), got {format!r}")
     targets = []

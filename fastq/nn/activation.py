@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -69,10 +70,13 @@ class FusedActivation(nn.Module):
         return f"{self.kind}, applied by the layer before"
 
 
-def _probe() -> Tensor:
+@functools.lru_cache(maxsize=1)
+def _probe() -> tuple[Tensor, dict]:
+    """A probe tensor (never written) and each kind's output on it."""
     g = torch.Generator().manual_seed(0)
     body = torch.randn(509, generator=g) * 6
-    return torch.cat([body, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 1e4, -1e4])])
+    x = torch.cat([body, torch.tensor([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 1e4, -1e4])])
+    return x, {kind: fn(x) for kind, (fn, _) in KINDS.items()}
 
 
 def activation_kind(module: nn.Module) -> Optional[str]:
@@ -81,7 +85,7 @@ def activation_kind(module: nn.Module) -> Optional[str]:
         return None
     if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
         return None
-    x = _probe()
+    x, expected = _probe()
     try:
         with torch.no_grad():
             y = module(x.clone())
@@ -89,20 +93,13 @@ def activation_kind(module: nn.Module) -> Optional[str]:
         return None
     if not isinstance(y, Tensor) or y.shape != x.shape or y.dtype != x.dtype:
         return None
-    for kind, (fn, _) in KINDS.items():
-        if torch.equal(y, fn(x)):
-            return kind
-    return None
-
-
-def takes_activation(cls: type) -> bool:
-    """Whether layers of ``cls`` can apply a fused activation (their forward is PreparedLayer's)."""
-    return issubclass(cls, PreparedLayer) and cls.forward is PreparedLayer.forward
+    return next((kind for kind, want in expected.items() if torch.equal(y, want)), None)
 
 
 def _fusible(layer: nn.Module) -> bool:
-    return (takes_activation(type(layer)) and layer.activation is None
-            and isinstance(getattr(layer, "in_features", None), int))
+    """A fastq linear without an activation yet, whose forward is PreparedLayer's (not a conv)."""
+    return (isinstance(layer, PreparedLayer) and type(layer).forward is PreparedLayer.forward
+            and layer.activation is None and isinstance(getattr(layer, "in_features", None), int))
 
 
 def _same_output(a, b) -> bool:

@@ -212,6 +212,8 @@ def quantize_(model: nn.Module, config, filter_fn: Optional[Callable[[nn.Module,
         raise TypeError(f"config must be one of {[c.__name__ for c in config_types()]}, got {type(config).__name__}")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("filter_fn must be a callable (module, name) -> bool")
+    if not isinstance(fuse_activations, bool):
+        raise TypeError(f"fuse_activations must be a bool, got {type(fuse_activations).__name__}")
     names = {n for n, _ in model.named_modules()}
     skip_names, skip_types = _check_skip(skip, names)
     _check_not_meta(model, config)

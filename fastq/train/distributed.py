@@ -64,11 +64,11 @@ def shutdown_distributed() -> None:
     """
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    _destroy_group()
 
 
 def _destroy_group() -> None:
-    # No barrier here: at exit after an error the peers may never arrive.
+    # No barrier here (the atexit hook): at exit after an error the peers may never arrive.
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

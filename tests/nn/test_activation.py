@@ -228,6 +228,12 @@ def test_recipe_with_a_bad_activation_fails_to_load(tmp_path, entry, value):
 def test_bad_arguments():
     with pytest.raises(TypeError, match="nn.Module"):
         fuse_activations_("model")
+    with pytest.raises(TypeError, match="fuse_activations must be a bool"):
+        fastq.quantize_(_mlp(nn.GELU()), fastq.Int8DynamicConfig(), fuse_activations="yes")
+    with pytest.raises(TypeError, match="fuse_activations must be a bool"):
+        fastq.sparsify_(_mlp(nn.GELU()), fuse_activations=1)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        QuantLinear(4, 4, activation="swish")
     with pytest.raises(ValueError, match="activation must be one of"):
         FusedActivation("swish")
     assert isinstance(QuantLinear(4, 4).activation, type(None))
